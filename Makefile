@@ -1,0 +1,39 @@
+# Set-up and entry points. `make test` and `make demo` work on a fresh machine: they create .venv,
+# install the project (CPU torch pinned in constraints.txt) and run.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install -q -c constraints.txt
+
+.PHONY: install test demo lint bench starter-weights xvfb clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	touch $(STAMP)
+
+# Xvfb and the xcb libraries Qt needs, for GUI tests and the headless demo (Debian/Ubuntu, as root).
+xvfb:
+	@command -v Xvfb >/dev/null 2>&1 || { \
+	  apt-get update -q && apt-get install -y -q xvfb libxcb-icccm4 libxcb-keysyms1 \
+	    libxcb-xinerama0 libxcb-cursor0 libxkbcommon-x11-0 libxcb-image0 libxcb-render-util0 \
+	    libxcb-shape0 libgl1 libegl1 libfontconfig1 libdbus-1-3; }
+
+test: $(STAMP) xvfb
+	$(VENV)/bin/ruff check medvae_engine napari_medvae tests scripts
+	$(PY) -m pytest -q
+
+demo: $(STAMP) xvfb
+	$(PY) -m napari_medvae.demo --out demo_out
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check medvae_engine napari_medvae tests scripts
+
+bench: $(STAMP)
+	$(VENV)/bin/medvae bench speed
+
+clean:
+	rm -rf demo_out .pytest_cache

@@ -1,0 +1,28 @@
+"""MedVAE engine: models, codec, latent files, baselines, training, SR, analysis and reader studies.
+
+No Qt anywhere in this package. Public entry points are re-exported here.
+"""
+
+__version__ = "0.1.0"
+
+from .codec import CodecOptions, Progress, decode, encode, reconstruct  # noqa: E402
+from .errors import MedVAEError  # noqa: E402
+from .imaging.volume import Volume  # noqa: E402
+from .latents import Latent, load_latent, save_latent  # noqa: E402
+from .models import list_models, load_model  # noqa: E402
+
+__all__ = [
+    "CodecOptions",
+    "Latent",
+    "MedVAEError",
+    "Progress",
+    "Volume",
+    "__version__",
+    "decode",
+    "encode",
+    "list_models",
+    "load_latent",
+    "load_model",
+    "reconstruct",
+    "save_latent",
+]

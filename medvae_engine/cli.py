@@ -1,0 +1,445 @@
+"""The ``medvae`` command: models, encode, decode, reconstruct, analyze, train, study, bench.
+
+Bad input ends with one ``error: ...`` line on stderr and exit code 2; nothing partial is left at
+the output path (every writer is atomic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError, MedVAEError, OutputError
+
+IMAGE_SUFFIXES = (
+    ".nii",
+    ".nii.gz",
+    ".mha",
+    ".mhd",
+    ".nrrd",
+    ".nhdr",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".dcm",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except MedVAEError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medvae",
+        description="MedVAE medical-image autoencoders: encode, decode, reconstruct, analyse, train.",
+    )
+    parser.add_argument("--version", action="version", version=f"medvae {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the model zoo and which weights are available")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--download", metavar="NAME", help="fetch an official model's weights (needs internet)"
+    )
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("encode", help="image(s) -> latent NIfTI + JSON sidecar")
+    p.add_argument(
+        "inputs", nargs="+", help="image files, DICOM series folders, a folder or a CSV of files"
+    )
+    _output(p, "latent file (.nii.gz) or folder")
+    _model_args(p)
+    _codec_args(p)
+    _read_args(p)
+    p.add_argument(
+        "--projected",
+        action="store_true",
+        help="store the stage-2 projected latent (for downstream models; not decodable)",
+    )
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="latent file -> image in the original geometry and units")
+    p.add_argument("latent", help="latent .nii.gz with its .json sidecar")
+    _output(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...)")
+    p.add_argument("-m", "--model", help="override the model named in the sidecar")
+    p.add_argument("--weights", help="weights file for the model")
+    _codec_args(p, decode_only=True)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser(
+        "reconstruct", help="encode + decode; output in the input's geometry and units"
+    )
+    p.add_argument("input", help="image file or DICOM series folder")
+    _output(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...)")
+    _model_args(p)
+    _codec_args(p)
+    _read_args(p)
+    p.add_argument(
+        "--metrics", metavar="FILE", help="write PSNR and MS-SSIM against the input as JSON"
+    )
+    p.set_defaults(func=cmd_reconstruct)
+
+    _optional_commands(sub)
+    return parser
+
+
+def _optional_commands(sub) -> None:
+    """Commands whose implementation lives in other subpackages."""
+    from .analysis.report import add_analyze_arguments, run_analyze
+    from .bench import add_bench_arguments, run_bench
+    from .study.cli_study import add_study_arguments
+
+    p = sub.add_parser("analyze", help="metrics, maps, subbands, hallucination and figures")
+    add_analyze_arguments(p)
+    p.set_defaults(func=run_analyze)
+
+    p = sub.add_parser("bench", help="speed, memory and quality benchmarks")
+    add_bench_arguments(p)
+    p.set_defaults(func=run_bench)
+
+    add_study_arguments(sub)
+
+
+def _output(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-o", "--output", required=True, help=what)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        help="zoo name, checkpoint file, diffusers VAE folder or a baseline "
+        "(nearest, bilinear, bicubic, trilinear, spline); default: a starter model",
+    )
+    p.add_argument("--weights", help="weights file for a named model")
+    p.add_argument(
+        "--factor", type=int, default=4, help="downsizing per side for baselines (default 4)"
+    )
+
+
+def _codec_args(p: argparse.ArgumentParser, decode_only: bool = False) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--batch-size", type=int, default=8, help="slices per batch for 2D models")
+    p.add_argument("--roi", type=int, default=160, help="3D sliding-window side (default 160)")
+    p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
+    p.add_argument(
+        "--tile", type=int, help="tile side for huge 2D images (default: whole up to 2048^2)"
+    )
+    if decode_only:
+        return
+    p.add_argument(
+        "--axis", type=int, help="slice axis for 2D models on volumes (default: coarsest)"
+    )
+    p.add_argument(
+        "--sample", action="store_true", help="sample z from the posterior (default: mean)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for --sample")
+    p.add_argument(
+        "--window",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="intensity window mapped to [-1, 1] (default: CT [-1000, 1000], else min-max)",
+    )
+
+
+def _read_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--modality", default="auto", choices=["auto", "ct", "mri", "xray"])
+    p.add_argument("--frame", type=int, help="frame of a 4D image")
+    p.add_argument("--series-uid", help="DICOM series to read from a folder holding several")
+    p.add_argument(
+        "--keep-phi",
+        action="store_true",
+        help="keep patient-identifying DICOM fields in output metadata (default: dropped)",
+    )
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import get_spec, list_models
+    from .models.loading import download_weights
+
+    if args.download:
+        path = download_weights(get_spec(args.download))
+        print(f"downloaded {args.download} to {path}")
+        return 0
+    records = list_models()
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    print(f"{'name':16} {'dims':>4} {'f':>2} {'C':>2} {'in':>3} {'source':8} {'available':9} path")
+    for r in records:
+        print(
+            f"{r['name']:16} {r['spatial_dims']:>3}D {r['factor']:>2} {r['latent_channels']:>2} "
+            f"{r['in_channels']:>3} {r['source']:8} {'yes' if r['available'] else 'no':9} {r['path']}"
+        )
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .codec import project_latent
+    from .latents import save_latent
+
+    inputs = expand_inputs(args.inputs)
+    many = len(inputs) > 1 or _is_dataset(args.inputs)
+    out = Path(args.output)
+    if many and out.suffix:
+        raise OutputError(f"{out}: several inputs need an output folder, not a file name")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    mine = inputs[rank::world]
+    done = skipped = 0
+    model = None
+    for path in mine:
+        target = out / latent_name(path) if many or out.is_dir() else out
+        if many and target.is_file() and target.with_name(_json_name(target)).is_file():
+            skipped += 1
+            continue
+        volume = _read(path, args)
+        model = model or _load_model(args, volume.ndim)
+        latent = _run("encode", _encode_steps(volume, model, args))
+        if args.projected:
+            latent = project_latent(latent, model)
+        save_latent(latent, target)
+        done += 1
+        print(
+            f"{path} -> {target}: latent {tuple(latent.array.shape)} from image {volume.shape}, "
+            f"storage ratio {latent.storage_ratio:.1f}x"
+        )
+    if many:
+        print(
+            f"rank {rank}/{world}: encoded {done}, skipped {skipped} already done, of {len(inputs)} inputs"
+        )
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from .codec import decode_steps
+    from .imaging.io import write_volume
+    from .latents import load_latent
+
+    latent = load_latent(args.latent)
+    model = None
+    if args.model or args.weights:
+        model = _load_model(args, len(latent.image_shape), default=latent.model)
+    volume = _run("decode", decode_steps(latent, model, _options(args)))
+    write_volume(volume, args.output)
+    print(f"{args.latent} -> {args.output}: image {volume.shape}")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .codec import decode_steps
+    from .imaging.io import write_volume
+
+    volume = _read(args.input, args)
+    model = _load_model(args, volume.ndim)
+    latent = _run("encode", _encode_steps(volume, model, args))
+    recon = _run("decode", decode_steps(latent, model, _options(args)))
+    metrics = reconstruction_metrics(volume.array, recon.array) if args.metrics else None
+    write_volume(recon, args.output)
+    line = f"{args.input} -> {args.output}: {_model_label(model)}, shape {recon.shape}"
+    if metrics:
+        from .imaging.atomic import atomic_write_text
+
+        metrics.update(input=str(args.input), output=str(args.output), model=_model_label(model))
+        atomic_write_text(Path(args.metrics), json.dumps(metrics, indent=2))
+        line += f", PSNR {metrics['psnr_db']:.2f} dB"
+    print(line)
+    return 0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def reconstruction_metrics(reference, test) -> dict:
+    """PSNR and MS-SSIM with the reference's own range as data range (FACTS conventions)."""
+    from .analysis.metrics import Unavailable, ms_ssim, psnr, reference_range, to_unit_range
+
+    rng = reference_range(reference)
+    ref, tst = to_unit_range(reference, rng), to_unit_range(test, rng)
+    ms = ms_ssim(ref, tst)
+    return {
+        "psnr_db": psnr(ref, tst),
+        "ms_ssim": None if isinstance(ms, Unavailable) else ms.value,
+        "ms_ssim_note": ms.reason if isinstance(ms, Unavailable) else ms.note,
+        "data_range": list(rng),
+    }
+
+
+def expand_inputs(items: list[str]) -> list[str]:
+    """Files, DICOM series folders, dataset folders and CSV lists -> a sorted list of inputs."""
+    from .imaging.io import detect_format
+
+    out: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.suffix.lower() == ".csv":
+            out += _csv_paths(path)
+        elif path.is_dir() and _is_dataset([item]):
+            out += sorted(str(p) for p in path.iterdir() if _is_image(p, detect_format))
+        else:
+            out.append(item)
+    if not out:
+        raise InputError(f"{' '.join(items)}: no images found")
+    return out
+
+
+def _is_dataset(items: list[str]) -> bool:
+    """A folder is a dataset when it holds image files other than DICOM (else it is a series)."""
+    return any(
+        Path(i).suffix.lower() == ".csv"
+        or (
+            Path(i).is_dir()
+            and any(_suffix(p) in IMAGE_SUFFIXES[:-1] or p.is_dir() for p in Path(i).iterdir())
+        )
+        for i in items
+    )
+
+
+def _is_image(path: Path, detect_format) -> bool:
+    if path.name.startswith("."):
+        return False
+    if path.is_dir():
+        return True
+    try:
+        detect_format(path)
+        return True
+    except MedVAEError:
+        return False
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _csv_paths(path: Path) -> list[str]:
+    if not path.is_file():
+        raise InputError(f"{path}: CSV file not found")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise InputError(f"{path}: CSV file is empty")
+    start = (
+        1 if rows[0] and rows[0][0].strip().lower() in ("path", "file", "filename", "image") else 0
+    )
+    base = path.parent
+    return [
+        str(p if Path(p).is_absolute() else base / p)
+        for p in (r[0].strip() for r in rows[start:] if r)
+    ]
+
+
+def latent_name(path: str) -> str:
+    p = Path(path)
+    stem = p.name[:-7] if p.name.endswith(".nii.gz") else (p.stem if p.is_file() else p.name)
+    return f"{stem}.latent.nii.gz"
+
+
+def _json_name(target: Path) -> str:
+    return target.name[:-7] + ".json"
+
+
+def _read(path: str, args: argparse.Namespace):
+    from .imaging.io import read_volume
+
+    return read_volume(
+        path,
+        frame=args.frame,
+        series_uid=args.series_uid,
+        modality=args.modality,
+        keep_phi=args.keep_phi,
+    )
+
+
+def _load_model(args: argparse.Namespace, ndim: int, default: str | None = None):
+    from .baselines import BASELINES, get_baseline
+    from .models import load_model
+    from .models.zoo import DEFAULT_2D, DEFAULT_3D
+
+    name = args.model or default or (DEFAULT_3D if ndim == 3 else DEFAULT_2D)
+    if name in BASELINES:
+        dims = 3 if name in ("trilinear", "spline") else 2
+        return get_baseline(name, dims, getattr(args, "factor", 4))
+    return load_model(name, weights=args.weights, device=args.device)
+
+
+def _model_label(model) -> str:
+    return str(getattr(model, "name", type(model).__name__))
+
+
+def _options(args: argparse.Namespace):
+    from .codec import CodecOptions
+
+    try:
+        return CodecOptions(
+            axis=getattr(args, "axis", None),
+            batch_size=args.batch_size,
+            precision=args.precision,
+            roi=args.roi,
+            overlap=args.overlap,
+            tile=args.tile,
+            sample=getattr(args, "sample", False),
+            seed=getattr(args, "seed", 0),
+        )
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def _encode_steps(volume, model, args: argparse.Namespace):
+    from .codec import encode_steps
+    from .imaging.normalization import fit_normalization
+
+    norm = (
+        fit_normalization(volume.array, volume.modality, window=args.window)
+        if args.window
+        else None
+    )
+    return encode_steps(volume, model, _options(args), normalization=norm)
+
+
+def _run(stage: str, steps):
+    """Drive a codec generator with a progress bar on stderr when attached to a terminal."""
+    from tqdm import tqdm
+
+    from .codec import run
+
+    bar = tqdm(desc=stage, unit="step", leave=False, disable=not sys.stderr.isatty())
+
+    def report(p):
+        bar.total = p.total
+        bar.n = p.done
+        bar.refresh()
+
+    try:
+        return run(steps, report)
+    finally:
+        bar.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

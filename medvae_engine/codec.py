@@ -1,0 +1,351 @@
+"""Encode, decode and reconstruct Volumes in their own geometry and intensity units.
+
+2D models run slice-wise along a chosen axis in batches (huge images in blended tiles); 3D models
+run whole or in Gaussian-blended sliding windows so memory grows with the window, not the volume.
+Inputs are padded at the end of every axis (edge values) to a multiple of the factor and cropped
+back exactly. Every operation is a generator yielding ``Progress`` (``*_steps``) with a plain
+function on top that accepts a progress callback and a cancel event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Callable, Generator
+
+import numpy as np
+import torch
+
+from .errors import Cancelled, InputError, ModelError
+from .imaging.normalization import Normalization, fit_normalization
+from .imaging.volume import Volume
+from .latents import Latent
+from .windows import blend, count_windows
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_ROI = 160
+DEFAULT_OVERLAP = 0.25
+WHOLE_IMAGE_LIMIT = 2048 * 2048  # 2D slices up to this many pixels are encoded whole
+DEFAULT_TILE = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """One step of long work: ``done`` of ``total`` units in ``stage`` (encode or decode)."""
+
+    done: int
+    total: int
+    stage: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecOptions:
+    """How to run a model over a Volume; defaults are deterministic and memory-bounded."""
+
+    axis: int | None = None  # slice axis for 2D models on volumes; None: the coarsest axis
+    batch_size: int = 8
+    precision: str = "fp32"
+    roi: int = DEFAULT_ROI  # 3D window side
+    overlap: float = DEFAULT_OVERLAP
+    tile: int | None = None  # 2D tile side; None: whole slices up to WHOLE_IMAGE_LIMIT pixels
+    sample: bool = False  # draw z from the posterior instead of its mean
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.batch_size < 1 or self.roi < 1:
+            raise ValueError("batch_size and roi must be positive")
+
+
+Steps = Generator[Progress, None, object]
+
+
+def run(
+    steps: Steps,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+):
+    """Drive a ``*_steps`` generator to its result, reporting progress and honouring cancel."""
+    try:
+        while True:
+            p = next(steps)
+            if cancel is not None and cancel.is_set():
+                steps.close()
+                raise Cancelled("cancelled by the user")
+            if progress is not None:
+                progress(p)
+    except StopIteration as stop:
+        return stop.value
+
+
+def encode(volume: Volume, model, options: CodecOptions | None = None, **kw) -> Latent:
+    """Volume -> Latent (see ``encode_steps``); ``progress``/``cancel`` keywords as in ``run``."""
+    progress, cancel = kw.pop("progress", None), kw.pop("cancel", None)
+    return run(encode_steps(volume, model, options, **kw), progress, cancel)
+
+
+def decode(latent: Latent, model=None, options: CodecOptions | None = None, **kw) -> Volume:
+    """Latent -> Volume in the original geometry and units; the model comes from the sidecar."""
+    progress, cancel = kw.pop("progress", None), kw.pop("cancel", None)
+    return run(decode_steps(latent, model, options), progress, cancel)
+
+
+def reconstruct(volume: Volume, model, options: CodecOptions | None = None, **kw) -> Volume:
+    """Encode then decode: the model's reconstruction in the input's geometry and units."""
+    progress, cancel = kw.pop("progress", None), kw.pop("cancel", None)
+    return run(reconstruct_steps(volume, model, options, **kw), progress, cancel)
+
+
+def reconstruct_steps(
+    volume: Volume, model, options: CodecOptions | None = None, **kw
+) -> Generator[Progress, None, Volume]:
+    latent = yield from encode_steps(volume, model, options, **kw)
+    return (yield from decode_steps(latent, model, options))
+
+
+def encode_steps(
+    volume: Volume,
+    model,
+    options: CodecOptions | None = None,
+    *,
+    normalization: Normalization | None = None,
+    modality: str | None = None,
+) -> Generator[Progress, None, Latent]:
+    """Normalise, pad, run the encoder slice-wise or windowed, and describe how to undo it."""
+    opts = options or CodecOptions()
+    source = volume.metadata.get("source_path", "input")
+    check_finite(volume.array, source)
+    modality = modality or volume.modality
+    norm = normalization or fit_normalization(volume.array, modality)
+    x = norm.forward(volume.array)
+    f = int(model.factor)
+    generator = torch.Generator().manual_seed(opts.seed)
+
+    def enc(t: torch.Tensor) -> torch.Tensor:
+        t = t.repeat_interleave(model.in_channels, dim=1) if model.in_channels > 1 else t
+        with torch.no_grad(), autocast(model, opts.precision):
+            return model.encode(
+                t.to(model_device(model)), sample=opts.sample, generator=generator
+            ).float()
+
+    if model.spatial_dims == 2:
+        axis = slice_axis(volume, opts.axis) if volume.ndim == 3 else None
+        stack = x[None] if axis is None else np.moveaxis(x, axis, 0)
+        stack = pad_to_multiple(stack, f, axes=(1, 2))
+        z = yield from _slices(stack, enc, opts, f, 1.0 / f, "encode")
+        array = z.transpose(1, 0, 2, 3)  # (C, S, h, w)
+        array = array[:, 0] if axis is None else np.moveaxis(array, 1, axis + 1)
+        factors = tuple(1 if i == axis else f for i in range(volume.ndim))
+        padded = _padded_shape(volume.shape, f, axis)
+    else:
+        if volume.ndim != 3:
+            raise InputError(
+                f"{source}: a 2D image cannot go through the 3D model {model_name(model)}"
+            )
+        padded_x = pad_to_multiple(x, f, axes=(0, 1, 2))
+        t = torch.from_numpy(padded_x)[None, None]
+        z = yield from _volume(t, enc, opts, f, 1.0 / f, "encode")
+        array, axis, factors, padded = z[0], None, (f, f, f), padded_x.shape
+    return Latent(
+        array=np.ascontiguousarray(array, dtype=np.float32),
+        image_shape=volume.shape,
+        image_affine=volume.affine.copy(),
+        padded_shape=tuple(int(p) for p in padded),
+        factors=factors,
+        normalization=norm,
+        model=model_name(model),
+        spatial_dims=model.spatial_dims,
+        axis=axis,
+        weights_sha256=_sha(model),
+        weights_path=getattr(model, "weights_path", None),
+        modality=modality,
+        metadata={k: v for k, v in volume.metadata.items() if k != "source_path"},
+    )
+
+
+def decode_steps(
+    latent: Latent, model=None, options: CodecOptions | None = None
+) -> Generator[Progress, None, Volume]:
+    """Run the decoder over a Latent, crop the padding and map back to image units."""
+    opts = options or CodecOptions()
+    model = model if model is not None else model_for_latent(latent)
+    check_compatible(latent, model)
+    f = int(model.factor)
+
+    def dec(t: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast(model, opts.precision):
+            y = model.decode(t.to(model_device(model))).float()
+        return y.mean(dim=1, keepdim=True) if y.shape[1] > 1 else y
+
+    shape = latent.image_shape
+    if latent.spatial_dims == 2:
+        axis = latent.axis
+        stack = latent.array[:, None] if axis is None else np.moveaxis(latent.array, axis + 1, 1)
+        stack = stack.transpose(1, 0, 2, 3)  # (S, C, h, w)
+        y = yield from _slices(stack, dec, opts, 1, float(f), "decode")
+        y = y[:, 0]  # (S, H, W)
+        in_plane = [s for i, s in enumerate(shape) if i != axis]
+        y = y[:, : in_plane[0], : in_plane[1]]
+        out = y[0] if axis is None else np.moveaxis(y, 0, axis)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(latent.array))[None]
+        y = yield from _volume(t, dec, opts, 1, float(f), "decode")
+        out = y[0, 0][tuple(slice(0, s) for s in shape)]
+    out = latent.normalization.inverse(out)
+    return Volume(
+        out, latent.image_affine.copy(), latent.modality, dict(latent.metadata, model=latent.model)
+    )
+
+
+def project_latent(latent: Latent, model) -> Latent:
+    """The stage-2 (projected) latent of a stage-1 Latent, for downstream models; not decodable."""
+    t = latent.array[None] if latent.spatial_dims == 3 or latent.axis is None else None
+    if t is None:  # 2D model on a volume: slices along the axis become the batch
+        t = np.moveaxis(latent.array, latent.axis + 1, 0)
+    with torch.no_grad():
+        out = (
+            model.project(torch.from_numpy(np.ascontiguousarray(t)).to(model_device(model)))
+            .cpu()
+            .numpy()
+        )
+    out = (
+        out[0]
+        if latent.spatial_dims == 3 or latent.axis is None
+        else np.moveaxis(out, 0, latent.axis + 1)
+    )
+    return dataclasses.replace(latent, array=out.astype(np.float32), projected=True)
+
+
+def _slices(stack: np.ndarray, fn, opts: CodecOptions, multiple: int, scale: float, stage: str):
+    """Run ``fn`` over a stack (S, [C,] H, W) in batches, tiling slices that are too large."""
+    if stack.ndim == 3:
+        stack = stack[:, None]
+    n, _, h, w = stack.shape
+    pixels = h * w * (scale * scale if scale > 1 else 1)
+    tile = opts.tile or (DEFAULT_TILE if pixels > WHOLE_IMAGE_LIMIT else None)
+    outs = []
+    if tile is None:
+        total = -(-n // opts.batch_size)
+        for i, start in enumerate(range(0, n, opts.batch_size)):
+            batch = np.ascontiguousarray(stack[start : start + opts.batch_size])
+            outs.append(fn(torch.from_numpy(batch)).cpu().numpy())
+            yield Progress(i + 1, total, stage)
+        return np.concatenate(outs)
+    side = max(multiple, int(tile * (1 if scale < 1 else 1 / scale)) // multiple * multiple)
+    per = count_windows((h, w), (side, side), opts.overlap, multiple)
+    for i in range(n):
+        t = torch.from_numpy(np.ascontiguousarray(stack[i : i + 1]))
+        for done, _, result in blend(t, fn, (side, side), opts.overlap, multiple, scale):
+            if result is None:
+                yield Progress(i * per + done, n * per, stage)
+        outs.append(result.cpu().numpy())
+    return np.concatenate(outs)
+
+
+def _volume(t: torch.Tensor, fn, opts: CodecOptions, multiple: int, scale: float, stage: str):
+    """Run ``fn`` on a (1, C, D, H, W) tensor whole, or in windows when larger than the ROI."""
+    side = max(multiple, int(opts.roi * (1 if scale < 1 else 1 / scale)) // multiple * multiple)
+    if all(s <= side for s in t.shape[2:]):
+        y = fn(t)
+        yield Progress(1, 1, stage)
+        return y.cpu().numpy()
+    for done, total, result in blend(t, fn, (side,) * 3, opts.overlap, multiple, scale):
+        if result is None:
+            yield Progress(done, total, stage)
+    return result.cpu().numpy()
+
+
+def _padded_shape(shape: tuple[int, ...], f: int, axis: int | None) -> tuple[int, ...]:
+    return tuple(s if i == axis else -(-s // f) * f for i, s in enumerate(shape))
+
+
+def pad_to_multiple(x: np.ndarray, f: int, axes: tuple[int, ...]) -> np.ndarray:
+    """Pad the end of ``axes`` with edge values up to a multiple of ``f``."""
+    widths = [(0, (-x.shape[i]) % f if i in axes else 0) for i in range(x.ndim)]
+    return np.pad(x, widths, mode="edge") if any(w for _, w in widths) else x
+
+
+def slice_axis(volume: Volume, axis: int | None) -> int:
+    """The axis a 2D model slices along: the given one, else the coarsest (ties: the last)."""
+    if axis is not None:
+        if not -volume.ndim <= axis < volume.ndim:
+            raise InputError(f"axis {axis} is out of range for a {volume.ndim}D volume")
+        return axis % volume.ndim
+    spacing = np.asarray(volume.spacing)
+    return int(np.flatnonzero(np.isclose(spacing, spacing.max()))[-1])
+
+
+def check_finite(array: np.ndarray, source: str) -> None:
+    bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise InputError(f"{source}: contains {bad} NaN/Inf voxels")
+    if np.size(array) == 0:
+        raise InputError(f"{source}: image is empty")
+
+
+def check_compatible(latent: Latent, model) -> None:
+    """ModelError unless ``model`` can decode ``latent``."""
+    if latent.projected:
+        raise ModelError(
+            "stage-2 (projected) latents cannot be decoded; encode without --projected"
+        )
+    if latent.spatial_dims != model.spatial_dims or latent.array.shape[0] != model.latent_channels:
+        raise ModelError(
+            f"latent from {latent.model} ({latent.spatial_dims}D, {latent.array.shape[0]} channels) "
+            f"cannot be decoded by {model_name(model)} ({model.spatial_dims}D, "
+            f"{model.latent_channels} channels)"
+        )
+    if max(latent.factors) != model.factor:
+        raise ModelError(
+            f"latent factor {max(latent.factors)} differs from {model_name(model)}'s {model.factor}"
+        )
+
+
+def model_for_latent(latent: Latent):
+    """Load the model named in a latent's sidecar and check its weights checksum."""
+    from .baselines import BASELINES, get_baseline
+    from .models import MODELS, load_model, weights_sha256
+
+    if latent.model in BASELINES:
+        return get_baseline(latent.model, latent.spatial_dims, max(latent.factors))
+    if latent.model in MODELS:
+        model = load_model(latent.model)
+    elif latent.weights_path:
+        model = load_model(latent.weights_path)
+    else:
+        raise ModelError(
+            f"latent was made by {latent.model!r}; pass the model or its weights to decode it"
+        )
+    if latent.weights_sha256 and weights_sha256(model) != latent.weights_sha256:
+        raise ModelError(
+            f"weights {model.weights_path} differ from those that made the latent "
+            f"(sha256 {latent.weights_sha256[:12]}...); pass the original weights"
+        )
+    return model
+
+
+def model_name(model) -> str:
+    return str(getattr(model, "name", type(model).__name__))
+
+
+def model_device(model) -> torch.device:
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def autocast(model, precision: str):
+    """Autocast context for bf16/fp16, nothing for fp32."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(model_device(model).type, dtype=dtype)
+
+
+def _sha(model) -> str | None:
+    from .models import weights_sha256
+
+    return weights_sha256(model)

@@ -1,0 +1,131 @@
+"""Per-viewer session: the chosen model (evented state the Model widget shows) and the loaded module.
+
+Kept free of Qt so the model choice, summary and loading are testable without a viewer.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+from psygnal import evented
+
+from medvae_engine.baselines import get_baseline
+from medvae_engine.errors import ModelError
+from medvae_engine.models import list_models, load_model
+
+BASELINE_PREFIX = "baseline:"
+CUSTOM = "custom checkpoint"
+BASELINES = {"bicubic": 2, "trilinear": 3}
+DEFAULT_FACTOR = 4
+NOT_AVAILABLE = "not available yet"
+
+
+@evented
+@dataclass
+class ModelState:
+    """The user's model choice and what the panel shows about it."""
+
+    choice: str = ""
+    checkpoint: str = ""
+    device: str = "cpu"
+    precision: str = "fp32"
+    loaded: str = ""
+    summary: str = ""
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """(label, value) pairs: zoo models (marked when weights are missing), baselines, custom."""
+    choices = []
+    for record in list_models():
+        tag = "" if record["available"] else f" ({NOT_AVAILABLE})"
+        label = f"{record['name']}: {record['source']}, f={record['factor']}{tag}"
+        choices.append((label, record["name"]))
+    for mode, dims in BASELINES.items():
+        choices.append((f"{mode} baseline ({dims}D, f={DEFAULT_FACTOR})", BASELINE_PREFIX + mode))
+    choices.append((CUSTOM, CUSTOM))
+    return choices
+
+
+def default_choice() -> str:
+    """The first available starter, else the bicubic baseline (clearly labelled as such)."""
+    for record in list_models():
+        if record["source"] == "starter" and record["available"] and record["spatial_dims"] == 2:
+            return record["name"]
+    return BASELINE_PREFIX + "bicubic"
+
+
+def build_model(state: ModelState):
+    """Load the chosen model; ModelError (a notification in the GUI) when it cannot be had."""
+    choice = state.choice or default_choice()
+    if choice.startswith(BASELINE_PREFIX):
+        mode = choice[len(BASELINE_PREFIX):]
+        return get_baseline(mode, BASELINES[mode], DEFAULT_FACTOR)
+    if choice == CUSTOM:
+        if not state.checkpoint:
+            raise ModelError("choose a checkpoint file for the custom model")
+        return load_model(state.checkpoint, device=state.device)
+    return load_model(choice, device=state.device)
+
+
+def summarize(model, image_shape: tuple[int, ...] | None, axis: int | None = None) -> str:
+    """Factor, latent shape, compression ratio and a rough memory estimate for ``image_shape``."""
+    f = int(model.factor)
+    c = int(model.latent_channels)
+    lines = [f"{getattr(model, 'name', 'model')}: {model.spatial_dims}D, factor {f}, {c} latent ch"]
+    if image_shape is None:
+        return "\n".join(lines)
+    spatial = _latent_spatial(image_shape, f, model.spatial_dims, axis)
+    latent_values = c * int(np.prod(spatial))
+    ratio = float(np.prod(image_shape)) / latent_values
+    params = sum(p.numel() for p in model.parameters())
+    width = int(getattr(model, "config", {}).get("ch", 1))
+    plane = int(np.prod(image_shape[-2:]))
+    activations = 8 * width * plane * 4 * 4  # batch 8, ~4 live feature maps of the first level
+    total = params * 4 + activations + 2 * 4 * int(np.prod(image_shape)) + 4 * latent_values
+    lines += [
+        f"latent shape ({c}, {', '.join(map(str, spatial))})",
+        f"compression {ratio:.0f}x ({latent_values} values)",
+        f"memory ~{total / 2**20:.0f} MB (rough estimate)",
+    ]
+    return "\n".join(lines)
+
+
+def _latent_spatial(shape, f, spatial_dims, axis) -> tuple[int, ...]:
+    if spatial_dims == 2 and len(shape) == 3:
+        axis = len(shape) - 1 if axis is None else axis
+        return tuple(s if i == axis else -(-s // f) for i, s in enumerate(shape))
+    return tuple(-(-s // f) for s in shape)
+
+
+class Session:
+    """The model state of one viewer and the module loaded for it."""
+
+    def __init__(self) -> None:
+        self.state = ModelState(choice=default_choice())
+        self.model = None
+        self.state.events.connect(self._forget_on_change)
+
+    def _forget_on_change(self, info) -> None:
+        if info.signal.name in ("choice", "checkpoint", "device"):
+            self.model = None
+            self.state.loaded = ""
+
+    def ensure_model(self):
+        """The loaded model, loading the current choice if needed (ModelError when impossible)."""
+        if self.model is None:
+            self.model = build_model(self.state)
+            self.state.loaded = getattr(self.model, "name", self.state.choice)
+        return self.model
+
+
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def get_session(viewer) -> Session:
+    """The session shared by every medvae widget docked in ``viewer``."""
+    session = _SESSIONS.get(viewer)
+    if session is None:
+        session = _SESSIONS[viewer] = Session()
+    return session

@@ -1,0 +1,144 @@
+"""Engine generators -> napari thread workers with a progress bar and Cancel.
+
+An engine ``*_steps`` generator yields ``Progress`` and returns its result; `start_job` runs it in a
+``thread_worker`` (or synchronously when ``NAPARI_MEDVAE_SYNC=1``, for deterministic tests), shows a
+napari progress bar, hands the result to ``on_done`` in the GUI thread and turns user-facing engine
+errors into notifications. Cancel stops at the next step and ``on_done`` is never called, so no
+half-made layers appear.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from psygnal import evented
+
+from medvae_engine.codec import Progress
+from medvae_engine.errors import Cancelled, MedVAEError
+
+SYNC_ENV = "NAPARI_MEDVAE_SYNC"
+
+
+@evented
+@dataclass
+class JobState:
+    """What a widget shows about its running job."""
+
+    running: bool = False
+    label: str = ""
+    done: int = 0
+    total: int = 0
+    message: str = ""
+
+
+@dataclass
+class Job:
+    """A started job: cancel it, or wait for it in tests via ``worker``."""
+
+    state: JobState
+    worker: object | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    worker_thread: list = field(default_factory=list)  # ids of the threads that ran steps
+
+    def cancel(self) -> None:
+        """Stop at the next progress step; nothing is added."""
+        self.cancel_event.set()
+        if self.worker is not None:
+            self.worker.quit()
+
+
+def sync_mode() -> bool:
+    """True when jobs run in the calling thread (``NAPARI_MEDVAE_SYNC=1``)."""
+    return os.environ.get(SYNC_ENV, "") not in ("", "0")
+
+
+def start_job(
+    steps: Generator[Progress, None, object],
+    on_done: Callable[[object], None],
+    state: JobState,
+    label: str,
+) -> Job:
+    """Run ``steps`` in the background (or synchronously) with progress, cancel and error display."""
+    job = Job(state)
+    state.label, state.done, state.total, state.message = label, 0, 0, "starting"
+    state.running = True
+    bar = progress(total=0, desc=label)
+
+    def show(p: Progress) -> None:
+        if not state.running:  # a late progress signal after the job ended
+            return
+        if bar.total != p.total:
+            bar.total = p.total
+        bar.n = p.done
+        bar.set_description(f"{label}: {p.stage}")
+        bar.refresh()
+        state.done, state.total, state.message = p.done, p.total, p.stage
+
+    def finish(message: str) -> None:
+        bar.close()
+        state.message = message  # before running flips, so listeners of running see the outcome
+        state.running = False
+
+    def done(result: object) -> None:
+        try:
+            on_done(result)  # adds the layers; the job counts as done only afterwards
+        except Exception as e:  # shown as one line, the job ends as failed
+            failed(e)
+            return
+        finish("done")
+
+    def failed(exc: BaseException) -> None:
+        finish("cancelled" if isinstance(exc, Cancelled) else "failed")
+        if isinstance(exc, Cancelled):
+            show_info(f"{label}: cancelled")
+        elif isinstance(exc, MedVAEError):
+            show_error(str(exc))
+        else:
+            show_error(f"{label} failed: {type(exc).__name__}: {exc}")
+
+    def tracked() -> Generator[Progress, None, object]:
+        job.worker_thread.append(threading.get_ident())
+        result = yield from steps
+        return result
+
+    if sync_mode():
+        _run_sync(tracked(), show, job.cancel_event, done, failed)
+        return job
+    job.worker = _threaded(tracked(), show, job.cancel_event, done, failed)
+    return job
+
+
+def _run_sync(steps, show, cancel_event, done, failed) -> None:
+    try:
+        while True:
+            p = next(steps)
+            if cancel_event.is_set():
+                steps.close()
+                raise Cancelled("cancelled by the user")
+            show(p)
+    except StopIteration as stop:
+        done(stop.value)
+    except Exception as e:  # shown to the user as one line, never a traceback
+        failed(e)
+
+
+def _threaded(steps, show, cancel_event, done, failed):
+    from napari.qt.threading import thread_worker
+
+    @thread_worker(start_thread=False)
+    def work():
+        result = yield from steps
+        return result
+
+    worker = work()
+    worker.yielded.connect(show)
+    worker.returned.connect(lambda result: None if cancel_event.is_set() else done(result))
+    worker.errored.connect(failed)
+    worker.aborted.connect(lambda: failed(Cancelled("cancelled by the user")))
+    worker.start()
+    return worker

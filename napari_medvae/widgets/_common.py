@@ -1,0 +1,45 @@
+"""Helpers shared by the docked widgets: layer choices, the slicing axis, the current slice index."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image, Labels
+
+from .._layers import layer_kind
+
+NONE = "(none)"
+WIDGET_WIDTH = 420  # px: docked panels leave the canvas most of the window
+
+
+def image_layers(viewer, exclude_latents: bool = True) -> list[str]:
+    """Names of image layers (latent layers excluded unless asked)."""
+    return [
+        layer.name for layer in viewer.layers
+        if isinstance(layer, Image) and not (exclude_latents and layer_kind(layer) == "latent")
+    ]
+
+
+def layers_of(viewer, *types) -> list[str]:
+    """Names of the layers of the given napari layer types."""
+    return [layer.name for layer in viewer.layers if isinstance(layer, types or (Image, Labels))]
+
+
+def slicing_axis(viewer, layer) -> int | None:
+    """The layer's data axis the viewer slices through in 2D display (None for 2D layers)."""
+    if layer.ndim < 3:
+        return None
+    offset = viewer.dims.ndim - layer.ndim
+    hidden = [a - offset for a in viewer.dims.not_displayed if a - offset >= 0]
+    return hidden[-1] if hidden else 0
+
+
+def current_index(viewer, layer, axis: int) -> int:
+    """The data index of the slice shown along ``axis``, clipped to the layer's extent."""
+    data_point = layer.world_to_data(viewer.dims.point[-layer.ndim:])
+    return int(np.clip(np.round(data_point[axis]), 0, layer.data.shape[axis] - 1))
+
+
+def grid_of(viewer):
+    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid

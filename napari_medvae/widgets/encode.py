@@ -1,0 +1,132 @@
+"""Encode / Reconstruct: a current-slice preview, and the whole image in the background.
+
+Results appear only when a job completes: a latent layer over the image (scale times f, shifted to
+the block centres) and a reconstruction in the image's geometry and units.
+"""
+
+from __future__ import annotations
+
+from magicgui.widgets import ComboBox, Container, Label, PushButton
+from napari.utils.notifications import show_error
+
+from medvae_engine.codec import CodecOptions, decode_steps, encode_steps
+from medvae_engine.errors import MedVAEError
+
+from .._layers import (
+    add_layers,
+    latent_to_layer_data,
+    layer_to_volume,
+    provenance,
+    slab,
+    volume_to_layer_data,
+)
+from .._session import get_session
+from .._threading import Job, JobState, start_job
+from ._common import WIDGET_WIDTH, current_index, image_layers, slicing_axis
+
+
+def reconstruct_with_latent(volume, model, options):
+    """Engine steps: encode then decode, returning both the Latent and the reconstruction."""
+    latent = yield from encode_steps(volume, model, options)
+    recon = yield from decode_steps(latent, model, options)
+    return latent, recon
+
+
+class EncodeWidget(Container):
+    """Docked encode/reconstruct panel for the chosen image layer."""
+
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self.max_width = WIDGET_WIDTH
+        self.viewer = napari_viewer
+        self.session = get_session(napari_viewer)
+        self.job_state = JobState()
+        self.job: Job | None = None
+        self.layer = ComboBox(label="image", choices=lambda _: image_layers(self.viewer))
+        self.preview_button = PushButton(text="Preview slice")
+        self.encode_button = PushButton(text="Encode")
+        self.reconstruct_button = PushButton(text="Reconstruct")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(label="", value="idle")
+        self.extend([self.layer, self.preview_button, self.encode_button,
+                     self.reconstruct_button, self.cancel_button, self.status])
+        self.preview_button.changed.connect(self.preview)
+        self.encode_button.changed.connect(lambda: self.run(latent=True, recon=False))
+        self.reconstruct_button.changed.connect(lambda: self.run(latent=True, recon=True))
+        self.cancel_button.changed.connect(self.cancel)
+        self.job_state.events.connect(self._show_state)
+        self.viewer.layers.events.inserted.connect(self.reset_choices)
+        self.viewer.layers.events.removed.connect(self.reset_choices)
+
+    def _show_state(self, _info=None) -> None:
+        s = self.job_state
+        self.cancel_button.enabled = s.running
+        for button in (self.preview_button, self.encode_button, self.reconstruct_button):
+            button.enabled = not s.running
+        progress = f" {s.done}/{s.total}" if s.total else ""
+        self.status.value = f"{s.label}: {s.message}{progress}" if s.label else "idle"
+
+    def _inputs(self):
+        """(layer, volume, model, options) or None after showing why not."""
+        name = self.layer.value
+        if name is None or name not in self.viewer.layers:
+            show_error("choose an image layer to encode")
+            return None
+        layer = self.viewer.layers[name]
+        try:
+            volume = layer_to_volume(layer)
+            model = self.session.ensure_model()
+        except (MedVAEError, ValueError) as e:
+            show_error(str(e))
+            return None
+        options = CodecOptions(axis=slicing_axis(self.viewer, layer),
+                               precision=self.session.state.precision)
+        return layer, volume, model, options
+
+    def run(self, latent: bool = True, recon: bool = True) -> Job | None:
+        """Encode (and decode) the whole image in the background."""
+        inputs = self._inputs()
+        if inputs is None:
+            return None
+        layer, volume, model, options = inputs
+        name = layer.name
+
+        def add(result) -> None:
+            z, rec = result if recon else (result, None)
+            layers = [latent_to_layer_data(z, f"{name} latent")]
+            if rec is not None:
+                title = f"{name} reconstruction ({z.model})"
+                layers.append(volume_to_layer_data(rec, title, "reconstruction", **provenance(z)))
+            add_layers(self.viewer, layers)
+
+        steps = (reconstruct_with_latent(volume, model, options) if recon
+                 else encode_steps(volume, model, options))
+        label = "Reconstruct" if recon else "Encode"
+        self.job = start_job(steps, add, self.job_state, f"{label} {name}")
+        return self.job
+
+    def preview(self) -> Job | None:
+        """Reconstruct only the slice on screen (the whole image if it is 2D)."""
+        inputs = self._inputs()
+        if inputs is None:
+            return None
+        layer, volume, model, options = inputs
+        if options.axis is not None:
+            volume = slab(volume, options.axis, current_index(self.viewer, layer, options.axis))
+        name = f"{layer.name} preview"
+
+        def add(result) -> None:
+            z, rec = result
+            data = volume_to_layer_data(rec, name, "preview", **provenance(z))
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            add_layers(self.viewer, [data])
+
+        self.job = start_job(reconstruct_with_latent(volume, model, options), add, self.job_state,
+                             f"Preview {layer.name}")
+        return self.job
+
+    def cancel(self) -> None:
+        """Stop the running job; nothing is added."""
+        if self.job is not None:
+            self.job.cancel()

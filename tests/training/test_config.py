@@ -1,0 +1,88 @@
+"""Config validation: unknown, missing and ill-typed keys fail with a message naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medvae_engine.errors import MedVAEError
+from medvae_engine.training.config import ConfigError, load_config
+from medvae_engine.training.data import load_sources
+
+CONFIGS = Path(__file__).resolve().parents[2] / "medvae_engine" / "configs"
+
+
+@pytest.mark.parametrize("name, stage", [
+    ("train_stage1_2d", "stage1"), ("train_stage2_2d", "stage2_2d"), ("train_stage2_3d", "stage2_3d"),
+])
+def test_shipped_example_configs_validate(name, stage):
+    config = load_config(CONFIGS / f"{name}.yaml")
+    assert config.stage == stage
+    assert config.data.train and config.run.steps > 0
+
+
+def _error(write_config, update) -> str:
+    path = write_config(update)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    return message
+
+
+def test_unknown_key_is_named_with_its_section(write_config):
+    message = _error(write_config, {"loss": {"perceptual": {"kind": "msssim", "wieght": 1.0}}})
+    assert "'loss.perceptual.wieght'" in message and "allowed here" in message
+    assert "'colour'" in _error(write_config, {"colour": "red"})
+
+
+def test_missing_required_key(write_config, tmp_path):
+    path = write_config()
+    raw = yaml.safe_load(path.read_text())
+    del raw["run"]["steps"]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"missing required key 'run.steps'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("update, key", [
+    ({"data": {"batch_size": "eight"}}, "data.batch_size"),
+    ({"optim": {"lr": [1]}}, "optim.lr"),
+    ({"data": {"crop": 64}}, "data.crop"),
+    ({"run": {"precision": "fp8"}}, "run.precision"),
+    ({"stage": "stage3"}, "stage"),
+    ({"data": {"train": [{"path": "builtin:pydicom/CT_small.dcm", "frame": "first"}]}},
+     "data.train[0].frame"),
+    ({"model": {"lora_rank": True}}, "model.lora_rank"),
+])
+def test_ill_typed_values_are_rejected(write_config, update, key):
+    assert f"'{key}'" in _error(write_config, update)
+
+
+def test_semantic_checks(write_config):
+    assert "'data.crop'" in _error(write_config, {"data": {"crop": [64, 32]}})
+    assert "'embedder.kind'" in _error(write_config, {"stage": "stage2_2d", "model": {"init": "x"}})
+    assert "'loss.adversarial.layers'" in _error(
+        write_config, {"loss": {"adversarial": {"start_step": 0, "layers": 3}}})
+
+
+def test_numbers_in_yaml_exponent_form_are_floats(write_config, tmp_path):
+    path = write_config()
+    text = path.read_text()
+    assert "lr: 0.001" in text
+    path.write_text(text.replace("lr: 0.001", "lr: 1e-3"))
+    assert load_config(path).optim.lr == pytest.approx(1e-3)
+
+
+def test_held_out_image_listed_for_training_is_refused(write_config):
+    path = write_config({"data": {"val": ["builtin:pydicom/CT_small.dcm"]}})
+    with pytest.raises(MedVAEError, match="held-out"):
+        load_sources(load_config(path))
+
+
+def test_missing_data_file_is_named(write_config, tmp_path):
+    path = write_config({"data": {"train": ["nowhere/scan.nii.gz"]}})
+    with pytest.raises(ConfigError, match="scan.nii.gz: data source not found"):
+        load_sources(load_config(path))

@@ -1,0 +1,127 @@
+"""Each stage trains from the CLI on real bundled images with a tiny model and lowers its loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medvae_engine.models.autoencoder import AutoencoderKL
+from medvae_engine.models.checkpoints import save_model
+from medvae_engine.models.loading import load_model
+from medvae_engine.training import cli_train
+from medvae_engine.training.config import load_config
+from medvae_engine.training.data import PatchDataset, load_sources
+from medvae_engine.training.embedders import build_embedder
+from medvae_engine.training.losses import MsSsimLoss, all_slices
+from medvae_engine.training.stages import initial_model, inflate_to_3d
+
+
+@pytest.fixture(scope="module")
+def tiny_2d(tmp_path_factory):
+    torch.manual_seed(1)
+    model = AutoencoderKL(2, 1, 1, 32, (1, 2), 2, 1)
+    return save_model(model, tmp_path_factory.mktemp("tiny") / "tiny_2d.safetensors", {})
+
+
+def _fixed_batch(config, factor, dims, n=4):
+    """The crops of step 0: a fixed sample of the training distribution."""
+    train, val = load_sources(config)
+    dataset = PatchDataset(train, config, factor, 1, n, dims, held_out=val)
+    return torch.stack([dataset[i] for i in range(n)])
+
+
+def _train(path):
+    assert cli_train.main([str(path)]) == 0
+
+
+@torch.no_grad()
+def _rec_loss(model, x):
+    """The stage-1 reconstruction objective (L1 + 1 - MS-SSIM per slice) with the posterior mean."""
+    xr = model(x)
+    structural = torch.stack([MsSsimLoss()(a, b).mean() for a, b in zip(all_slices(x), all_slices(xr))])
+    return ((xr - x).abs().mean() + structural.mean()).item()
+
+
+def test_stage1_lowers_reconstruction_loss(write_config, tmp_path):
+    path = write_config({"run": {"steps": 30}, "data": {"crop": [16, 32]}, "optim": {"lr": 1e-3}})
+    config = load_config(path)
+    before, _ = initial_model(config)
+    x = _fixed_batch(config, before.factor, 2)
+    _train(path)
+    after = load_model(tmp_path / "out" / "model.safetensors")
+    assert _rec_loss(after, x) < 0.9 * _rec_loss(before, x)
+    card = json.loads((tmp_path / "out" / "model_card.json").read_text())
+    assert card["perceptual"] == "msssim" and card["steps"] == 30
+    assert card["data"]["val"] == ["builtin:pydicom/MR_small.dcm"]
+    assert {"val_psnr", "val_msssim"} <= set(card["validation"])
+    assert "l1" in card["final_losses"]
+    assert (tmp_path / "out" / "model_card.md").read_text().startswith("# out")
+
+
+def test_stage1_with_lora_trains_only_lora_and_exports_plain_weights(write_config, tmp_path, tiny_2d):
+    path = write_config({"model": {"init": str(tiny_2d), "lora_rank": 2},
+                         "run": {"steps": 4}, "loss": {"adversarial": {"start_step": 2, "layers": 2}}})
+    _train(path)
+    base, trained = load_file(str(tiny_2d)), load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert set(base) == set(trained)  # LoRA merged: the plain key layout
+    changed = {k for k in base if not torch.equal(base[k], trained[k])}
+    assert changed and all(".block." in k or ".block_" in k or ".attn_1." in k for k in changed)
+    assert all(k.endswith(".weight") for k in changed)  # LoRA never touches biases or norms
+
+
+def test_stage2_2d_trains_the_projection_head_only(write_config, tmp_path, tiny_2d, embedder_file):
+    path = write_config({
+        "stage": "stage2_2d", "model": {"init": str(tiny_2d)},
+        "embedder": {"kind": "torchscript", "path": str(embedder_file), "size": 32},
+        "optim": {"lr": 3e-3}, "run": {"steps": 8},
+    })
+    config = load_config(path)
+    x = _fixed_batch(config, 2, 2)
+    embedder = build_embedder("torchscript", embedder_file, None, 32)
+
+    def distance(model):
+        with torch.no_grad():
+            latent = model.project(model.encode(x)) / config.loss.latent_scale
+            return (embedder(latent) - embedder(x)).pow(2).mean().item()
+
+    before = load_model(tiny_2d)
+    _train(path)
+    after = load_model(tmp_path / "out" / "model.safetensors")
+    assert distance(after) < 0.8 * distance(before)
+    a, b = before.state_dict(), after.state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed and all(k.startswith(("channel_ds.", "channel_proj.")) for k in changed)
+    card = json.loads((tmp_path / "out" / "model_card.json").read_text())
+    assert "val_embed" in card["validation"] and card["embedder"] == "torchscript"
+
+
+def test_stage2_3d_inflates_and_lowers_loss_on_cubes(write_config, tmp_path, tiny_2d):
+    path = write_config({
+        "stage": "stage2_3d", "model": {"init": str(tiny_2d)},
+        "data": {"train": ["builtin:dipy/S0_10slices", {"path": "builtin:nibabel/example4d",
+                                                         "frame": 1}],
+                 "val": ["builtin:nibabel/anatomical"], "patch": 16},
+        "loss": {"adversarial": {"start_step": 16, "layers": 2}},
+        "run": {"steps": 20},
+    })
+    config = load_config(path)
+    before = inflate_to_3d(load_model(tiny_2d))
+    x = _fixed_batch(config, 2, 3, n=2)
+    _train(path)
+    after = load_model(tmp_path / "out" / "model.safetensors")
+    assert after.spatial_dims == 3
+    assert _rec_loss(after, x) < 0.9 * _rec_loss(before, x)
+    rows = (tmp_path / "out" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    last = dict(zip(header, rows[-1].split(","), strict=True))
+    assert float(last["disc"]) > 0 and last["d_weight"] != ""  # adversarial loss on slices ran
+
+
+def test_cli_reports_bad_config_in_one_line(write_config, capsys):
+    path = write_config({"data": {"batch_size": -1}})
+    assert cli_train.main([str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "data.batch_size" in err and "\n" not in err
