@@ -31,7 +31,11 @@ WARMUP_BELOW_FLOPS = (
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("kind", nargs="?", default="speed", choices=["speed"], help="which benchmark")
+    from .quality import add_quality_arguments
+
+    p.add_argument("kind", nargs="?", default="speed", choices=["speed", "quality"],
+                   help="speed: throughput and memory; quality: models vs interpolation on held-out images")
+    add_quality_arguments(p)
     p.add_argument(
         "--sizes",
         type=int,
@@ -47,6 +51,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         help="3D volume sides (official 3D f=4 architecture)",
     )
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--bf16-sizes", type=int, nargs="*", default=[2048],
+                   help="2D sides run in bf16 only (whole-image memory check)")
     p.add_argument(
         "--roi-volumes",
         type=int,
@@ -71,6 +77,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.kind == "quality":
+        from .quality import run_quality
+
+        return run_quality(args)
     results = {
         "machine": machine_info(args.threads),
         "matmul": matmul_peak(args.threads),
@@ -92,8 +102,11 @@ def speed_cases(args: argparse.Namespace, tmp: Path) -> list[dict]:
         for side in sides:
             for precision in args.precisions:
                 cases.append(_case(dims, side, precision, tmp, args, width=128, roi=None))
+    for side in args.bf16_sizes:
+        cases.append(_case("2d", side, "bf16", tmp, args, width=128, roi=None))
     for side in args.roi_volumes:
-        cases.append(_case("3d", side, "fp32", tmp, args, width=args.roi_width, roi=args.roi))
+        for roi in (None, args.roi):
+            cases.append(_case("3d", side, "bf16", tmp, args, width=args.roi_width, roi=roi))
     return cases
 
 
@@ -101,7 +114,7 @@ def _case(dims, side, precision, tmp, args, width, roi) -> dict:
     from .models.zoo import get_spec
 
     config = get_spec(OFFICIAL_ARCH[dims]).config() | {"ch": width}
-    tag = f"{dims}_{side}_{width}"
+    tag = f"{dims}_{side}_{width}_{roi}"
     return {
         "dims": dims,
         "side": side,
@@ -190,7 +203,7 @@ def count_flops(case: dict) -> tuple[float, float]:
 
 def worker(case: dict) -> dict:
     """Our implementation on one case (runs in the subprocess)."""
-    from .codec import autocast
+    from .codec import autocast, fast_layout
     from .models import AutoencoderKL
     from .models.checkpoints import load_strict
 
@@ -200,7 +213,7 @@ def worker(case: dict) -> dict:
         model, torch.load(case["weights"], weights_only=True)["state_dict"], case["weights"]
     )
     model.eval()
-    x = torch.from_numpy(np.load(case["input"]))
+    x = fast_layout(model, torch.from_numpy(np.load(case["input"])))
     rss_model = _rss_mb()
     if case["roi"]:
         return _windowed(model, x, case, rss_model)
@@ -327,9 +340,10 @@ def _subprocess(cmd: list[str]) -> dict:
 
 
 def _psnr(ref: np.ndarray, test: np.ndarray) -> float:
-    """PSNR in dB of two model-space [-1, 1] outputs (data range 2)."""
-    mse = float(np.mean((ref.astype(np.float64) - test) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(4.0 / mse)
+    """PSNR in dB of ``test`` against ``ref`` with the reference's own range as data range."""
+    ref = ref.astype(np.float64)
+    mse = float(np.mean((ref - test) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(float(np.ptp(ref)) ** 2 / mse)
 
 
 def _rss_mb() -> float:

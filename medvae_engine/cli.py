@@ -108,16 +108,26 @@ def _optional_commands(sub) -> None:
     from .analysis.report import add_analyze_arguments, run_analyze
     from .bench import add_bench_arguments, run_bench
     from .study.cli_study import add_study_arguments
+    from .training.cli_train import add_train_arguments, run_train
 
     p = sub.add_parser("analyze", help="metrics, maps, subbands, hallucination and figures")
     add_analyze_arguments(p)
     p.set_defaults(func=run_analyze)
+
+    p = sub.add_parser("train", help="train or fine-tune a MedVAE model from a YAML config (torchrun-ready)")
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
 
     p = sub.add_parser("bench", help="speed, memory and quality benchmarks")
     add_bench_arguments(p)
     p.set_defaults(func=run_bench)
 
     add_study_arguments(sub)
+
+    p = sub.add_parser("demo", help="open napari with the plugin on a bundled real sample (headless: demo_out/)")
+    p.add_argument("--headless", action="store_true", help="no window: write outputs and screenshots")
+    p.add_argument("--out", default="demo_out", help="output folder for the headless run")
+    p.set_defaults(func=cmd_demo)
 
 
 def _output(p: argparse.ArgumentParser, what: str) -> None:
@@ -270,6 +280,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         line += f", PSNR {metrics['psnr_db']:.2f} dB"
     print(line)
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from napari_medvae.demo import main as demo_main
+    except ImportError as e:
+        raise InputError(f"the demo needs the napari extra (pip install 'napari-medvae[napari]'): {e}") from None
+    return demo_main((["--headless"] if args.headless else []) + ["--out", args.out])
 
 
 # ----------------------------------------------------------------------------- helpers

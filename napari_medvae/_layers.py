@@ -11,6 +11,7 @@ images; a layer moved or rescaled in napari is written where it is shown.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,6 @@ from medvae_engine.imaging.volume import Volume
 from medvae_engine.latents import Latent
 
 META_KEY = "medvae"
-KINDS = ("image", "reconstruction", "preview", "latent", "map", "labels")
 DIVERGING_MAPS = ("difference",)
 MAP_PERCENTILE = 99.5
 PROVENANCE = ("model", "weights_sha256", "factor", "normalization", "source_path")
@@ -191,11 +191,19 @@ def provenance(latent: Latent) -> dict[str, Any]:
     }
 
 
-def add_layers(viewer, layer_data: list[tuple]) -> list:
-    """Create every layer first, then add them together (nothing half-added if creation fails)."""
+def add_layers(viewer, layer_data: list[tuple]) -> Iterator:
+    """Create every layer first (nothing half-added if creation fails), then add one per step.
+
+    Returned as an iterator so a job runner can add one layer per event-loop turn; the layers
+    are created before the first step, so a failure adds nothing.
+    """
     from napari.layers import Layer
 
     layers = [Layer.create(data, attributes, kind) for data, attributes, kind in layer_data]
-    for layer in layers:
-        viewer.add_layer(layer)
-    return layers
+
+    def steps():
+        for layer in layers:
+            viewer.add_layer(layer)
+            yield layer
+
+    return steps()

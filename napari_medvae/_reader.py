@@ -11,15 +11,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from medvae_engine.errors import MedVAEError
 from napari.utils.notifications import show_error
+
+from medvae_engine.errors import MedVAEError
 from medvae_engine.imaging.atomic import full_suffix
 from medvae_engine.imaging.dicom import is_dicom_file
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.latents import load_latent, sidecar_path
 
 from ._layers import latent_to_layer_data, volume_to_layer_data
-
 
 SUFFIXES = (".nii", ".nii.gz", ".dcm", ".dicom", ".mha", ".mhd", ".nrrd", ".nhdr")
 NULL_LAYER = [(None,)]  # npe2: "handled, no layer" (the error was shown as a notification)

@@ -57,7 +57,11 @@ def default_choice() -> str:
 
 
 def build_model(state: ModelState):
-    """Load the chosen model; ModelError (a notification in the GUI) when it cannot be had."""
+    """Load the chosen model; ModelError (a notification in the GUI) when it cannot be had.
+
+    ``checkpoint`` is the custom checkpoint, or for a named model an optional weights file that
+    replaces the cache lookup.
+    """
     choice = state.choice or default_choice()
     if choice.startswith(BASELINE_PREFIX):
         mode = choice[len(BASELINE_PREFIX):]
@@ -66,7 +70,7 @@ def build_model(state: ModelState):
         if not state.checkpoint:
             raise ModelError("choose a checkpoint file for the custom model")
         return load_model(state.checkpoint, device=state.device)
-    return load_model(choice, device=state.device)
+    return load_model(choice, weights=state.checkpoint or None, device=state.device)
 
 
 def summarize(model, image_shape: tuple[int, ...] | None, axis: int | None = None) -> str:

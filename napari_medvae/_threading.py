@@ -3,15 +3,16 @@
 An engine ``*_steps`` generator yields ``Progress`` and returns its result; `start_job` runs it in a
 ``thread_worker`` (or synchronously when ``NAPARI_MEDVAE_SYNC=1``, for deterministic tests), shows a
 napari progress bar, hands the result to ``on_done`` in the GUI thread and turns user-facing engine
-errors into notifications. Cancel stops at the next step and ``on_done`` is never called, so no
-half-made layers appear.
+errors into notifications. ``on_done`` may return an iterator of GUI steps (one layer each); they
+run one per event-loop turn so adding several large layers never freezes the GUI in one block.
+Cancel stops at the next step and ``on_done`` is never called, so no half-made layers appear.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
 from napari.utils import progress
@@ -52,6 +53,12 @@ class Job:
             self.worker.quit()
 
 
+def then(steps: Generator[Progress, None, object], fn: Callable[[object], object]):
+    """``steps`` followed by ``fn(result)`` in the same (worker) thread, e.g. building layer data."""
+    result = yield from steps
+    return fn(result)
+
+
 def sync_mode() -> bool:
     """True when jobs run in the calling thread (``NAPARI_MEDVAE_SYNC=1``)."""
     return os.environ.get(SYNC_ENV, "") not in ("", "0")
@@ -69,27 +76,35 @@ def start_job(
     state.running = True
     bar = progress(total=0, desc=label)
 
+    ended: list[bool] = []
+
     def show(p: Progress) -> None:
-        if not state.running:  # a late progress signal after the job ended
+        if ended:  # a late progress signal after the job ended
             return
-        if bar.total != p.total:
-            bar.total = p.total
-        bar.n = p.done
-        bar.set_description(f"{label}: {p.stage}")
-        bar.refresh()
         state.done, state.total, state.message = p.done, p.total, p.stage
+        # napari's progress bar may process Qt events (and so end this job) while updating
+        bar.total, bar.n = p.total, p.done
+        bar.set_description(f"{label}: {p.stage}")
+        if not ended:
+            bar.refresh()
 
     def finish(message: str) -> None:
+        ended.append(True)
         bar.close()
         state.message = message  # before running flips, so listeners of running see the outcome
         state.running = False
 
     def done(result: object) -> None:
         try:
-            on_done(result)  # adds the layers; the job counts as done only afterwards
+            gui_steps = on_done(result)  # adds the layers; the job counts as done only afterwards
         except Exception as e:  # shown as one line, the job ends as failed
             failed(e)
             return
+        if isinstance(gui_steps, Iterator) and not sync_mode():
+            _one_per_event_loop_turn(gui_steps, lambda: finish("done"), failed)
+            return
+        for _ in gui_steps if isinstance(gui_steps, Iterator) else ():
+            pass
         finish("done")
 
     def failed(exc: BaseException) -> None:
@@ -111,6 +126,24 @@ def start_job(
         return job
     job.worker = _threaded(tracked(), show, job.cancel_event, done, failed)
     return job
+
+
+def _one_per_event_loop_turn(gui_steps: Iterator, finished, failed) -> None:
+    """Advance ``gui_steps`` one step per Qt event-loop turn so the GUI redraws in between."""
+    from qtpy.QtCore import QTimer
+
+    def advance() -> None:
+        try:
+            next(gui_steps)
+        except StopIteration:
+            finished()
+            return
+        except Exception as e:  # shown as one line, the job ends as failed
+            failed(e)
+            return
+        QTimer.singleShot(0, advance)
+
+    advance()
 
 
 def _run_sync(steps, show, cancel_event, done, failed) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from ._session import BASELINE_PREFIX, get_session
 
 SAMPLE = "mri_brain"
-AXIAL = (2, 0, 1)  # slice along the MNI z axis, show x/y
+AXIAL = (2, 1, 0)  # slice along the MNI z axis: y (anterior) vertical, x (right) horizontal
 
 
 def free_display() -> int:
@@ -46,17 +46,25 @@ def start_xvfb() -> subprocess.Popen | None:
 
 
 def build_viewer(show: bool = True):
-    """A viewer with the four widgets docked and the brain sample loaded in an axial view."""
+    """A new viewer with the four widgets docked and the brain sample loaded in an axial view."""
     import napari
-
-    from ._sample_data import mri_brain
-    from .widgets import CompareWidget, EncodeWidget, MapsWidget, ModelWidget
 
     viewer = napari.Viewer(title="napari-medvae demo", show=show)
     viewer.window._qt_window.resize(1800, 1050)  # napari has no public window-size API
+    return (viewer, *populate(viewer))
+
+
+def populate(viewer):
+    """Dock the widgets and load the brain sample into ``viewer``; returns (image, widgets)."""
+    from ._sample_data import mri_brain
+    from .widgets import CompareWidget, EncodeWidget, MapsWidget, ModelWidget
+
     data, attributes, _ = mri_brain()[0]
     image = viewer.add_image(data, **attributes)
     viewer.dims.order = AXIAL
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari 0.9 moved it
+    if hasattr(camera, "orientation2d"):  # napari >= 0.5: anterior up
+        camera.orientation2d = ("up", "right")
     viewer.dims.set_current_step(2, viewer.dims.nsteps[2] // 2)
     widgets = {
         "model": ModelWidget(viewer), "encode": EncodeWidget(viewer),
@@ -65,7 +73,7 @@ def build_viewer(show: bool = True):
     for i, (name, widget) in enumerate(widgets.items()):
         viewer.window.add_dock_widget(widget, name=f"MedVAE {name}", area="right", tabify=i > 0)
     widgets["encode"].layer.value = image.name
-    return viewer, image, widgets
+    return image, widgets
 
 
 def label_model(viewer) -> str:
@@ -151,6 +159,7 @@ def write_outputs(viewer, out: Path, screenshots: bool) -> list[Path]:
     grid_of(viewer).enabled = False
     for layer in viewer.layers:
         layer.visible = layer_kind(layer) in (None, "image") or layer.name.startswith("difference")
+    viewer.reset_view()
     viewer.screenshot(path=str(out / "overlay.png"), canvas_only=True)
     return [*written, out / "overlay.png"]
 

@@ -15,8 +15,6 @@ are computed here.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,104 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import WeightsNotFoundError
+from ..models.lpips import Lpips
+from ..models.lpips import load_lpips as load_lpips_network
 from .metrics import Unavailable
 
-ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
-LPIPS_SHIFT = (-0.030, -0.088, -0.188)
-LPIPS_SCALE = (0.458, 0.448, 0.450)
-ALEX_CHANNELS = (64, 192, 384, 256, 256)
 LPIPS_MIN_SIDE = 32
 
 
-def default_alexnet_path() -> Path:
-    """Where torch.hub keeps torchvision's AlexNet weights ($TORCH_HOME or ~/.cache/torch)."""
-    home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch"
-    )
-    return Path(home) / "hub" / "checkpoints" / ALEXNET_FILE
-
-
-def default_lpips_heads_path() -> Path | None:
-    """The lin heads bundled with the lpips package (found without importing it), or None."""
-    spec = importlib.util.find_spec("lpips")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]) / "weights" / "v0.1" / "alex.pth"
-
-
-class AlexFeatures(nn.Module):
-    """torchvision's AlexNet ``features`` as five stages ending at each ReLU (same state keys)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(),
-            nn.MaxPool2d(3, 2), nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(),
-            nn.MaxPool2d(3, 2), nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
-        )
-        self.stage_ends = (2, 5, 8, 10, 12)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs, start = [], 0
-        for end in self.stage_ends:
-            for layer in self.features[start:end]:
-                x = layer(x)
-            outs.append(x)
-            start = end
-        return outs
-
-
-class LpipsAlex(nn.Module):
-    """LPIPS v0.1 with the AlexNet backbone; forward takes (B,1|3,H,W) in [0, 1], returns (B,)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = AlexFeatures()
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in ALEX_CHANNELS)
-        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1))
-        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        fx, fy = self.net(self._prepare(x)), self.net(self._prepare(y))
-        total = 0
-        for lin, a, b in zip(self.lins, fx, fy, strict=True):
-            a = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            b = b / (b.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            total = total + lin((a - b) ** 2).mean(dim=(2, 3))
-        return total[:, 0]
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return ((x * 2 - 1) - self.shift) / self.scale
-
-    def load_heads(self, state: dict[str, torch.Tensor]) -> None:
-        """Load lpips' ``lin{i}.model.1.weight`` tensors into the heads."""
-        for i, lin in enumerate(self.lins):
-            lin.weight.data.copy_(state[f"lin{i}.model.1.weight"])
-
-
-def load_lpips(
-    backbone: str | Path | None = None, heads: str | Path | None = None
-) -> LpipsAlex | Unavailable:
-    """LPIPS-AlexNet from local files (defaults: torch hub cache and the lpips package)."""
-    backbone = Path(backbone) if backbone else default_alexnet_path()
-    heads = Path(heads) if heads else default_lpips_heads_path()
-    if heads is None:
-        return Unavailable("LPIPS heads not found: the lpips package is not installed "
-                           "(or pass the v0.1 alex.pth heads file)")
-    for what, path in (("AlexNet backbone weights", backbone), ("LPIPS heads", heads)):
-        if not path.is_file():
-            return Unavailable(f"{what} not found: {path}")
-    model = LpipsAlex()
-    state = torch.load(backbone, map_location="cpu", weights_only=True)
-    features = {k.removeprefix("features."): v for k, v in state.items()
-                if k.startswith("features.")}
-    model.net.features.load_state_dict(features)
-    model.load_heads(torch.load(heads, map_location="cpu", weights_only=True))
-    return model.eval()
+def load_lpips(backbone: str | Path | None = None, heads: str | Path | None = None) -> Lpips | Unavailable:
+    """LPIPS-AlexNet from local files (defaults: torch hub cache and the lpips package), or the
+    reason it is unavailable naming the missing file."""
+    try:
+        return load_lpips_network("lpips_alex", backbone, heads)
+    except WeightsNotFoundError as e:
+        return Unavailable(str(e))
 
 
 def _as_batch(images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
@@ -134,7 +49,7 @@ def _as_batch(images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
 
 @torch.no_grad()
 def lpips_distance(
-    reference: np.ndarray, test: np.ndarray, model: LpipsAlex | Unavailable, batch: int = 8
+    reference: np.ndarray, test: np.ndarray, model: Lpips | Unavailable, batch: int = 8
 ) -> float | Unavailable:
     """Mean LPIPS over 2D images: a (H,W) pair or stacks (N,H,W) of slices, in [0, 1]."""
     if isinstance(model, Unavailable):
@@ -142,6 +57,7 @@ def lpips_distance(
     r, t = _as_batch(reference), _as_batch(test)
     if min(r.shape[-2:]) < LPIPS_MIN_SIDE:
         return Unavailable(f"LPIPS needs sides >= {LPIPS_MIN_SIDE}, got {tuple(r.shape[-2:])}")
+    r, t = r * 2 - 1, t * 2 - 1  # the network takes [-1, 1]
     values = [model(r[i : i + batch], t[i : i + batch]) for i in range(0, r.shape[0], batch)]
     return float(torch.cat(values).mean())
 

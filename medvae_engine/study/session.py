@@ -232,6 +232,12 @@ class ReaderSession:
             self._write("visit", item=item_id, seconds=round(seconds, 3))
         self.states[item_id].seconds += seconds
 
+    def close(self) -> None:
+        """Save the time spent on the item on screen and stop notifying (the reader stops here)."""
+        if not self.submitted:
+            self._save_visit()
+        self._callbacks.clear()
+
     def flag(self, flagged: bool = True) -> None:
         """Flag (or unflag) the item on screen for the coordinator's attention."""
         self._check_open()

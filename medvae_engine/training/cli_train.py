@@ -19,6 +19,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="training YAML (see medvae_engine/configs/train_*.yaml)")
     parser.add_argument("--resume", action="store_true",
                         help="continue exactly from run.output_dir/checkpoint.pt")
+    parser.add_argument("--export-only", action="store_true",
+                        help="write model.safetensors + model card from the last checkpoint, no "
+                        "training")
     parser.add_argument("-o", "--output-dir", help="override run.output_dir")
     parser.add_argument("--steps", type=int, help="override run.steps")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -47,7 +50,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     main_process = os.environ.get("RANK", "0") == "0"
     bar = None
-    for progress in run_training(args.config, resume=args.resume, overrides=_overrides(args)):
+    for progress in run_training(args.config, resume=args.resume, overrides=_overrides(args),
+                                 export_only=args.export_only):
         if not main_process:
             continue
         if bar is None:

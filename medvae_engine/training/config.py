@@ -26,7 +26,7 @@ class ConfigError(MedVAEError):
 
 @dataclasses.dataclass
 class SourceSpec:
-    """One data source: a file, folder, CSV list or ``builtin:`` name; a plain string is its path."""
+    """A data source: a file, folder, CSV list or ``builtin:`` name (a plain string is its path)."""
 
     path: str
     frame: int | None = None  # 4D images: which frame
@@ -129,7 +129,7 @@ class TrainConfig:
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
-    """Read and validate a training YAML; ``overrides`` maps dotted keys to values (e.g. run.steps)."""
+    """Read and validate a training YAML; ``overrides`` maps dotted keys (run.steps) to values."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -162,7 +162,8 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
 
 def _build(cls, raw, source: str, prefix: str):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: key '{prefix.rstrip('.')}' must be a mapping, got {_show(raw)}")
+        key = prefix.rstrip(".")
+        raise ConfigError(f"{source}: key '{key}' must be a mapping, got {_show(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = sorted(set(raw) - set(fields))
@@ -174,7 +175,8 @@ def _build(cls, raw, source: str, prefix: str):
     for name, field in fields.items():
         key = prefix + name
         if name not in raw:
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            no_default = dataclasses.MISSING
+            if field.default is no_default and field.default_factory is no_default:
                 raise ConfigError(f"{source}: missing required key '{key}'")
             continue
         values[name] = _coerce(hints[name], raw[name], source, key)
@@ -192,7 +194,8 @@ def _coerce(tp, value, source: str, key: str):
     if origin is Literal:
         if value not in args:
             raise ConfigError(
-                f"{source}: key '{key}' must be one of {', '.join(map(str, args))}, got {_show(value)}"
+                f"{source}: key '{key}' must be one of {', '.join(map(str, args))}, "
+                f"got {_show(value)}"
             )
         return value
     if origin is list:
@@ -210,7 +213,8 @@ def _coerce(tp, value, source: str, key: str):
             return float(value)
         except ValueError:
             pass
-    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+    is_bool_as_int = tp is int and isinstance(value, bool)
+    if tp in (int, str, bool) and isinstance(value, tp) and not is_bool_as_int:
         return value
     raise ConfigError(f"{source}: key '{key}' must be {tp.__name__}, got {_show(value)}")
 
@@ -247,13 +251,14 @@ def check_semantics(config: TrainConfig, source: str) -> None:
         fail("model.lora_rank", "must be >= 0")
     if config.stage == "stage2_2d" and config.embedder.kind == "none":
         fail("embedder.kind", "must name an image encoder for stage2_2d")
-    if config.stage == "stage1" and config.loss.embedding_weight > 0 and config.embedder.kind == "none":
+    wants_embedder = config.stage == "stage1" and config.loss.embedding_weight > 0
+    if wants_embedder and config.embedder.kind == "none":
         fail("embedder.kind", "must name an image encoder when loss.embedding_weight > 0")
     adv = config.loss.adversarial
     smallest = config.data.patch if config.stage == "stage2_3d" else config.data.crop[0]
     if adv.weight > 0 and adv.start_step < config.run.steps and smallest < 3 * 2**adv.layers:
-        fail("loss.adversarial.layers", f"{adv.layers} needs crops of at least {3 * 2**adv.layers}, "
-             f"the smallest is {smallest}")
+        fail("loss.adversarial.layers",
+             f"{adv.layers} needs crops of at least {3 * 2**adv.layers}, the smallest is {smallest}")
     if config.stage != "stage1" and config.model.init == "scratch":
         fail("model.init", f"must be a checkpoint or model name for {config.stage}")
 

@@ -87,7 +87,8 @@ def expand_source(spec: SourceSpec, config: TrainConfig) -> list[ImageRef]:
         if root.is_dir():
             paths = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p))
             if not paths:
-                raise ConfigError(f"{root}: data folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                known = ", ".join(IMAGE_SUFFIXES)
+                raise ConfigError(f"{root}: data folder holds no images ({known})")
         elif root.suffix.lower() == ".csv":
             return [dataclasses.replace(r, axes=axes) for r in _csv_refs(root, spec, axes)]
         elif root.exists():
@@ -129,7 +130,8 @@ def _csv_refs(path: Path, spec: SourceSpec, axes: tuple[int, ...]) -> list[Image
 
 def load_image(ref: ImageRef) -> np.ndarray:
     """Read one image and map it to model space [-1, 1] with the engine's modality normalisation."""
-    volume = read_volume(ref.path, frame=ref.frame, series_uid=ref.series_uid, modality=ref.modality)
+    volume = read_volume(ref.path, frame=ref.frame, series_uid=ref.series_uid,
+                         modality=ref.modality)
     norm = fit_normalization(volume.array, volume.modality)
     return np.ascontiguousarray(norm.forward(volume.array), dtype=np.float32)
 
@@ -167,8 +169,8 @@ def _pad_to(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class PatchDataset(Dataset):
-    """Item ``step * global_batch + i`` is crop i of that step: a (C, s, s) slice crop or a (C, p, p, p)
-    patch, drawn from a generator seeded with (seed, step, i)."""
+    """Item ``step * global_batch + i`` is crop i of that step: a (C, s, s) slice crop or a
+    (C, p, p, p) patch, drawn from a generator seeded with (seed, step, i)."""
 
     def __init__(self, images: ImageSet, config: TrainConfig, factor: int, in_channels: int,
                  global_batch: int, spatial_dims: int, held_out: ImageSet | None = None):
@@ -245,8 +247,8 @@ def train_loader(dataset: PatchDataset, sampler: StepBatches, workers: int) -> D
 
 def validation_crops(images: ImageSet, spatial_dims: int, side: int, factor: int,
                      in_channels: int) -> list[tuple[str, torch.Tensor]]:
-    """Fixed held-out inputs: the centred crop of each 2D image or middle slice per axis (2D models),
-    or the centred cube of each volume (3D models), sides a multiple of the model factor."""
+    """Fixed held-out inputs: the centred crop of each 2D image or middle slice per axis (2D
+    models), or the centred cube of each volume (3D models), sides a multiple of the factor."""
     side = max(factor, side // factor * factor)
     out = []
     for ref, a in zip(images.refs, images.arrays, strict=True):

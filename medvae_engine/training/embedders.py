@@ -53,7 +53,8 @@ def build_embedder(kind: str, path: str | Path | None, target: str | None,
         try:
             net = torch.jit.load(str(file), map_location="cpu")
         except Exception as e:
-            raise ModelError(f"{file}: not a loadable TorchScript module ({str(e)[:120]})") from None
+            reason = str(e)[:120]
+            raise ModelError(f"{file}: not a loadable TorchScript module ({reason})") from None
         return ImageEmbedder(net, size)
     if kind == "module":
         return ImageEmbedder(_from_factory(target), size)
@@ -101,5 +102,6 @@ def _biomedclip(folder: Path) -> nn.Module:
     try:
         model, _ = open_clip.create_model_from_pretrained(f"local-dir:{folder}")
     except Exception as e:
-        raise ModelError(f"{folder}: cannot load BiomedCLIP with open_clip ({str(e)[:160]})") from None
+        reason = str(e)[:160]
+        raise ModelError(f"{folder}: cannot load BiomedCLIP with open_clip ({reason})") from None
     return _ClipImageTower(model)

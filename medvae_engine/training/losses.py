@@ -7,23 +7,16 @@ weights plus the LPIPS v0.1 linear heads, rebuilt here in plain torch (no torchv
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..analysis.perceptual import AlexFeatures
-from ..errors import WeightsNotFoundError
+from ..models.lpips import load_lpips
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 SSIM_WIN, SSIM_SIGMA = 11, 1.5
-LPIPS_SHIFT = (-0.030, -0.088, -0.188)
-LPIPS_SCALE = (0.458, 0.448, 0.450)
-BACKBONE_FILES = {"lpips_vgg": "vgg16-397923af.pth", "lpips_alex": "alexnet-owt-7be5be79.pth"}
-VGG_CHANNELS = (64, 128, 256, 512, 512)
-ALEX_CHANNELS = (64, 192, 384, 256, 256)
 ADAPTIVE_MAX = 1e4
 
 
@@ -42,8 +35,16 @@ def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image MS-SSIM of (B, C, H, W) images; small images use fewer scales (weights renormalised)."""
-    x, y = x.float(), y.float()
+    """Per-image MS-SSIM of (B, C, H, W) images; small images use fewer scales (renormalised).
+
+    Always computed in float32 outside autocast: local variances are differences of large terms
+    that bf16 would cancel into noise (and negative denominators).
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        return _ms_ssim(x.float(), y.float(), data_range)
+
+
+def _ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
     side = min(x.shape[-2:])
     win = min(SSIM_WIN, side if side % 2 else side - 1)
     scales = 1
@@ -56,7 +57,9 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.
     values = []
     for level in range(scales):
         mx, my = _blur(x, g), _blur(y, g)
-        vx, vy, cxy = _blur(x * x, g) - mx**2, _blur(y * y, g) - my**2, _blur(x * y, g) - mx * my
+        vx = (_blur(x * x, g) - mx**2).clamp_min(0)
+        vy = (_blur(y * y, g) - my**2).clamp_min(0)
+        cxy = _blur(x * y, g) - mx * my
         cs = (2 * cxy + c2) / (vx + vy + c2)
         if level == scales - 1:
             cs = cs * (2 * mx * my + c1) / (mx**2 + my**2 + c1)
@@ -69,93 +72,13 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.
 
 
 class MsSsimLoss(nn.Module):
-    """1 - MS-SSIM on images mapped from [-1, 1] to [0, 1]: a structural loss that needs no weights."""
+    """1 - MS-SSIM of images mapped from [-1, 1] to [0, 1]: a structural loss needing no weights."""
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return 1 - ms_ssim((x + 1) / 2, (y + 1) / 2)
 
 
 # ---- LPIPS from local files ---------------------------------------------------------------------
-
-class VggFeatures(nn.Module):
-    """torchvision's VGG16 ``features`` (same state keys) returning relu1_2 ... relu5_3."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = 3
-        for block, (out, convs) in enumerate(zip(VGG_CHANNELS, (2, 2, 3, 3, 3), strict=True)):
-            if block:
-                layers.append(nn.MaxPool2d(2, 2))
-            for _ in range(convs):
-                layers += [nn.Conv2d(width, out, 3, padding=1), nn.ReLU()]
-                width = out
-        self.features = nn.Sequential(*layers)
-        self.stage_ends = (4, 9, 16, 23, 30)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs, start = [], 0
-        for end in self.stage_ends:
-            for layer in self.features[start:end]:
-                x = layer(x)
-            outs.append(x)
-            start = end
-        return outs
-
-
-class Lpips(nn.Module):
-    """LPIPS v0.1 distance per image, frozen; inputs (B, 1|3, H, W) in [-1, 1]."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.net = VggFeatures() if kind == "lpips_vgg" else AlexFeatures()
-        channels = VGG_CHANNELS if kind == "lpips_vgg" else ALEX_CHANNELS
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in channels)
-        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1))
-        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        fx, fy = self.net(self._prepare(x)), self.net(self._prepare(y))
-        total = 0
-        for lin, a, b in zip(self.lins, fx, fy, strict=True):
-            a = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            b = b / (b.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            total = total + lin((a - b) ** 2).mean(dim=(2, 3))
-        return total[:, 0]
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return (x - self.shift) / self.scale
-
-
-def default_backbone_path(kind: str) -> Path:
-    """torch hub's checkpoint cache, where torchvision keeps downloaded ImageNet weights."""
-    home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
-    return Path(home) / "hub" / "checkpoints" / BACKBONE_FILES[kind]
-
-
-def load_lpips(kind: str, weights: str | Path | None, heads: str | Path | None) -> Lpips:
-    """LPIPS from a torchvision-format backbone file and the v0.1 heads file, or a clear error."""
-    backbone = Path(weights) if weights else default_backbone_path(kind)
-    if not backbone.is_file():
-        raise WeightsNotFoundError(
-            f"{backbone}: {kind} needs the torchvision {BACKBONE_FILES[kind]} backbone weights here "
-            "(set loss.perceptual.weights, or use kind msssim which needs no files)")
-    if not heads or not Path(heads).is_file():
-        raise WeightsNotFoundError(
-            f"{heads or '(not set)'}: {kind} needs the LPIPS v0.1 heads file "
-            f"({'vgg' if kind == 'lpips_vgg' else 'alex'}.pth) in loss.perceptual.heads")
-    model = Lpips(kind)
-    state = torch.load(backbone, map_location="cpu", weights_only=True)
-    model.net.features.load_state_dict(
-        {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")})
-    head_state = torch.load(heads, map_location="cpu", weights_only=True)
-    for i, lin in enumerate(model.lins):
-        lin.weight.data.copy_(head_state[f"lin{i}.model.1.weight"])
-    return model.eval().requires_grad_(False)
-
 
 def build_perceptual(kind: str, weights: str | Path | None = None,
                      heads: str | Path | None = None) -> nn.Module | None:
@@ -176,7 +99,7 @@ def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN (pix2pix) discriminator: strided 4x4 convs, BatchNorm, LeakyReLU, 1-channel logits."""
+    """PatchGAN (pix2pix) discriminator: strided 4x4 convs, BatchNorm, LeakyReLU, patch logits."""
 
     def __init__(self, in_channels: int = 1, channels: int = 64, layers: int = 3):
         super().__init__()
@@ -207,7 +130,7 @@ def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
 
 def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
                     scale: float) -> torch.Tensor:
-    """||grad nll|| / (||grad g|| + 1e-4) at the decoder's last trainable layer, clamped, times scale."""
+    """||grad nll|| / (||grad g|| + 1e-4) at the decoder's last trainable layer, clamped, scaled."""
     g_nll = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
     g_adv = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     weight = g_nll.float().norm() / (g_adv.float().norm() + 1e-4)

@@ -83,7 +83,8 @@ def build_recipe(config: TrainConfig, device: torch.device) -> Recipe:
         model = inflate_to_3d(model)
     expected = 3 if config.stage == "stage2_3d" else 2
     if model.spatial_dims != expected:
-        raise ModelError(f"{init}: {config.stage} needs a {expected}D model, got {model.spatial_dims}D")
+        raise ModelError(
+            f"{init}: {config.stage} needs a {expected}D model, got {model.spatial_dims}D")
     model.requires_grad_(False)
     if config.stage == "stage2_2d":
         if not hasattr(model, "channel_proj"):
@@ -92,7 +93,8 @@ def build_recipe(config: TrainConfig, device: torch.device) -> Recipe:
     elif config.model.lora_rank > 0:
         trainable = inject_lora(model, config.model.lora_rank)
     else:
-        trainable = [p for n, p in model.named_parameters() if not n.startswith(PROJECTION_PREFIXES)]
+        trainable = [p for n, p in model.named_parameters()
+                     if not n.startswith(PROJECTION_PREFIXES)]
     for p in trainable:
         p.requires_grad_(True)
     perceptual = disc = None
@@ -139,7 +141,7 @@ class TrainingNet(nn.Module):
 
 def posterior_noise(shape: tuple[int, ...], seed: int, first_index: int,
                     device: torch.device) -> torch.Tensor:
-    """Per-sample noise seeded by the sample's global index (independent of how batches are split)."""
+    """Per-sample noise seeded by the sample's global index (independent of the batch split)."""
     parts = [torch.randn(shape[1:], generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
              for i in range(first_index, first_index + shape[0])]
     return torch.stack(parts).to(device)
@@ -164,7 +166,7 @@ def generator_loss(recipe: Recipe, config: TrainConfig, x: torch.Tensor, outputs
         with torch.no_grad():
             target = recipe.embedder(x)
         embed = (recipe.embedder(latent) - target).pow(2).mean()
-        return embed, {"embed": embed.item()}
+        return embed, {"embed": embed.item(), "loss": embed.item()}
     xr, mean, logvar = outputs
     loss_cfg = config.loss
     l1 = (x.float() - xr.float()).abs().mean()

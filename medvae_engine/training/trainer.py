@@ -50,9 +50,10 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def run_training(config_path: str | Path, resume: bool = False, overrides: dict | None = None,
-                 stop_at: int | None = None) -> Iterator[dict]:
+                 stop_at: int | None = None, export_only: bool = False) -> Iterator[dict]:
     """Train from a YAML config, yielding progress after every step (see `train`)."""
-    yield from train(load_config(config_path, overrides), resume=resume, stop_at=stop_at)
+    config = load_config(config_path, overrides)
+    yield from train(config, resume=resume, stop_at=stop_at, export_only=export_only)
 
 
 class Distributed:
@@ -84,19 +85,22 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None) -> Iterator[dict]:
+def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None,
+          export_only: bool = False) -> Iterator[dict]:
     """Run the configured stage; yields {step, steps, loss parts, val metrics} after every step.
 
-    ``stop_at`` ends the run after that step (after its checkpoint) as if it had been killed.
+    ``stop_at`` ends the run after that step (after its checkpoint) as if it had been killed;
+    ``export_only`` writes the model and card from the last checkpoint without training.
     """
     env = Distributed(config.run.device)
     try:
-        yield from _train(config, env, resume, stop_at)
+        yield from _train(config, env, resume or export_only, stop_at, export_only)
     finally:
         env.close()
 
 
-def _train(config: TrainConfig, env: Distributed, resume: bool, stop_at: int | None):
+def _train(config: TrainConfig, env: Distributed, resume: bool, stop_at: int | None,
+           export_only: bool):
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     _seed_everything(config.seed)
@@ -116,8 +120,8 @@ def _train(config: TrainConfig, env: Distributed, resume: bool, stop_at: int | N
     disc = recipe.discriminator
     opt_d = None
     if disc is not None:
-        opt_d = torch.optim.Adam(disc.parameters(), lr=config.loss.adversarial.lr or config.optim.lr,
-                                 betas=betas, eps=config.optim.eps)
+        disc_lr = config.loss.adversarial.lr or config.optim.lr
+        opt_d = torch.optim.Adam(disc.parameters(), lr=disc_lr, betas=betas, eps=config.optim.eps)
     precision = config.run.precision
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
     start = 0
@@ -142,10 +146,13 @@ def _train(config: TrainConfig, env: Distributed, resume: bool, stop_at: int | N
     val_side = config.data.patch if spatial_dims == 3 else config.data.val_crop
     val_inputs = validation_crops(val_set, spatial_dims, val_side, model.factor, model.in_channels)
     log = MetricsLog(out / METRICS, start) if env.main else None
+    if export_only:
+        if env.main:
+            export(recipe, config, out, train_set, val_set, log, start, global_batch, env.world)
+        return
     autocast = _autocast(env.device, precision)
     batches = iter(loader)
     window: dict[str, list[float]] = {}
-    last_val: dict[str, float] = {}
     t0 = time.monotonic()
     for step in range(start, config.run.steps):
         model.train()
@@ -187,21 +194,21 @@ def _train(config: TrainConfig, env: Distributed, resume: bool, stop_at: int | N
         done = step + 1
         row = {}
         if env.main and (done % config.run.val_every == 0 or done == config.run.steps):
-            last_val = validate(recipe, config, val_inputs, autocast)
-            row.update(last_val)
+            row.update(validate(recipe, config, val_inputs, autocast))
         if env.main and (done % config.run.log_every == 0 or done == config.run.steps or row):
             row.update({k: float(np.mean(v)) for k, v in window.items()})
             log.write(done, time.monotonic() - t0, row)
             window = {}
         if done % config.run.checkpoint_every == 0 or done == config.run.steps or done == stop_at:
             if env.main:
-                _save_checkpoint(ckpt_path, done, recipe, opt_g, opt_d, scaler, global_batch, config)
+                _save_checkpoint(ckpt_path, done, recipe, opt_g, opt_d, scaler, global_batch,
+                                 config)
             env.barrier()
         yield {"step": done, "steps": config.run.steps, **row}
         if stop_at is not None and done >= stop_at:
             return
     if env.main:
-        export(recipe, config, out, train_set, val_set, log.last_losses, last_val, global_batch,
+        export(recipe, config, out, train_set, val_set, log, config.run.steps, global_batch,
                env.world)
     env.barrier()
 
@@ -262,16 +269,22 @@ class MetricsLog:
     """metrics.csv (one row per logged step; on resume rows after the checkpoint are dropped), plus
     TensorBoard events when tensorboard is installed."""
 
-    def __init__(self, path: Path, start: int):
+    def __init__(self, path: Path, start: int, columns: tuple[str, ...] = LOG_COLUMNS):
         self.path = path
+        self.columns = columns
         self.last_losses: dict[str, float] = {}
+        self.last_val: dict[str, float] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if start > 0 and path.exists():
             with open(path, newline="", encoding="utf-8") as f:
                 kept = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
+        for row in kept:
+            values = {k: float(v) for k, v in row.items() if k not in ("step", "time_s") and v}
+            self.last_losses.update({k: v for k, v in values.items() if not k.startswith("val_")})
+            self.last_val.update({k: v for k, v in values.items() if k.startswith("val_")})
         with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, LOG_COLUMNS)
+            writer = csv.DictWriter(f, self.columns)
             writer.writeheader()
             writer.writerows(kept)
         self.tensorboard = None
@@ -284,9 +297,11 @@ class MetricsLog:
 
     def write(self, step: int, seconds: float, values: dict[str, float]) -> None:
         self.last_losses.update({k: v for k, v in values.items() if not k.startswith("val_")})
+        self.last_val.update({k: v for k, v in values.items() if k.startswith("val_")})
         with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, LOG_COLUMNS).writerow(
-                {"step": step, "time_s": f"{seconds:.1f}", **{k: f"{v:.6g}" for k, v in values.items()}})
+            formatted = {k: f"{v:.6g}" for k, v in values.items()}
+            csv.DictWriter(f, self.columns).writerow(
+                {"step": step, "time_s": f"{seconds:.1f}", **formatted})
         if self.tensorboard is not None:
             for k, v in values.items():
                 self.tensorboard.add_scalar(k, v, step)
@@ -339,7 +354,8 @@ def _restore(path: Path, recipe: Recipe, opt_g, opt_d, scaler) -> int:
     except Exception as e:
         raise MedVAEError(f"{path}: unreadable training checkpoint ({str(e)[:160]})") from None
     if state.get("stage") != recipe.stage:
-        raise MedVAEError(f"{path}: checkpoint is of {state.get('stage')}, config says {recipe.stage}")
+        raise MedVAEError(
+            f"{path}: checkpoint is of {state.get('stage')}, the config says {recipe.stage}")
     recipe.model.load_state_dict(state["model"])
     if recipe.discriminator is not None:
         recipe.discriminator.load_state_dict(state["discriminator"])
@@ -350,8 +366,8 @@ def _restore(path: Path, recipe: Recipe, opt_g, opt_d, scaler) -> int:
     return int(state["step"])
 
 
-def export(recipe: Recipe, config: TrainConfig, out: Path, train_set, val_set, losses: dict,
-           validation: dict, global_batch: int, world: int) -> Path:
+def export(recipe: Recipe, config: TrainConfig, out: Path, train_set, val_set, log: MetricsLog,
+           steps: int, global_batch: int, world: int) -> Path:
     """The final model (LoRA merged) as safetensors plus model_card.json / model_card.md."""
     model = merge_lora(recipe.model).eval()
     card = {
@@ -360,15 +376,16 @@ def export(recipe: Recipe, config: TrainConfig, out: Path, train_set, val_set, l
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "init": recipe.init,
         "architecture": model.config,
-        "steps": config.run.steps,
+        "steps": steps,
         "global_batch": global_batch,
         "processes": world,
         "precision": config.run.precision,
         "perceptual": config.loss.perceptual.kind if config.stage != "stage2_2d" else "none",
         "embedder": config.embedder.kind,
-        "data": {"train": [r.label for r in train_set.refs], "val": [r.label for r in val_set.refs]},
-        "final_losses": losses,
-        "validation": validation,
+        "data": {"train": [r.label for r in train_set.refs],
+                 "val": [r.label for r in val_set.refs]},
+        "final_losses": log.last_losses,
+        "validation": log.last_val,
         "config": config_as_dict(config),
     }
     path = save_model(model, out / "model.safetensors", card)

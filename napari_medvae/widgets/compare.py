@@ -12,7 +12,7 @@ from napari.utils.notifications import show_error, show_info
 
 from .._compare import LAYOUTS, CompareState, plan_grid, suggest_panels
 from .._layers import META_KEY
-from ._common import WIDGET_WIDTH, NONE, grid_of, layers_of
+from ._common import NONE, WIDGET_WIDTH, grid_of, layers_of
 
 MAX_PANELS = 4
 

@@ -13,6 +13,7 @@ from medvae_engine.codec import CodecOptions, decode_steps, encode_steps
 from medvae_engine.errors import MedVAEError
 
 from .._layers import (
+    META_KEY,
     add_layers,
     latent_to_layer_data,
     layer_to_volume,
@@ -21,7 +22,7 @@ from .._layers import (
     volume_to_layer_data,
 )
 from .._session import get_session
-from .._threading import Job, JobState, start_job
+from .._threading import Job, JobState, start_job, then
 from ._common import WIDGET_WIDTH, current_index, image_layers, slicing_axis
 
 
@@ -90,19 +91,22 @@ class EncodeWidget(Container):
             return None
         layer, volume, model, options = inputs
         name = layer.name
+        source = {k: v for k, v in layer.metadata.get(META_KEY, {}).items() if k == "source_path"}
 
-        def add(result) -> None:
+        def to_layers(result) -> list[tuple]:  # runs in the worker, off the GUI thread
             z, rec = result if recon else (result, None)
             layers = [latent_to_layer_data(z, f"{name} latent")]
             if rec is not None:
                 title = f"{name} reconstruction ({z.model})"
-                layers.append(volume_to_layer_data(rec, title, "reconstruction", **provenance(z)))
-            add_layers(self.viewer, layers)
+                layers.append(volume_to_layer_data(rec, title, "reconstruction", **provenance(z),
+                                                   **source))
+            return layers
 
         steps = (reconstruct_with_latent(volume, model, options) if recon
                  else encode_steps(volume, model, options))
         label = "Reconstruct" if recon else "Encode"
-        self.job = start_job(steps, add, self.job_state, f"{label} {name}")
+        self.job = start_job(then(steps, to_layers), lambda layers: add_layers(self.viewer, layers),
+                             self.job_state, f"{label} {name}")
         return self.job
 
     def preview(self) -> Job | None:
@@ -115,15 +119,17 @@ class EncodeWidget(Container):
             volume = slab(volume, options.axis, current_index(self.viewer, layer, options.axis))
         name = f"{layer.name} preview"
 
-        def add(result) -> None:
+        def to_layer(result) -> tuple:
             z, rec = result
-            data = volume_to_layer_data(rec, name, "preview", **provenance(z))
+            return volume_to_layer_data(rec, name, "preview", **provenance(z))
+
+        def add(data: tuple):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
-            add_layers(self.viewer, [data])
+            return add_layers(self.viewer, [data])
 
-        self.job = start_job(reconstruct_with_latent(volume, model, options), add, self.job_state,
-                             f"Preview {layer.name}")
+        steps = then(reconstruct_with_latent(volume, model, options), to_layer)
+        self.job = start_job(steps, add, self.job_state, f"Preview {layer.name}")
         return self.job
 
     def cancel(self) -> None:

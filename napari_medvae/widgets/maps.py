@@ -23,7 +23,7 @@ from medvae_engine.errors import MedVAEError
 from .._layers import add_layers, layer_to_volume, volume_to_layer_data
 from .._readout import MetricsState, boxes_from_shapes, format_readout, readout
 from .._threading import Job, JobState, start_job
-from ._common import WIDGET_WIDTH, NONE, current_index, image_layers, layers_of, slicing_axis
+from ._common import NONE, WIDGET_WIDTH, current_index, image_layers, layers_of, slicing_axis
 
 SUBBANDS = ["LL3", "LH3", "HL3", "HH3", "LH2", "HL2", "HH2", "LH1", "HL1", "HH1"]
 LABEL_COLORS = {0: "transparent", HALLUCINATED: "red", LOST: "dodgerblue", None: "transparent"}
@@ -100,23 +100,22 @@ class MapsWidget(Container):
         axis = slicing_axis(self.viewer, ref_layer)
         k, chosen, opacity = float(self.k.value), list(self.subbands.value), float(self.opacity.value)
 
-        def steps():
+        base = f"{self.test.value} vs {self.reference.value}"
+
+        def steps():  # the maps and their layer data are made in the worker
             yield Progress(0, 1, "maps")
             maps = compute_maps(ref, test, ae, k=k, axis=2 if axis is None else axis)
-            yield Progress(1, 1, "maps")
-            return maps
-
-        def add(maps) -> None:
-            base = f"{self.test.value} vs {self.reference.value}"
             wanted = ["difference", "abs_error", *[f"subband_{s}" for s in chosen]]
             data = [self._map_layer(maps[key], f"{key} ({base})", key, opacity)
                     for key in wanted if key in maps]
             if "hallucination" in maps:
                 data.append(self._labels_layer(maps["hallucination"], f"hallucination ({base})",
                                                opacity))
-            add_layers(self.viewer, data)
+            yield Progress(1, 1, "maps")
+            return data
 
-        self.job = start_job(steps(), add, self.job_state, "Maps")
+        self.job = start_job(steps(), lambda data: add_layers(self.viewer, data), self.job_state,
+                             "Maps")
         return self.job
 
     @staticmethod

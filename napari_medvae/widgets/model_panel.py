@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 
-from .._session import CUSTOM, build_model, get_session, model_choices, summarize
-from .._threading import JobState, start_job
 from medvae_engine.codec import PRECISIONS, Progress
 
 from .._layers import layer_kind
+from .._session import BASELINE_PREFIX, build_model, get_session, model_choices, summarize
+from .._threading import JobState, start_job
 from ._common import WIDGET_WIDTH, slicing_axis
 
 
@@ -34,16 +34,18 @@ class ModelWidget(Container):
         self.job_state = JobState()
         state = self.session.state
         self.model_choice = ComboBox(label="model", choices=model_choices(), value=state.choice)
-        self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.safetensors *.ckpt *.pt *.pth")
+        self.checkpoint = FileEdit(label="weights / checkpoint", mode="r",
+                                   filter="*.safetensors *.ckpt *.pt *.pth")
         self.device = ComboBox(label="device", choices=devices(), value=state.device)
         self.precision = ComboBox(label="precision", choices=list(PRECISIONS), value=state.precision)
         self.load_button = PushButton(text="Load model")
         self.summary = Label(label="", value=state.summary or "no model loaded")
         self.extend([self.model_choice, self.checkpoint, self.device, self.precision,
                      self.load_button, self.summary])
-        self.checkpoint.visible = state.choice == CUSTOM
+        self.checkpoint.visible = not state.choice.startswith(BASELINE_PREFIX)
         self.model_choice.changed.connect(self._on_choice)
-        self.checkpoint.changed.connect(lambda v: setattr(state, "checkpoint", str(v)))
+        self.checkpoint.changed.connect(
+            lambda v: setattr(state, "checkpoint", "" if str(v) in ("", ".") else str(v)))
         self.device.changed.connect(lambda v: setattr(state, "device", v))
         self.precision.changed.connect(lambda v: setattr(state, "precision", v))
         self.load_button.changed.connect(self.load)
@@ -51,7 +53,7 @@ class ModelWidget(Container):
 
     def _on_choice(self, value: str) -> None:
         self.session.state.choice = value
-        self.checkpoint.visible = value == CUSTOM
+        self.checkpoint.visible = not value.startswith(BASELINE_PREFIX)
 
     def load(self) -> None:
         """Load the chosen model in the background and show its summary for the selected image."""

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from medvae_engine.analysis import perceptual as p
 from medvae_engine.analysis.metrics import Unavailable
+from medvae_engine.models.lpips import ALEX_CHANNELS
 
 CONVS = {0: (64, 3, 11), 3: (192, 64, 5), 6: (384, 192, 3), 8: (256, 384, 3), 10: (256, 256, 3)}
 
@@ -29,7 +30,7 @@ def random_weights(tmp_path):
         backbone[f"features.{i}.bias"] = torch.randn(out, generator=g) * 0.1
     backbone["classifier.1.weight"] = torch.zeros(2, 2)  # present in torchvision files, unused
     heads = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=g)
-             for i, c in enumerate(p.ALEX_CHANNELS)}
+             for i, c in enumerate(ALEX_CHANNELS)}
     torch.save(backbone, tmp_path / "alexnet.pth")
     torch.save(heads, tmp_path / "alex.pth")
     return tmp_path / "alexnet.pth", tmp_path / "alex.pth", backbone, heads
@@ -83,15 +84,6 @@ def test_lpips_unavailable_names_the_missing_file(tmp_path, random_weights):
     assert p.lpips_distance(ct(), ct(), res) is res
     res = p.load_lpips(random_weights[0], tmp_path / "no_heads.pth")
     assert isinstance(res, Unavailable) and "no_heads.pth" in res.reason
-
-
-def test_bundled_lpips_heads_load_when_the_package_is_installed(random_weights):
-    heads = p.default_lpips_heads_path()
-    if heads is None or not heads.is_file():
-        pytest.skip("lpips package (bundled heads) not installed")
-    model = p.load_lpips(random_weights[0], heads)
-    state = torch.load(heads, map_location="cpu", weights_only=True)
-    assert torch.equal(model.lins[4].weight, state["lin4.model.1.weight"])
 
 
 def test_frechet_distance_matches_scipy_sqrtm():

@@ -21,7 +21,9 @@ from medvae_engine.models.autoencoder import AttnBlock
 from medvae_engine.models.checkpoints import load_strict
 
 
-def test_attention_equals_naive_softmax_form():
+@pytest.mark.parametrize("chunk_bytes", [1024, 256 * 2**20])
+def test_attention_equals_naive_softmax_form(monkeypatch, chunk_bytes):
+    monkeypatch.setattr("medvae_engine.models.autoencoder.ATTENTION_CHUNK_BYTES", chunk_bytes)
     torch.manual_seed(1)
     block = AttnBlock(3, 32).eval()
     x = torch.randn(2, 32, 3, 5, 4)

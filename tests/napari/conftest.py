@@ -54,14 +54,23 @@ def async_jobs(monkeypatch):
     monkeypatch.delenv("NAPARI_MEDVAE_SYNC", raising=False)
 
 
+def pytest_runtest_setup(item) -> None:
+    """GUI tests need an X display (pytest-xvfb provides one): skip without, but fail under CI.
+
+    Checked before any fixture runs, because creating the QApplication without a display aborts
+    the whole process.
+    """
+    if item.get_closest_marker("gui") is None or os.environ.get("DISPLAY"):
+        return
+    message = "no X display for the napari GUI tests (is Xvfb installed? pytest-xvfb starts it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture
 def viewer(make_napari_viewer):
-    """A shown napari viewer (screenshots need one); fails under CI when no display exists."""
-    if not os.environ.get("DISPLAY"):
-        message = "no X display (Xvfb) for the napari GUI tests"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    """A shown napari viewer (screenshots need one)."""
     return make_napari_viewer(show=True)
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
-from napari_medvae._threading import JobState, start_job
-from napari_medvae._layers import volume_to_layer_data
-from napari_medvae._session import CUSTOM, get_session
-from napari_medvae.widgets import EncodeWidget
 from medvae_engine.codec import Progress
 from medvae_engine.errors import InputError
 from medvae_engine.imaging.volume import Volume
+from napari_medvae._layers import volume_to_layer_data
+from napari_medvae._session import CUSTOM, get_session
+from napari_medvae._threading import JobState, start_job
+from napari_medvae.widgets import EncodeWidget
 
 pytestmark = pytest.mark.gui
 HEARTBEAT_MS = 20

@@ -83,6 +83,9 @@ def test_preview_reconstructs_the_slice_on_screen(viewer, sync_jobs, mri_crop, t
     np.testing.assert_allclose(preview.translate[0], image.translate[0] + 7 * image.scale[0])
     widget.preview()  # a second preview replaces the first
     assert sum(layer_kind(layer) == "preview" for layer in viewer.layers) == 1
+    widget.run(latent=True, recon=False)  # Encode only: just the latent layer
+    assert [layer_kind(layer) for layer in viewer.layers] == ["image", "preview", "latent"]
+    assert viewer.layers[-1].data.shape == (32, 10, 9)
 
 
 def test_maps_and_metrics(viewer, sync_jobs, mri_crop):
@@ -156,7 +159,9 @@ def test_compare_grid_screenshot_shows_coloured_map_where_images_differ(viewer, 
     assert not grid_of(viewer).enabled and all(layer.visible for layer in viewer.layers)
 
 
-def test_errors_become_notifications(viewer, sync_jobs, tmp_path, errors, mri_crop, tiny_model_path):
+def test_errors_become_notifications(viewer, sync_jobs, tmp_path, errors, mri_crop, tiny_model_path,
+                                     monkeypatch):
+    monkeypatch.setenv("MEDVAE_HOME", str(tmp_path / "empty_cache"))
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"garbage")
     viewer.open(str(bad), plugin="napari-medvae")
@@ -174,3 +179,8 @@ def test_errors_become_notifications(viewer, sync_jobs, tmp_path, errors, mri_cr
     maps.reference.value, maps.test.value = "brain", "photo"
     maps.compute()
     assert len(viewer.layers) == n_layers + 1 and len(errors) == 3
+    panel = ModelWidget(viewer)
+    panel.model_choice.value = "medvae_4_1_2d"  # official weights are not in the test cache
+    get_session(viewer).state.checkpoint = ""
+    panel.load()
+    assert "vae_4x_1c_2D.ckpt" in errors[-1] and get_session(viewer).model is None

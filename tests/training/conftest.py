@@ -14,7 +14,8 @@ TINY = {
     "seed": 3,
     "model": {"init": "scratch", "ch": 32, "ch_mult": [1, 2], "z_channels": 1},
     "data": {
-        "train": ["builtin:pydicom/CT_small.dcm", {"path": "builtin:nibabel/example4d", "frame": 0}],
+        "train": ["builtin:pydicom/CT_small.dcm",
+                  {"path": "builtin:nibabel/example4d", "frame": 0}],
         "val": ["builtin:pydicom/MR_small.dcm"],
         "crop": [16, 16],
         "patch": 16,

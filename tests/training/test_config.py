@@ -1,4 +1,4 @@
-"""Config validation: unknown, missing and ill-typed keys fail with a message naming file and key."""
+"""Config validation: unknown, missing and ill-typed keys fail naming the file and the key."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "medvae_engine" / "configs"
 
 
 @pytest.mark.parametrize("name, stage", [
-    ("train_stage1_2d", "stage1"), ("train_stage2_2d", "stage2_2d"), ("train_stage2_3d", "stage2_3d"),
+    ("train_stage1_2d", "stage1"), ("train_stage2_2d", "stage2_2d"),
+    ("train_stage2_3d", "stage2_3d"),
 ])
 def test_shipped_example_configs_validate(name, stage):
     config = load_config(CONFIGS / f"{name}.yaml")

@@ -9,6 +9,7 @@ import torch
 from pydicom.data import get_testdata_file
 
 from medvae_engine.errors import MedVAEError, ModelError, WeightsNotFoundError
+from medvae_engine.models.lpips import BACKBONE_FILES, Lpips
 from medvae_engine.training.config import load_config
 from medvae_engine.training.data import (
     PatchDataset,
@@ -19,8 +20,6 @@ from medvae_engine.training.data import (
 )
 from medvae_engine.training.embedders import build_embedder
 from medvae_engine.training.losses import (
-    BACKBONE_FILES,
-    Lpips,
     PatchDiscriminator,
     build_perceptual,
     hinge_d_loss,
@@ -105,6 +104,15 @@ def test_ms_ssim_is_one_for_identical_images_and_drops_with_noise():
     assert torch.allclose(ms_ssim(x, x), torch.ones(2), atol=1e-4)
     noisy = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
     assert torch.all(ms_ssim(x, noisy) < 0.9)
+
+
+def test_ms_ssim_is_computed_in_float32_under_bf16_autocast():
+    x = torch.rand(4, 1, 68, 68)
+    y = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = ms_ssim(x, y.bfloat16())
+    assert inside.dtype == torch.float32
+    assert torch.allclose(inside, ms_ssim(x, y.bfloat16().float()), atol=1e-6)
 
 
 def test_patch_discriminator_and_hinge_loss():

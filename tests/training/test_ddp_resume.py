@@ -1,10 +1,13 @@
-"""DDP (2 gloo processes via torchrun) matches 1 process at the same global batch; resume is exact."""
+"""DDP (2 gloo processes, torchrun) equals 1 process at the same global batch; exact resume."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import torch
 from safetensors.torch import load_file
@@ -20,8 +23,11 @@ def test_two_process_ddp_equals_one_process(write_config, tmp_path):
     # Adam's epsilon keeps parameters whose true gradient is zero (conv biases before a per-channel
     # GroupNorm) from turning float round-off into full-size steps that differ between the runs.
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    single = write_config({"data": {"batch_size": 4}, "optim": {"eps": 1e-4}, "run": {"output_dir": "single"}}, "single.yaml")
-    ddp = write_config({"data": {"batch_size": 2}, "optim": {"eps": 1e-4}, "run": {"output_dir": "ddp"}}, "ddp.yaml")
+    optim = {"eps": 1e-4}
+    single = write_config({"data": {"batch_size": 4}, "optim": optim,
+                           "run": {"output_dir": "single"}}, "single.yaml")
+    ddp = write_config({"data": {"batch_size": 2}, "optim": optim, "run": {"output_dir": "ddp"}},
+                       "ddp.yaml")
     cli = ["-m", "medvae_engine.training.cli_train"]
     subprocess.run([sys.executable, *cli, str(single)], check=True, env=env, timeout=120)
     subprocess.run(
@@ -46,6 +52,9 @@ def test_stopped_and_resumed_run_equals_uninterrupted(write_config, tmp_path):
     list(run_training(full))
     steps = [p["step"] for p in run_training(parted, stop_at=2)]
     assert steps == [1, 2] and not (tmp_path / "parted" / "model.safetensors").exists()
+    assert list(run_training(parted, export_only=True)) == []
+    card = json.loads((tmp_path / "parted" / "model_card.json").read_text())
+    assert card["steps"] == 2 and "l1" in card["final_losses"]
     resumed = [p["step"] for p in run_training(parted, resume=True)]
     assert resumed == [3, 4]
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "parted")
@@ -57,3 +66,38 @@ def test_stopped_and_resumed_run_equals_uninterrupted(write_config, tmp_path):
 
 def merge_out(update: dict, out: str) -> dict:
     return {**update, "run": {**update["run"], "output_dir": out}}
+
+
+def test_gradient_accumulation_equals_the_larger_batch(write_config, tmp_path):
+    optim = {"eps": 1e-4}
+    big = write_config({"data": {"batch_size": 4}, "optim": optim, "run": {"output_dir": "big"}},
+                       "big.yaml")
+    accumulated = write_config({"data": {"batch_size": 2}, "optim": {**optim, "accumulation": 2},
+                                "run": {"output_dir": "acc"}}, "acc.yaml")
+    list(run_training(big))
+    list(run_training(accumulated))
+    a, b = _weights(tmp_path / "big"), _weights(tmp_path / "acc")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+def test_killed_process_resumes_to_the_same_weights(write_config, tmp_path):
+    update = {"run": {"steps": 30, "checkpoint_every": 2, "precision": "bf16"},
+              "data": {"crop": [32, 32], "batch_size": 4}}
+    full = write_config(merge_out(update, "full"), "full.yaml")
+    killed = write_config(merge_out(update, "killed"), "killed.yaml")
+    cmd = [sys.executable, "-m", "medvae_engine.training.cli_train", str(killed)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "model.safetensors").exists()  # really killed mid-way
+    assert subprocess.run([*cmd, "--resume"], env=env, timeout=120).returncode == 0
+    list(run_training(full))
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "killed")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -16,7 +16,7 @@ from medvae_engine.training.config import load_config
 from medvae_engine.training.data import PatchDataset, load_sources
 from medvae_engine.training.embedders import build_embedder
 from medvae_engine.training.losses import MsSsimLoss, all_slices
-from medvae_engine.training.stages import initial_model, inflate_to_3d
+from medvae_engine.training.stages import inflate_to_3d, initial_model
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def _train(path):
 def _rec_loss(model, x):
     """The stage-1 reconstruction objective (L1 + 1 - MS-SSIM per slice) with the posterior mean."""
     xr = model(x)
-    structural = torch.stack([MsSsimLoss()(a, b).mean() for a, b in zip(all_slices(x), all_slices(xr))])
+    pairs = zip(all_slices(x), all_slices(xr), strict=True)
+    structural = torch.stack([MsSsimLoss()(a, b).mean() for a, b in pairs])
     return ((xr - x).abs().mean() + structural.mean()).item()
 
 
@@ -61,9 +62,9 @@ def test_stage1_lowers_reconstruction_loss(write_config, tmp_path):
     assert (tmp_path / "out" / "model_card.md").read_text().startswith("# out")
 
 
-def test_stage1_with_lora_trains_only_lora_and_exports_plain_weights(write_config, tmp_path, tiny_2d):
-    path = write_config({"model": {"init": str(tiny_2d), "lora_rank": 2},
-                         "run": {"steps": 4}, "loss": {"adversarial": {"start_step": 2, "layers": 2}}})
+def test_stage1_lora_trains_only_lora_and_exports_plain_weights(write_config, tmp_path, tiny_2d):
+    path = write_config({"model": {"init": str(tiny_2d), "lora_rank": 2}, "run": {"steps": 4},
+                         "loss": {"adversarial": {"start_step": 2, "layers": 2}}})
     _train(path)
     base, trained = load_file(str(tiny_2d)), load_file(str(tmp_path / "out" / "model.safetensors"))
     assert set(base) == set(trained)  # LoRA merged: the plain key layout

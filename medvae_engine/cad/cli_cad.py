@@ -1,0 +1,240 @@
+"""CLI hooks: ``medvae cad train|proxy`` (add_cad_arguments/run_cad) and ``medvae bench
+efficiency`` (add_efficiency_arguments/run_efficiency)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Generator
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..imaging.atomic import atomic_write, atomic_write_text
+from ..models.zoo import cache_dir
+from .datasets import cached_represent, load_input, read_labelled_csv, split_indices
+from .efficiency import (
+    MODES,
+    STORAGE_DTYPES,
+    EfficiencySettings,
+    efficiency_figure,
+    efficiency_markdown,
+)
+from .efficiency import run_efficiency as efficiency_steps
+from .models import STEMS
+from .proxy import LESION_KINDS, LesionSpec, ProxySettings, proxy_markdown, run_proxy
+from .train import Split, TrainSettings, evaluate_inputs
+
+INPUTS_HELP = ("classifier inputs: 'image', a baseline at a factor ('bicubic@4': the image "
+               "downsampled to the latent size) or an autoencoder name or checkpoint path (its "
+               "stage-2 latent)")
+
+
+def add_cad_arguments(p: argparse.ArgumentParser) -> None:
+    """``cad train CSV`` and ``cad proxy``."""
+    sub = p.add_subparsers(dest="cad_command", metavar="{train,proxy}", required=True)
+    t = sub.add_parser("train", help="classifiers on images, interpolated images and latents")
+    t.add_argument("csv", help="CSV with path,label columns (optional split=train/test, frame, "
+                               "modality); relative paths are relative to the CSV")
+    t.add_argument("--inputs", nargs="+", default=["image", "bicubic@4", "starter_4_1_2d"],
+                   help=INPUTS_HELP)
+    t.add_argument("--size", type=int, nargs="+",
+                   help="centre crop / edge pad every image to this shape (default: all equal)")
+    t.add_argument("--test-fraction", type=float, default=0.3,
+                   help="stratified held-out fraction when the CSV has no split column")
+    t.add_argument("--split-seed", type=int, default=0)
+    _classifier_args(t)
+    _output_args(t, "cad_results.json")
+
+    x = sub.add_parser("proxy", help="lesion-detection proxy on real backgrounds (offline)")
+    defaults = ProxySettings()
+    x.add_argument("--inputs", nargs="+", default=list(defaults.inputs), help=INPUTS_HELP)
+    x.add_argument("--contrasts", type=float, nargs="+", default=list(defaults.contrasts),
+                   help="peak lesion intensity as a fraction of the intensity range")
+    lesion = LesionSpec()
+    x.add_argument("--lesion", choices=LESION_KINDS, default=lesion.kind)
+    x.add_argument("--spot-fwhm", type=float, default=lesion.spot_fwhm, help="pixels")
+    x.add_argument("--spots", type=int, default=lesion.spots, help="spots per cluster")
+    x.add_argument("--line-width", type=float, default=lesion.line_width, help="FWHM, pixels")
+    x.add_argument("--line-length", type=float, default=lesion.line_length,
+                   help="fraction of the crop side")
+    x.add_argument("--side", type=int, default=defaults.side, help="crop side in pixels")
+    x.add_argument("--n-train", type=int, default=defaults.n_train)
+    x.add_argument("--n-test", type=int, default=defaults.n_test)
+    x.add_argument("--data-seed", type=int, default=defaults.data_seed)
+    _classifier_args(x)
+    _output_args(x, "cad_proxy.json")
+
+
+def _classifier_args(p: argparse.ArgumentParser) -> None:
+    d = TrainSettings()
+    p.add_argument("--arch", default=d.arch, help="resnet10..200, seresnet50/101/152, "
+                                                  "densenet121/169/201/264 (MONAI)")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
+    p.add_argument("--stem", choices=STEMS, default=d.stem,
+                   help="auto: stride-1 stem without max pool for inputs under 32 per side")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (torchrun: one per process)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--cache", default=str(cache_dir() / "cad_latents"),
+                   help="folder caching encoded inputs ('' to disable)")
+
+
+def _output_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("-o", "--output", default=default, help="results JSON")
+    p.add_argument("--markdown", help="also write the results table as Markdown")
+
+
+def _train_settings(args: argparse.Namespace) -> TrainSettings:
+    try:
+        return TrainSettings(args.arch, args.lr, args.weight_decay, args.epochs, args.batch_size,
+                             tuple(args.seeds), args.stem, args.device)
+    except ValueError as e:
+        raise InputError(f"classifier settings: {e}") from None
+
+
+def run_cad(args: argparse.Namespace) -> int:
+    """Run ``cad train`` or ``cad proxy``; the main process writes JSON (and Markdown)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = _train_settings(args)
+    cache = args.cache or None
+    if args.cad_command == "proxy":
+        try:
+            lesion = LesionSpec(kind=args.lesion, contrast=args.contrasts[0],
+                                spot_fwhm=args.spot_fwhm, spots=args.spots,
+                                line_width=args.line_width, line_length=args.line_length)
+            for c in args.contrasts:
+                dataclasses.replace(lesion, contrast=c)
+        except ValueError as e:
+            raise InputError(f"lesion settings: {e}") from None
+        proxy = ProxySettings(tuple(args.inputs), tuple(args.contrasts), lesion, args.side,
+                              args.n_train, args.n_test, args.data_seed, cache, args.device)
+        results = _drive(run_proxy(proxy, settings))
+        table = proxy_markdown(results)
+    else:
+        results = _drive(_csv_experiment(args, settings, cache))
+        table = csv_markdown(results)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _write(args.output, results, args.markdown, table)
+        print(table, end="")
+    return 0
+
+
+def _csv_experiment(
+    args: argparse.Namespace, settings: TrainSettings, cache: str | None
+) -> Generator[dict, None, dict]:
+    data = read_labelled_csv(args.csv, tuple(args.size) if args.size else None)
+    if data.split is not None:
+        train = [i for i, s in enumerate(data.split) if s == "train"]
+        test = [i for i, s in enumerate(data.split) if s == "test"]
+    else:
+        train, test = split_indices(data.labels, args.test_fraction, args.split_seed)
+    if len(test) == 0 or len(set(data.labels[test].tolist())) < 2:
+        raise InputError(f"{args.csv}: the test split needs samples of at least two classes")
+    spatial_dims = data.arrays.ndim - 1
+    splits = {}
+    for spec in args.inputs:
+        kind = load_input(spec, spatial_dims, args.device)
+        yield {"input": spec, "stage": "encode"}
+        features = cached_represent(data.arrays, kind, cache)
+        splits[spec] = Split(features[train], data.labels[train], features[test], data.labels[test])
+    results = yield from evaluate_inputs(splits, len(data.classes), settings)
+    return {
+        "task": "csv classification",
+        "csv": str(Path(args.csv).resolve()),
+        "classes": data.classes,
+        "metric": "binary AUROC" if len(data.classes) == 2 else "macro one-vs-rest AUROC",
+        "n_train": len(train),
+        "n_test": len(test),
+        "train": dataclasses.asdict(settings),
+        "inputs": results,
+    }
+
+
+def csv_markdown(results: dict) -> str:
+    """One row per input: shape seen by the classifier and AUROC mean ± SD over seeds."""
+    lines = [f"| input | classifier input shape | {results['metric']} (mean ± SD) | per seed |",
+             "|---|---|---|---|"]
+    for name, r in results["inputs"].items():
+        per_seed = ", ".join(f"{v:.3f}" for v in r["auroc"])
+        lines.append(f"| {name} | {tuple(r['input_shape'])} | {r['mean']:.3f} ± {r['sd']:.3f} | "
+                     f"{per_seed} |")
+    return "\n".join(lines) + "\n"
+
+
+def add_efficiency_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``medvae bench efficiency``."""
+    d = EfficiencySettings()
+    p.add_argument("--arch", default=d.arch, help="classifier (resnet/seresnet/densenet + size)")
+    p.add_argument("--dims", type=int, nargs="+", choices=[2, 3], default=list(d.dims))
+    p.add_argument("--size2d", type=int, default=d.size2d, help="2D image side")
+    p.add_argument("--size3d", type=int, default=d.size3d, help="3D volume side")
+    p.add_argument("--factors", type=int, nargs="+", default=list(d.factors),
+                   help="downsizing per side; 1 is the image (2D area f^2, 3D volume f^3)")
+    p.add_argument("--latent-channels", type=int, default=d.latent_channels)
+    p.add_argument("--batch", type=int, default=d.batch, help="batch size for latency")
+    p.add_argument("--repeats", type=int, default=d.repeats)
+    p.add_argument("--budget-mb", type=float, default=d.budget_mb,
+                   help="memory budget for the largest-batch search")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="stop the search here")
+    p.add_argument("--mode", choices=MODES, default=d.mode, help="training step or inference")
+    p.add_argument("--stem", choices=STEMS, default=d.stem)
+    p.add_argument("--storage-dtype", choices=list(STORAGE_DTYPES), default=d.storage_dtype)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, help="torch CPU threads for the latency runs")
+    p.add_argument("-o", "--output", default="cad_efficiency.json", help="results JSON")
+    p.add_argument("--plot", help="figure PNG (default: next to the JSON)")
+    p.add_argument("--markdown", help="also write the table as Markdown")
+
+
+def run_efficiency(args: argparse.Namespace) -> int:
+    """Run the efficiency benchmark; writes JSON, PNG and optionally Markdown."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if any(f < 1 for f in args.factors) or args.batch < 1 or args.max_batch < 1:
+        raise InputError("factors, --batch and --max-batch must be positive")
+    for dims, size in ((2, args.size2d), (3, args.size3d)):
+        bad = [f for f in args.factors if dims in args.dims and size % f]
+        if bad:
+            raise InputError(f"{dims}D side {size} is not divisible by factor(s) {bad}")
+    settings = EfficiencySettings(
+        args.arch, tuple(args.dims), args.size2d, args.size3d, tuple(args.factors),
+        args.latent_channels, args.batch, args.repeats, args.budget_mb, args.max_batch,
+        args.mode, args.stem, args.storage_dtype, args.device,
+    )
+    results = _drive(efficiency_steps(settings))
+    table = efficiency_markdown(results)
+    plot = Path(args.plot) if args.plot else Path(args.output).with_suffix(".png")
+    _write(args.output, results, args.markdown, table)
+    atomic_write(plot, lambda tmp: efficiency_figure(results, tmp))
+    print(table, end="")
+    return 0
+
+
+def _drive(steps: Generator[dict, None, dict]) -> dict:
+    """Run a progress generator, printing one line per step on stderr; return its result."""
+    while True:
+        try:
+            progress = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        print(" ".join(f"{k}={_short(v)}" for k, v in progress.items()), file=sys.stderr,
+              flush=True)
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _write(output: str, results: dict, markdown: str | None, table: str) -> None:
+    atomic_write_text(output, json.dumps(results, indent=2) + "\n")
+    if markdown:
+        atomic_write_text(markdown, table)

@@ -1,0 +1,175 @@
+"""``medvae bench quality``: models against interpolation at the same factor on held-out real images.
+
+Every method reconstructs each image in its original units; PSNR and MS-SSIM use the image's own
+range as data range (FACTS conventions), except CT, scored within the [-1000, 1000] HU window that
+every method (baselines included) is given: air padding at -3024 HU would otherwise dominate. 2D models and 2D baselines run slice-wise on volumes; 3D
+models are compared with the 3D baselines (trilinear, cubic spline). Writes JSON, a Markdown table
+and PNG figures (reconstructions and error maps of the central slice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .imaging.atomic import atomic_write, atomic_write_text
+
+HELD_OUT = ["builtin:pydicom/MR_small.dcm", "builtin:pydicom/693_UNCR.dcm", "builtin:nibabel/anatomical"]
+BASELINES_2D = ("nearest", "bilinear", "bicubic")
+BASELINES_3D = ("trilinear", "spline")
+
+
+def add_quality_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", nargs="+", default=["starter_4_1_2d", "starter_4_3_2d"],
+                   help="zoo names or checkpoint files")
+    p.add_argument("--images", nargs="+", default=HELD_OUT,
+                   help="held-out images (files or builtin:<package>/<name>)")
+    p.add_argument("--axis", type=int, default=None, help="slice axis for 2D methods on volumes")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--quality-out", default="docs/model_cards/quality",
+                   help="output stem: writes STEM.json, STEM.md and STEM_<image>.png")
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    report = quality_report(args.models, args.images, args.axis, args.precision)
+    stem = Path(args.quality_out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(_public(report), indent=2))
+    atomic_write_text(stem.with_suffix(".md"), markdown(report))
+    for image in report["images"]:
+        figure(image, stem.with_name(f"{stem.name}_{image['label']}.png"))
+    print(markdown(report))
+    return 0
+
+
+def quality_report(models: list[str], images: list[str], axis: int | None, precision: str) -> dict:
+    from .baselines import get_baseline
+    from .codec import CodecOptions, reconstruct
+    from .models import load_model
+
+    loaded = [load_model(m) for m in models]
+    rows = []
+    for ref in images:
+        volume = _read(ref)
+        methods = [(m.name, m) for m in loaded]
+        dims = {m.spatial_dims for m in loaded}
+        if 2 in dims:
+            methods += [(b, get_baseline(b, 2, 4)) for b in BASELINES_2D]
+        if 3 in dims and volume.ndim == 3:
+            methods += [(b, get_baseline(b, 3, 4)) for b in BASELINES_3D]
+        entry = {"image": ref, "label": Path(ref.split("/")[-1]).name.split(".")[0],
+                 "shape": list(volume.shape), "modality": volume.modality, "methods": {}}
+        for name, model in methods:
+            if model.spatial_dims == 3 and volume.ndim != 3:
+                continue
+            t0 = time.perf_counter()
+            recon = reconstruct(volume, model, CodecOptions(axis=axis, precision=precision))
+            entry["methods"][name] = scores(volume.array, recon.array, scored_range(volume)) | {
+                "seconds": time.perf_counter() - t0, "_recon": recon.array}
+        entry["_original"] = volume.array
+        rows.append(entry)
+    return {"date": time.strftime("%Y-%m-%d"), "precision": precision, "images": rows,
+            "mean": _means(rows)}
+
+
+def scored_range(volume) -> tuple[float, float]:
+    """The intensity range scores use: the image's own, or for CT the HU window every codec keeps."""
+    from .imaging.normalization import CT_WINDOW
+
+    if volume.modality == "ct":
+        return CT_WINDOW
+    return float(volume.array.min()), float(volume.array.max())
+
+
+def scores(reference: np.ndarray, test: np.ndarray, value_range: tuple[float, float]) -> dict:
+    """PSNR (dB) and MS-SSIM after mapping ``value_range`` to [0, 1] (data range 1)."""
+    from .analysis.metrics import Unavailable, ms_ssim, psnr, to_unit_range
+
+    ref, tst = to_unit_range(reference, value_range), to_unit_range(test, value_range)
+    ms = ms_ssim(ref, tst)
+    return {"psnr_db": psnr(ref, tst), "ms_ssim": None if isinstance(ms, Unavailable) else ms.value}
+
+
+def _means(rows: list[dict]) -> dict:
+    names = sorted({n for r in rows for n in r["methods"]})
+    out = {}
+    for n in names:
+        vals = [r["methods"][n] for r in rows if n in r["methods"]]
+        ms = [v["ms_ssim"] for v in vals if v["ms_ssim"] is not None]
+        out[n] = {"psnr_db": float(np.mean([v["psnr_db"] for v in vals])),
+                  "ms_ssim": float(np.mean(ms)) if ms else None, "images": len(vals)}
+    return out
+
+
+def markdown(report: dict) -> str:
+    names = list(report["mean"])
+    lines = ["| image | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for r in report["images"]:
+        cells = [_cell(r["methods"].get(n)) for n in names]
+        lines.append(f"| {r['label']} {tuple(r['shape'])} {r['modality']} | " + " | ".join(cells) + " |")
+    lines.append("| **mean** | " + " | ".join(_cell(report["mean"][n]) for n in names) + " |")
+    return ("PSNR dB / MS-SSIM in original units, f=4 per side; data range: the image's own range "
+            "(CT: the [-1000, 1000] HU window that every method keeps).\n\n") + \
+        "\n".join(lines) + "\n"
+
+
+def _cell(v: dict | None) -> str:
+    if not v:
+        return "-"
+    ms = f" / {v['ms_ssim']:.4f}" if v.get("ms_ssim") is not None else ""
+    return f"{v['psnr_db']:.2f}{ms}"
+
+
+def figure(entry: dict, path: Path) -> None:
+    """Central slice: original, then each method's reconstruction and absolute error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    orig = _central(entry["_original"])
+    names = list(entry["methods"])
+    fig, axes = plt.subplots(2, len(names) + 1, figsize=(2.6 * (len(names) + 1), 5.4))
+    lo, hi = float(orig.min()), float(orig.max())
+    axes[0, 0].imshow(orig.T, cmap="gray", vmin=lo, vmax=hi)
+    axes[0, 0].set_title("original")
+    axes[1, 0].axis("off")
+    err_max = max(float(np.abs(_central(m["_recon"]) - orig).max()) for m in entry["methods"].values())
+    for i, name in enumerate(names, start=1):
+        rec = _central(entry["methods"][name]["_recon"])
+        axes[0, i].imshow(rec.T, cmap="gray", vmin=lo, vmax=hi)
+        axes[0, i].set_title(f"{name}\n{entry['methods'][name]['psnr_db']:.2f} dB", fontsize=9)
+        im = axes[1, i].imshow(np.abs(rec - orig).T, cmap="magma", vmin=0, vmax=err_max or 1)
+        axes[1, i].set_title("|error|", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[1, :].tolist(), shrink=0.8, label="absolute error (image units)")
+    fig.suptitle(f"{entry['label']} ({entry['modality']}), f=4 per side")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+
+
+def _central(a: np.ndarray) -> np.ndarray:
+    return a if a.ndim == 2 else a[:, :, a.shape[2] // 2]
+
+
+def _read(ref: str):
+    from .imaging.io import read_volume
+    from .training.data import resolve_builtin
+
+    path = resolve_builtin(ref.removeprefix("builtin:")) if ref.startswith("builtin:") else Path(ref)
+    return read_volume(path)
+
+
+def _public(obj):
+    """The report without its private image arrays (keys starting with an underscore)."""
+    if isinstance(obj, dict):
+        return {k: _public(v) for k, v in obj.items() if not k.startswith("_")}
+    if isinstance(obj, list):
+        return [_public(v) for v in obj]
+    return obj

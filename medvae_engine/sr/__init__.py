@@ -1,0 +1,16 @@
+"""Latent-diffusion super-resolution: conditional UNet, schedules, samplers, pipeline, training."""
+
+from .pipeline import PixelCodec, SROptions, load_autoencoder, super_resolve, super_resolve_steps
+from .unet import SRDenoiser, load_sr_model, save_sr_model, unet_config
+
+__all__ = [
+    "PixelCodec",
+    "SRDenoiser",
+    "SROptions",
+    "load_autoencoder",
+    "load_sr_model",
+    "save_sr_model",
+    "super_resolve",
+    "super_resolve_steps",
+    "unet_config",
+]

@@ -1,0 +1,162 @@
+"""`medvae sr` and `medvae train-sr`: argument wiring for super-resolution.
+
+Also runnable as ``python -m medvae_engine.sr.cli_sr sr|train-sr ...`` (train-sr under torchrun).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import InputError, MedVAEError, ModelError
+from .samplers import SAMPLERS
+
+
+def add_sr_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the sr command."""
+    p.add_argument("input", help="LR image file or DICOM series folder (2D image or volume)")
+    p.add_argument("-o", "--output", required=True, help="SR image file (.nii.gz, .mha, .png, ...)")
+    p.add_argument("--sr-model", required=True,
+                   help="SR UNet: a .safetensors from 'medvae train-sr' or a latent-sr .ckpt")
+    p.add_argument("-m", "--model", help="autoencoder: zoo name, checkpoint, diffusers VAE folder "
+                   "or 'pixels' (default: the one named in the SR model's card)")
+    p.add_argument("--weights", help="weights file for a named autoencoder")
+    p.add_argument("--sampler", default="ddim", choices=SAMPLERS,
+                   help="ddim (default), ddpm, flow (flow-matching models) or latent-sr (the "
+                   "published sampler, for their released weights)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: ddim 50, ddpm 100, flow 16, "
+                   "latent-sr 50)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 deterministic)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same output)")
+    p.add_argument("--scale", type=int, help="SR factor per side (default: the model's, else 4)")
+    p.add_argument("--axis", type=int, help="slice axis for volumes (default: coarsest)")
+    p.add_argument("--batch-size", type=int, default=4, help="slices per batch")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="intensity window mapped to [-1, 1] (default: CT [-1000, 1000], else "
+                   "min-max)")
+    p.add_argument("--modality", default="auto", choices=["auto", "ct", "mri", "xray"])
+    p.add_argument("--frame", type=int, help="frame of a 4D image")
+    p.add_argument("--series-uid", help="DICOM series to read from a folder holding several")
+    p.add_argument("--keep-phi", action="store_true",
+                   help="keep patient-identifying DICOM fields in output metadata")
+    p.add_argument("--reference", help="HR reference image: its autoencoder reconstruction is "
+                   "written to --ae-output (the noise floor for hallucination maps)")
+    p.add_argument("--ae-output", help="where to write the reference's AE reconstruction")
+
+
+def add_train_sr_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the train-sr command (same overrides as ``medvae train``)."""
+    p.add_argument("config", help="SR training YAML (see medvae_engine/configs/train_sr.yaml)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue exactly from run.output_dir/checkpoint.pt")
+    p.add_argument("-o", "--output-dir", help="override run.output_dir")
+    p.add_argument("--steps", type=int, help="override run.steps")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any key, e.g. --set data.batch_size=4 (value read as YAML)")
+
+
+def run_sr(args: argparse.Namespace) -> int:
+    """Super-resolve one input (and reconstruct the reference); MedVAEError for the CLI to print."""
+    from ..cli import _read, _run
+    from ..imaging.io import write_volume
+    from ..imaging.normalization import fit_normalization
+    from .pipeline import (
+        SROptions,
+        reconstruct_reference_steps,
+        super_resolve_steps,
+    )
+    from .unet import load_sr_model
+
+    if bool(args.reference) != bool(args.ae_output):
+        raise InputError("--reference and --ae-output go together")
+    try:
+        options = SROptions(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
+                            scale=args.scale, axis=args.axis, batch_size=args.batch_size,
+                            precision=args.precision)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    sr_model = load_sr_model(args.sr_model, device=args.device)
+    autoencoder = _autoencoder(args, sr_model)
+    volume = _read(args.input, args)
+    norm = (fit_normalization(volume.array, volume.modality, window=args.window)
+            if args.window else None)
+    result = _run("super-resolve", super_resolve_steps(volume, autoencoder, sr_model, options,
+                                                       normalization=norm))
+    ae = None
+    if args.reference:
+        reference = _read(args.reference, args)
+        if reference.shape != result.shape:
+            raise InputError(f"{args.reference}: reference shape {reference.shape} differs from "
+                             f"the SR output's {result.shape}")
+        ae = _run("reconstruct", reconstruct_reference_steps(reference, autoencoder, options))
+    written = [write_volume(result, args.output)]
+    if ae is not None:
+        written.append(write_volume(ae, args.ae_output))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _autoencoder(args: argparse.Namespace, sr_model):
+    """--model, else the autoencoder the SR model's card names; warn on a weights mismatch."""
+    from ..models import MODELS, load_model, weights_sha256
+    from .pipeline import PIXELS, load_autoencoder
+
+    name = args.model or sr_model.card.get("autoencoder")
+    if not name:
+        raise ModelError(f"{args.sr_model}: the SR model does not name its autoencoder; pass "
+                         "--model")
+    if name in MODELS and args.weights:
+        model = load_model(name, weights=args.weights, device=args.device)
+    else:
+        model = load_autoencoder(name, device=args.device)
+    expected = sr_model.card.get("autoencoder_sha256")
+    if expected and name != PIXELS and weights_sha256(model) not in (None, expected):
+        print(f"warning: autoencoder {name} is not the one {args.sr_model} was trained with",
+              file=sys.stderr)
+    return model
+
+
+def run_train_sr(args: argparse.Namespace) -> int:
+    """Run an SR training with a tqdm bar on rank 0."""
+    from tqdm import tqdm
+
+    from ..training.cli_train import _overrides
+    from .train_sr import run_sr_training
+
+    main_process = os.environ.get("RANK", "0") == "0"
+    bar = None
+    for progress in run_sr_training(args.config, resume=args.resume, overrides=_overrides(args)):
+        if not main_process:
+            continue
+        if bar is None:
+            bar = tqdm(total=progress["steps"], initial=progress["step"] - 1, unit="step",
+                       dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 60.0)
+        bar.update(1)
+        shown = {k: f"{v:.4g}" for k, v in progress.items()
+                 if k in ("loss", "val_psnr_sr", "val_psnr_bicubic") and isinstance(v, float)}
+        if shown:
+            bar.set_postfix(shown, refresh=False)
+    if bar is not None:
+        bar.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medvae-sr", description="Latent-diffusion SR.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_sr_arguments(sub.add_parser("sr", help="super-resolve an image or volume"))
+    add_train_sr_arguments(sub.add_parser("train-sr", help="train an SR UNet from a YAML config"))
+    args = parser.parse_args(argv)
+    try:
+        return run_sr(args) if args.command == "sr" else run_train_sr(args)
+    except MedVAEError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The conditional denoiser: a diffusers UNet2DModel over [noisy HR latent, upsampled LR latent].
+
+Configs are plain data (the UNet2DModel keyword arguments); ``latent_sr`` is the published
+configuration (channels 128, 256, 512, 512; two layers per block; attention at the 16x16 latent
+resolution plus the mid block; sinusoidal time embedding), ``tiny`` a small one for tests. Our SR
+model files are safetensors with the config and a training card in the header.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..errors import ModelError
+from ..imaging.atomic import atomic_write
+from .objectives import OBJECTIVES
+from .schedules import TRAIN_STEPS
+
+PRESETS = {
+    "latent_sr": {"channels": (128, 256, 512, 512), "layers": 2, "attention": (16,),
+                  "sample_size": 64, "groups": 32, "head_dim": 8},
+    "tiny": {"channels": (16, 32), "layers": 1, "attention": (4,), "sample_size": 8, "groups": 8,
+             "head_dim": 8},
+}
+CONVENTIONS = ("ddpm", "flipped")  # flipped: latent-sr's model timestep T-1-t
+
+
+def unet_config(latent_channels: int, preset: str = "latent_sr", **overrides) -> dict:
+    """UNet2DModel keyword arguments: preset geometry, 2C inputs (noisy + condition), C outputs."""
+    if preset not in PRESETS:
+        raise ModelError(f"unknown UNet preset {preset!r}; choose from {', '.join(PRESETS)}")
+    p = {**PRESETS[preset], **overrides}
+    channels = tuple(int(c) for c in p["channels"])
+    down, up = block_types(len(channels), int(p["sample_size"]), tuple(p["attention"]))
+    return {
+        "sample_size": int(p["sample_size"]),
+        "in_channels": 2 * latent_channels,
+        "out_channels": latent_channels,
+        "layers_per_block": int(p["layers"]),
+        "block_out_channels": list(channels),
+        "down_block_types": list(down),
+        "up_block_types": list(up),
+        "norm_num_groups": int(p["groups"]),
+        "attention_head_dim": int(p["head_dim"]),
+    }
+
+
+def block_types(levels: int, sample_size: int, attention: tuple[int, ...]):
+    """Attention blocks at the levels whose resolution (from ``sample_size``) is listed."""
+    sizes = [max(sample_size // 2**i, 1) for i in range(levels)]
+    down = ["AttnDownBlock2D" if s in attention else "DownBlock2D" for s in sizes]
+    up = ["AttnUpBlock2D" if s in attention else "UpBlock2D" for s in reversed(sizes)]
+    return down, up
+
+
+def build_unet(config: dict) -> nn.Module:
+    """A diffusers UNet2DModel from plain keyword arguments."""
+    try:
+        from diffusers import UNet2DModel
+    except ImportError:
+        raise ModelError("super-resolution needs diffusers (pip install 'napari-medvae[diffusers]')") \
+            from None
+    try:
+        return UNet2DModel(**config)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"invalid UNet configuration ({str(e).splitlines()[0][:200]})") from None
+
+
+class SRDenoiser(nn.Module):
+    """UNet plus how to call it: objective, timestep convention and training step count.
+
+    ``forward(z, cond, t)`` takes DDPM-convention timesteps (integers, 0 = cleanest) for diffusion
+    objectives and times in [0, 1] (1 = data) for flow; the model sees them in its own convention.
+    """
+
+    def __init__(self, unet_kwargs: dict, objective: str = "x0", convention: str = "ddpm",
+                 train_steps: int = TRAIN_STEPS, card: dict | None = None):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ModelError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        if convention not in CONVENTIONS:
+            raise ModelError(f"timestep convention must be one of {CONVENTIONS}, got {convention!r}")
+        self.unet = build_unet(unet_kwargs)
+        self.unet_kwargs = dict(unet_kwargs)
+        self.objective = objective
+        self.convention = convention
+        self.train_steps = int(train_steps)
+        self.card = dict(card or {})
+        self.latent_sr_alphas: torch.Tensor | None = None  # a published checkpoint's own table
+        self.weights_path: str | None = None
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet_kwargs["out_channels"])
+
+    @property
+    def multiple(self) -> int:
+        """Latent sides must be a multiple of this (one halving per level but the last)."""
+        return 2 ** (len(self.unet_kwargs["block_out_channels"]) - 1)
+
+    def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """The integer timestep the UNet was trained with for our time ``t``."""
+        t = torch.as_tensor(t)
+        if self.objective == "flow":
+            return (t.double() * (self.train_steps - 1)).floor().long()
+        t = t.round().long()
+        return self.train_steps - 1 - t if self.convention == "flipped" else t
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        timestep = self.model_timestep(t).to(z.device).expand(z.shape[0])
+        return self.unet(torch.cat([z, cond.to(z.dtype)], dim=1), timestep).sample
+
+    def sr_config(self) -> dict:
+        return {"unet": self.unet_kwargs, "objective": self.objective,
+                "convention": self.convention, "train_steps": self.train_steps}
+
+
+def save_sr_model(model: SRDenoiser, path: str | Path, card: dict | None = None) -> Path:
+    """Write the UNet weights as safetensors with the SR config and card in the header."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.unet.state_dict().items()}
+    meta = {"sr_config": json.dumps(model.sr_config()),
+            "card": json.dumps(card if card is not None else model.card)}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return Path(path)
+
+
+def load_sr_model(path: str | Path, device: str = "cpu") -> SRDenoiser:
+    """An SR model in eval mode: our safetensors, or a published latent-sr Lightning checkpoint."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelError(f"{path}: SR model file not found")
+    if path.suffix != ".safetensors":
+        from .compat import load_latent_sr_checkpoint
+
+        model = load_latent_sr_checkpoint(path)
+    else:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise ModelError(f"{path}: not a readable safetensors file ({str(e)[:160]})") from None
+        if "sr_config" not in meta:
+            raise ModelError(f"{path}: not an SR model (no sr_config in the header)")
+        config = json.loads(meta["sr_config"])
+        model = SRDenoiser(config["unet"], config["objective"], config["convention"],
+                           config["train_steps"], json.loads(meta.get("card", "{}")))
+        load_unet_weights(model, sd, str(path))
+    model.weights_path = str(path)
+    return model.to(device).eval()
+
+
+def load_unet_weights(model: SRDenoiser, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load with a one-line ModelError naming what does not match."""
+    from ..models.checkpoints import load_strict
+
+    load_strict(model.unet, sd, source)

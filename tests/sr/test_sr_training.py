@@ -1,0 +1,127 @@
+"""`medvae train-sr`: a tiny run on real images, the latent cache, exact resume, config errors."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from pydicom.data import get_testdata_file
+from safetensors.torch import load_file
+
+from medvae_engine.analysis.metrics import psnr
+from medvae_engine.imaging.io import read_volume
+from medvae_engine.imaging.normalization import fit_normalization
+from medvae_engine.sr.degradations import degrade
+from medvae_engine.sr.pipeline import decode_latents, encode_images, load_autoencoder
+from medvae_engine.sr.train_sr import load_sr_config, run_sr_training
+from medvae_engine.sr.unet import load_sr_model
+from medvae_engine.training.config import ConfigError
+
+torch.set_num_threads(1)
+
+
+def rows(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_run_exports_model_card_and_validation(trained_run, tiny_ae_dir):
+    model = load_sr_model(trained_run / "sr_model.safetensors")
+    assert model.card["scale"] == 4 and model.objective == "x0" and model.latent_channels == 3
+    assert model.card["autoencoder"].endswith("tiny_ae.safetensors")
+    assert len(model.card["data"]) == 3 and model.card["data"][-1].startswith("val:")
+    log = rows(trained_run / "metrics.csv")
+    assert [int(r["step"]) for r in log] == [1, 2, 3, 4]
+    last = log[-1]
+    # the AE ceiling reported equals an independent encode/decode of the held-out centre crop
+    volume = read_volume(get_testdata_file("MR_small.dcm"))
+    x = fit_normalization(volume.array, volume.modality).forward(volume.array)[16:48, 16:48]
+    ae = load_autoencoder(str(tiny_ae_dir / "tiny_ae.safetensors"))
+    with torch.no_grad():
+        rec = decode_latents(ae, encode_images(ae, torch.from_numpy(x)[None, None]))[0, 0].numpy()
+    unit = lambda a: ((a + 1) / 2).clip(0, 1)  # noqa: E731
+    assert float(last["val_psnr_ae"]) == pytest.approx(psnr(unit(x), unit(rec)), abs=1e-3)
+    bicubic = torch.nn.functional.interpolate(
+        torch.from_numpy(degrade(x, "bicubic", 4))[None, None], size=(32, 32), mode="bicubic",
+        align_corners=False)[0, 0].numpy()
+    assert float(last["val_psnr_bicubic"]) == pytest.approx(psnr(unit(x), unit(bicubic)), abs=1e-3)
+    assert np.isfinite(float(last["val_psnr_sr"]))
+
+
+def test_resume_is_bit_exact_and_cache_is_reused(sr_config, tmp_path):
+    shared = {"data": {"cache": str(tmp_path / "cache.pt")}}
+    full = sr_config({**shared, "run": {"output_dir": "full"}}, "full.yaml")
+    for _ in run_sr_training(full):
+        pass
+    cache_time = (tmp_path / "cache.pt").stat().st_mtime_ns
+    part = sr_config({**shared, "run": {"output_dir": "part"}}, "part.yaml")
+    for _ in run_sr_training(part, stop_at=2):
+        pass
+    assert not (tmp_path / "part" / "sr_model.safetensors").exists()
+    for _ in run_sr_training(part, resume=True):
+        pass
+    assert (tmp_path / "cache.pt").stat().st_mtime_ns == cache_time  # built once, reused
+    a = load_file(str(tmp_path / "full" / "sr_model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "sr_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = lambda name: [r["loss"] for r in rows(tmp_path / name / "metrics.csv")]  # noqa: E731
+    assert losses("full") == losses("part")
+    with pytest.raises(Exception, match="already exists"):
+        next(iter(run_sr_training(full)))
+
+
+def test_changed_degradation_rebuilds_the_cache(sr_config, tmp_path):
+    cache = {"cache": str(tmp_path / "cache.pt")}
+    first = sr_config({"data": cache, "run": {"steps": 1, "output_dir": "a"}}, "a.yaml")
+    for _ in run_sr_training(first):
+        pass
+    before = torch.load(tmp_path / "cache.pt", weights_only=True)
+    second = sr_config({"data": cache, "degradation": {"kind": "lanczos"},
+                        "run": {"steps": 1, "output_dir": "b"}}, "b.yaml")
+    for _ in run_sr_training(second):
+        pass
+    after = torch.load(tmp_path / "cache.pt", weights_only=True)
+    assert before["key"] != after["key"]
+    assert torch.equal(before["hr_latents"], after["hr_latents"])  # same HR crops
+    assert not torch.equal(before["lr_latents"], after["lr_latents"])  # other LR images
+
+
+def test_pixel_space_training_learns(sr_config, tmp_path):
+    path = sr_config({"model": {"autoencoder": "pixels"}, "optim": {"lr": 3e-3},
+                      "run": {"steps": 30, "val_every": 1000, "checkpoint_every": 1000}})
+    losses = [p["loss"] for p in run_sr_training(path) if "loss" in p]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+@pytest.mark.parametrize("update,message", [
+    ({"data": {"crops_per_image": 3}}, "unknown key 'data.crops_per_image'"),
+    ({"model": {"objective": "flow"}}, "validation.sampler"),
+    ({"degradation": {"kind": "nearest"}}, "degradation.kind"),
+    ({"run": {"steps": 0}}, "run.steps"),
+])
+def test_config_errors_name_the_key(sr_config, update, message):
+    with pytest.raises(ConfigError, match=message):
+        load_sr_config(sr_config(update))
+
+
+def test_hr_size_must_fit_factor_scale_and_unet(sr_config):
+    path = sr_config({"data": {"hr_size": 24}})
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        next(iter(run_sr_training(path)))
+
+
+def test_degradations_on_a_real_image():
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    hr = ds.pixel_array.astype(np.float32)
+    bicubic, lanczos = degrade(hr, "bicubic", 4), degrade(hr, "lanczos", 4)
+    blur = degrade(hr, "blur", 4)
+    assert bicubic.shape == lanczos.shape == (16, 16) and blur.shape == hr.shape
+    assert not np.allclose(bicubic, lanczos)
+    assert abs(bicubic.mean() - hr.mean()) < 0.05 * hr.std()  # antialiased: mean preserved
+    assert np.abs(np.diff(blur, axis=0)).mean() < np.abs(np.diff(hr, axis=0)).mean()
+    with pytest.raises(ValueError):
+        degrade(hr[:62], "bicubic", 4)
