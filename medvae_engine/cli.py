@@ -107,12 +107,21 @@ def _optional_commands(sub) -> None:
     """Commands whose implementation lives in other subpackages."""
     from .analysis.report import add_analyze_arguments, run_analyze
     from .bench import add_bench_arguments, run_bench
+    from .sr.cli_sr import add_sr_arguments, add_train_sr_arguments, run_sr, run_train_sr
     from .study.cli_study import add_study_arguments
     from .training.cli_train import add_train_arguments, run_train
 
     p = sub.add_parser("analyze", help="metrics, maps, subbands, hallucination and figures")
     add_analyze_arguments(p)
     p.set_defaults(func=run_analyze)
+
+    p = sub.add_parser("sr", help="latent-diffusion super-resolution of an image or volume")
+    add_sr_arguments(p)
+    p.set_defaults(func=run_sr)
+
+    p = sub.add_parser("train-sr", help="train a latent-diffusion SR UNet (YAML config, torchrun-ready)")
+    add_train_sr_arguments(p)
+    p.set_defaults(func=run_train_sr)
 
     p = sub.add_parser("train", help="train or fine-tune a MedVAE model from a YAML config (torchrun-ready)")
     add_train_arguments(p)
@@ -124,7 +133,7 @@ def _optional_commands(sub) -> None:
 
     add_study_arguments(sub)
 
-    p = sub.add_parser("demo", help="open napari with the plugin on a bundled real sample (headless: demo_out/)")
+    p = sub.add_parser("demo", help="napari with the plugin on a bundled real sample (headless: demo_out/)")
     p.add_argument("--headless", action="store_true", help="no window: write outputs and screenshots")
     p.add_argument("--out", default="demo_out", help="output folder for the headless run")
     p.set_defaults(func=cmd_demo)
@@ -286,7 +295,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         from napari_medvae.demo import main as demo_main
     except ImportError as e:
-        raise InputError(f"the demo needs the napari extra (pip install 'napari-medvae[napari]'): {e}") from None
+        raise InputError(f"the demo needs napari (pip install 'napari-medvae[napari]'): {e}") from None
     return demo_main((["--headless"] if args.headless else []) + ["--out", args.out])
 
 

@@ -2,9 +2,10 @@
 
 Every method reconstructs each image in its original units; PSNR and MS-SSIM use the image's own
 range as data range (FACTS conventions), except CT, scored within the [-1000, 1000] HU window that
-every method (baselines included) is given: air padding at -3024 HU would otherwise dominate. 2D models and 2D baselines run slice-wise on volumes; 3D
-models are compared with the 3D baselines (trilinear, cubic spline). Writes JSON, a Markdown table
-and PNG figures (reconstructions and error maps of the central slice).
+every method (baselines included) is given: air padding at -3024 HU would otherwise dominate.
+2D models and 2D baselines run slice-wise on volumes; 3D models are compared with the 3D baselines
+(trilinear, cubic spline). Writes JSON, a Markdown table, PNG figures (reconstructions and error
+maps of the central slice) and a model card per model.
 """
 
 from __future__ import annotations
@@ -42,8 +43,56 @@ def run_quality(args: argparse.Namespace) -> int:
     atomic_write_text(stem.with_suffix(".md"), markdown(report))
     for image in report["images"]:
         figure(image, stem.with_name(f"{stem.name}_{image['label']}.png"))
+    for name in args.models:
+        write_model_card(name, report, stem)
     print(markdown(report))
     return 0
+
+
+def write_model_card(name: str, report: dict, stem: Path) -> None:
+    """docs/model_cards/<model>.md/.json: the training card, the quality margins and timings."""
+    from .models import load_model
+    from .models.checkpoints import read_state_dict
+    from .training.trainer import model_card_markdown
+
+    model = load_model(name)
+    _, meta = read_state_dict(model.weights_path)
+    card = json.loads(meta.get("card", "{}"))
+    if not card:
+        return
+    model_name = model.name
+    margins = {
+        r["label"]: r["methods"][model_name]["psnr_db"] - max(
+            r["methods"][b]["psnr_db"] for b in r["methods"] if b in BASELINES_2D + BASELINES_3D)
+        for r in report["images"] if model_name in r["methods"]
+    }
+    timing = inference_seconds(model)
+    result = {"name": model_name, "training": card, "quality_mean": report["mean"],
+              "margin_over_best_interpolation_db": margins, "inference_seconds": timing}
+    lines = [model_card_markdown(card), "## Quality on held-out real images", "", markdown(report),
+             "Margin over the best interpolation at the same factor (dB): "
+             + ", ".join(f"{k} {v:+.2f}" for k, v in margins.items()), "",
+             "## Inference time on this CPU (reconstruct, seconds)", "",
+             *[f"- {k}: {v:.3f}" for k, v in timing.items()], ""]
+    out = stem.parent / model_name
+    atomic_write_text(out.with_suffix(".json"), json.dumps(_public(result), indent=2))
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines))
+
+
+def inference_seconds(model) -> dict:
+    """Reconstruction time of a 256^2 slice (2D models) or a 128^3 volume (3D), fp32 and bf16."""
+    from .codec import CodecOptions, reconstruct
+    from .imaging.volume import Volume
+
+    shape = (256, 256) if model.spatial_dims == 2 else (128, 128, 128)
+    vol = Volume(np.random.default_rng(0).random(shape).astype(np.float32), np.eye(4), "mri")
+    out = {}
+    for precision in ("fp32", "bf16"):
+        reconstruct(vol, model, CodecOptions(precision=precision))  # warm-up (kernel selection)
+        t0 = time.perf_counter()
+        reconstruct(vol, model, CodecOptions(precision=precision))
+        out[f"{'x'.join(map(str, shape))} {precision}"] = time.perf_counter() - t0
+    return out
 
 
 def quality_report(models: list[str], images: list[str], axis: int | None, precision: str) -> dict:

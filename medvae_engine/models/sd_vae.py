@@ -53,12 +53,8 @@ def load_diffusers_vae(folder: Path) -> DiffusersVAE:
     """Load a diffusers AutoencoderKL from a local folder (config.json + safetensors weights)."""
     if not (folder / "config.json").is_file():
         raise ModelError(f"{folder}: not a diffusers VAE folder (config.json missing)")
-    try:
-        from diffusers import AutoencoderKL as DiffusersAutoencoderKL
-    except ImportError:
-        raise ModelError(
-            f"{folder}: loading a diffusers VAE needs diffusers (pip install 'napari-medvae[diffusers]')"
-        ) from None
+    from diffusers import AutoencoderKL as DiffusersAutoencoderKL  # heavy: imported on use
+
     try:
         vae = DiffusersAutoencoderKL.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:

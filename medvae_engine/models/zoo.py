@@ -8,6 +8,7 @@ ship inside the package.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -85,19 +86,16 @@ def _official(name, dims, f, c, in_ch, hub_name, description):
     )
 
 
-def _starter(name, dims, c, description, sha256=None):
+def _starter_checksums() -> dict[str, str]:
+    """sha256 of the shipped starter weights (written by scripts/install_starter.py)."""
+    path = PACKAGE_WEIGHTS / "checksums.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _starter(name, dims, c, description):
     return ModelSpec(
-        name,
-        dims,
-        4,
-        c,
-        1,
-        32,
-        (1, 2, 4),
-        "starter",
-        f"{name}.safetensors",
-        sha256=sha256,
-        description=description,
+        name, dims, 4, c, 1, 32, (1, 2, 4), "starter", f"{name}.safetensors",
+        sha256=_starter_checksums().get(name), description=description,
     )
 
 

@@ -60,11 +60,8 @@ def block_types(levels: int, sample_size: int, attention: tuple[int, ...]):
 
 def build_unet(config: dict) -> nn.Module:
     """A diffusers UNet2DModel from plain keyword arguments."""
-    try:
-        from diffusers import UNet2DModel
-    except ImportError:
-        raise ModelError("super-resolution needs diffusers (pip install 'napari-medvae[diffusers]')") \
-            from None
+    from diffusers import UNet2DModel  # heavy: imported on use
+
     try:
         return UNet2DModel(**config)
     except (TypeError, ValueError) as e:

@@ -101,6 +101,9 @@ class OptimSection:
     eps: float = 1e-8  # Adam epsilon (also for the discriminator)
     accumulation: int = 1
     grad_clip: float | None = None
+    schedule: Literal["constant", "cosine"] = "constant"  # generator learning rate over the run
+    warmup_steps: int = 0  # linear warm-up from lr/warmup_steps to lr
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio at the last step
 
 
 @dataclasses.dataclass
@@ -245,6 +248,10 @@ def check_semantics(config: TrainConfig, source: str) -> None:
             fail(f"run.{name}", "must be >= 1")
     if config.optim.accumulation < 1:
         fail("optim.accumulation", "must be >= 1")
+    if config.optim.warmup_steps < 0:
+        fail("optim.warmup_steps", "must be >= 0")
+    if not 0.0 <= config.optim.min_lr_ratio <= 1.0:
+        fail("optim.min_lr_ratio", "must be in [0, 1]")
     if len(config.optim.betas) != 2:
         fail("optim.betas", "must be two numbers")
     if config.model.lora_rank < 0:

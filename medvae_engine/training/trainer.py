@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import random
 import time
@@ -176,6 +177,8 @@ def _train(config: TrainConfig, env: Distributed, resume: bool, stop_at: int | N
             _collect(window, logs)
             if disc_on:
                 pairs.append((x, outputs[0].detach()))
+        for group in opt_g.param_groups:
+            group["lr"] = learning_rate(config.optim, step, config.run.steps)
         if config.optim.grad_clip:
             scaler.unscale_(opt_g)
             torch.nn.utils.clip_grad_norm_(recipe.trainable, config.optim.grad_clip)
@@ -392,6 +395,20 @@ def export(recipe: Recipe, config: TrainConfig, out: Path, train_set, val_set, l
     atomic_write_text(out / "model_card.json", json.dumps(card, indent=2))
     atomic_write_text(out / "model_card.md", model_card_markdown(card))
     return path
+
+
+def learning_rate(optim, step: int, total: int) -> float:
+    """The generator learning rate at ``step``: linear warm-up, then constant or cosine decay.
+
+    A pure function of the step, so a resumed run follows the same schedule without stored state.
+    """
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return optim.lr
+    progress = (step - optim.warmup_steps) / max(1, total - optim.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return optim.lr * (optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * cosine)
 
 
 def model_card_markdown(card: dict) -> str:

@@ -9,7 +9,6 @@ import torch
 from medvae_engine import load_model, reconstruct
 
 
-
 def test_diffusers_vae_folder_matches_diffusers(tmp_path, mr_slice):
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(

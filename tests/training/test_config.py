@@ -87,3 +87,22 @@ def test_missing_data_file_is_named(write_config, tmp_path):
     path = write_config({"data": {"train": ["nowhere/scan.nii.gz"]}})
     with pytest.raises(ConfigError, match="scan.nii.gz: data source not found"):
         load_sources(load_config(path))
+
+
+def test_learning_rate_schedule_closed_form():
+    from medvae_engine.training.config import OptimSection
+    from medvae_engine.training.trainer import learning_rate
+
+    optim = OptimSection(lr=1e-3, schedule="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate(optim, 0, 110) == pytest.approx(1e-4)
+    assert learning_rate(optim, 9, 110) == pytest.approx(1e-3)
+    assert learning_rate(optim, 60, 110) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert learning_rate(optim, 110, 110) == pytest.approx(1e-4)
+    assert learning_rate(OptimSection(lr=2e-4), 500, 1000) == 2e-4
+
+
+def test_schedule_keys_are_validated(write_config):
+    message = _error(write_config, {"optim": {"min_lr_ratio": 2.0}})
+    assert "optim.min_lr_ratio" in message
+    message = _error(write_config, {"optim": {"schedule": "linear"}})
+    assert "optim.schedule" in message
