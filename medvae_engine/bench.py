@@ -30,12 +30,24 @@ WARMUP_BELOW_FLOPS = (
 )
 
 
-def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    from .quality import add_quality_arguments
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """`medvae bench speed|quality|efficiency`."""
+    from .cad.cli_cad import add_efficiency_arguments, run_efficiency
+    from .quality import add_quality_arguments, run_quality
 
-    p.add_argument("kind", nargs="?", default="speed", choices=["speed", "quality"],
-                   help="speed: throughput and memory; quality: models vs interpolation on held-out images")
+    kinds = parser.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
+    p = kinds.add_parser("speed", help="encode/decode throughput, GFLOP/s and peak memory")
+    add_speed_arguments(p)
+    p.set_defaults(func=run_bench)
+    p = kinds.add_parser("quality", help="models vs interpolation on held-out real images")
     add_quality_arguments(p)
+    p.set_defaults(func=run_quality)
+    p = kinds.add_parser("efficiency", help="CAD models on images vs latents: latency, batch, storage")
+    add_efficiency_arguments(p)
+    p.set_defaults(func=run_efficiency)
+
+
+def add_speed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sizes",
         type=int,
@@ -57,8 +69,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         "--roi-volumes",
         type=int,
         nargs="*",
-        default=[],
-        help="extra 3D volume sides run with --roi windows (memory vs volume size)",
+        default=[64, 96],
+        help="3D sides run whole and in --roi windows at --roi-width (memory vs volume size)",
     )
     p.add_argument("--roi", type=int, default=32, help="window side for --roi-volumes")
     p.add_argument("--roi-width", type=int, default=32, help="base width for --roi-volumes cases")
@@ -72,15 +84,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         help="largest 2D side to run the official code on (its attention is quadratic)",
     )
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("-o", "--output", default="docs/benchmarks.json", help="JSON results")
-    p.add_argument("--markdown", default="docs/benchmarks.md", help="Markdown table to (re)write")
+    p.add_argument("-o", "--output", default="docs/bench/speed.json", help="JSON results")
+    p.add_argument("--markdown", default="docs/bench/speed.md", help="Markdown table to (re)write")
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    if args.kind == "quality":
-        from .quality import run_quality
-
-        return run_quality(args)
     results = {
         "machine": machine_info(args.threads),
         "matmul": matmul_peak(args.threads),

@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _optional_commands(sub) -> None:
     """Commands whose implementation lives in other subpackages."""
     from .analysis.report import add_analyze_arguments, run_analyze
-    from .bench import add_bench_arguments, run_bench
+    from .bench import add_bench_arguments
+    from .cad.cli_cad import add_cad_arguments, run_cad
     from .sr.cli_sr import add_sr_arguments, add_train_sr_arguments, run_sr, run_train_sr
     from .study.cli_study import add_study_arguments
     from .training.cli_train import add_train_arguments, run_train
@@ -127,9 +128,12 @@ def _optional_commands(sub) -> None:
     add_train_arguments(p)
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser("bench", help="speed, memory and quality benchmarks")
+    p = sub.add_parser("bench", help="speed, memory, quality and CAD-efficiency benchmarks")
     add_bench_arguments(p)
-    p.set_defaults(func=run_bench)
+
+    p = sub.add_parser("cad", help="diagnostic models on latents vs images (train, proxy task)")
+    add_cad_arguments(p)
+    p.set_defaults(func=run_cad)
 
     add_study_arguments(sub)
 

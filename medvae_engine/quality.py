@@ -69,7 +69,8 @@ def write_model_card(name: str, report: dict, stem: Path) -> None:
     timing = inference_seconds(model)
     result = {"name": model_name, "training": card, "quality_mean": report["mean"],
               "margin_over_best_interpolation_db": margins, "inference_seconds": timing}
-    lines = [model_card_markdown(card), "## Quality on held-out real images", "", markdown(report),
+    summary = model_card_markdown(card) if "stage" in card else f"# {model_name}\n\n{json.dumps(card)}\n"
+    lines = [summary, "## Quality on held-out real images", "", markdown(report),
              "Margin over the best interpolation at the same factor (dB): "
              + ", ".join(f"{k} {v:+.2f}" for k, v in margins.items()), "",
              "## Inference time on this CPU (reconstruct, seconds)", "",

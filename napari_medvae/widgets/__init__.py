@@ -1,8 +1,9 @@
-"""Docked widgets of the plugin: model, encode/reconstruct, maps and compare."""
+"""Docked widgets of the plugin: model, encode/reconstruct, maps, compare and super-resolve."""
 
 from .compare import CompareWidget
 from .encode import EncodeWidget
 from .maps import MapsWidget
 from .model_panel import ModelWidget
+from .super_resolve import SuperResolveWidget
 
-__all__ = ["CompareWidget", "EncodeWidget", "MapsWidget", "ModelWidget"]
+__all__ = ["CompareWidget", "EncodeWidget", "MapsWidget", "ModelWidget", "SuperResolveWidget"]

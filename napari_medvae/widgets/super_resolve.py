@@ -1,0 +1,189 @@
+"""Super-resolve: latent-diffusion SR of an image layer, or of an HR layer degraded for evaluation.
+
+The SR layer lands at the HR spacing over the same anatomy (every LR voxel centre is the mean of
+the centres of the HR voxels it becomes). Evaluating on a degraded HR layer also adds the LR input
+and, when asked, the autoencoder's reconstruction of the HR reference: the noise floor the Maps
+widget needs for hallucination maps. Layers appear only when the whole job has finished.
+"""
+
+from __future__ import annotations
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+from napari.utils.notifications import show_error, show_warning
+
+from medvae_engine.errors import MedVAEError
+from medvae_engine.sr.degradations import DEGRADATIONS, lr_scale
+from medvae_engine.sr.pipeline import PIXELS, PixelCodec, SROptions
+from medvae_engine.sr.samplers import DEFAULT_STEPS, SAMPLERS
+
+from .._layers import META_KEY, add_layers, layer_to_volume, volume_to_layer_data
+from .._session import get_session
+from .._super_resolve import NO_SR_MODEL, degrade_volume, describe_sr_model, sr_job_steps
+from .._threading import Job, JobState, start_job, then
+from ._common import NONE, WIDGET_WIDTH, image_layers, slicing_axis
+
+LR_INPUT = "low-resolution image"
+DEGRADE_HR = "HR image, degraded here"
+MODEL_PANEL = "Model panel's choice"
+AS_DISPLAYED = -1
+
+
+class SuperResolveWidget(Container):
+    """Docked super-resolution panel."""
+
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self.max_width = WIDGET_WIDTH
+        self.viewer = napari_viewer
+        self.session = get_session(napari_viewer)
+        self.job_state = JobState()
+        self.job: Job | None = None
+        self.layer = ComboBox(label="image", choices=lambda _: image_layers(self.viewer))
+        self.mode = ComboBox(label="input is", choices=[LR_INPUT, DEGRADE_HR], value=LR_INPUT)
+        self.degradation = ComboBox(label="degradation", choices=list(DEGRADATIONS),
+                                    value="bicubic")
+        self.factor = SpinBox(label="factor s", value=4, min=2, max=16)
+        self.reference = ComboBox(label="HR reference",
+                                  choices=lambda _: [NONE, *image_layers(self.viewer)])
+        self.autoencoder = ComboBox(label="autoencoder", choices=[MODEL_PANEL, PIXELS],
+                                    value=MODEL_PANEL)
+        self.sr_model = FileEdit(label="SR model", mode="r", filter="*.safetensors *.ckpt")
+        self.model_info = Label(label="", value=NO_SR_MODEL)
+        self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value="ddim")
+        self.steps = SpinBox(label="steps", value=DEFAULT_STEPS["ddim"], min=1, max=1000)
+        self.eta = FloatSpinBox(label="eta (DDIM)", value=0.0, min=0.0, max=1.0, step=0.1)
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.axis = ComboBox(label="slice axis",
+                             choices=[("as displayed", AS_DISPLAYED), ("0", 0), ("1", 1), ("2", 2)],
+                             value=AS_DISPLAYED)
+        self.add_ae = CheckBox(label="AE reconstruction of the reference", value=True)
+        self.run_button = PushButton(text="Super-resolve")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(label="", value="idle")
+        self.extend([self.layer, self.mode, self.degradation, self.factor, self.reference,
+                     self.autoencoder, self.sr_model, self.model_info, self.sampler, self.steps,
+                     self.eta, self.seed, self.axis, self.add_ae, self.run_button,
+                     self.cancel_button, self.status])
+        self.mode.changed.connect(self._show_mode)
+        self.sampler.changed.connect(self._sampler_changed)
+        self.sr_model.changed.connect(
+            lambda: setattr(self.model_info, "value", describe_sr_model(self._sr_path())))
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.job_state.events.connect(self._show_state)
+        self.viewer.layers.events.inserted.connect(self.reset_choices)
+        self.viewer.layers.events.removed.connect(self.reset_choices)
+        self._show_mode()
+
+    def _show_mode(self, _value=None) -> None:
+        degrading = self.mode.value == DEGRADE_HR
+        self.degradation.visible = self.factor.visible = degrading
+        self.reference.visible = not degrading
+
+    def _sampler_changed(self, sampler: str) -> None:
+        self.steps.value = DEFAULT_STEPS[sampler]
+        self.eta.enabled = sampler == "ddim"
+
+    def _show_state(self, _info=None) -> None:
+        s = self.job_state
+        self.cancel_button.enabled = s.running
+        self.run_button.enabled = not s.running
+        progress = f" {s.done}/{s.total}" if s.total else ""
+        self.status.value = f"{s.label}: {s.message}{progress}" if s.label else "idle"
+
+    def _sr_path(self) -> str | None:
+        value = self.sr_model.value
+        return str(value) if value is not None and str(value) not in ("", ".") else None
+
+    def _autoencoder(self):
+        return PixelCodec() if self.autoencoder.value == PIXELS else self.session.ensure_model()
+
+    def run(self) -> Job | None:
+        """Super-resolve the chosen layer in the background; errors become notifications."""
+        name = self.layer.value
+        if name is None or name not in self.viewer.layers:
+            show_error("choose an image layer to super-resolve")
+            return None
+        sr_path = self._sr_path()
+        if sr_path is None:
+            show_error(NO_SR_MODEL)
+            return None
+        layer = self.viewer.layers[name]
+        try:
+            volume = layer_to_volume(layer)
+            axis = self._slice_axis(layer)
+            options = SROptions(sampler=self.sampler.value, steps=int(self.steps.value),
+                                eta=float(self.eta.value) if self.sampler.value == "ddim" else 0.0,
+                                seed=int(self.seed.value), axis=axis,
+                                precision=self.session.state.precision,
+                                scale=(lr_scale(self.degradation.value, int(self.factor.value))
+                                       if self.mode.value == DEGRADE_HR else None))
+            lr, reference, made = self._inputs(volume, axis)
+            autoencoder = self._autoencoder()
+        except (MedVAEError, ValueError) as e:
+            show_error(str(e))
+            return None
+        source = {k: v for k, v in layer.metadata.get(META_KEY, {}).items() if k == "source_path"}
+
+        def to_layers(result: dict) -> tuple[list[tuple], bool]:  # in the worker thread
+            info = result["provenance"]
+            tag = f"x{info['scale']} {info['sampler']} seed {info['seed']}"
+            layers = []
+            if made:
+                layers.append(volume_to_layer_data(lr, f"{name} LR ({made})", "low-resolution"))
+            if made and reference.shape != volume.shape:
+                layers.append(volume_to_layer_data(reference, f"{name} reference (cropped)",
+                                                   "reference", **source))
+            layers.append(volume_to_layer_data(result["sr"], f"{name} SR ({tag})",
+                                               "super-resolution", input_layer=name,
+                                               degradation=made or None, **info, **source))
+            if result["ae"] is not None:
+                layers.append(volume_to_layer_data(
+                    result["ae"], f"{name} reference AE ({info['model']})", "reconstruction",
+                    model=info["model"], weights_sha256=info["weights_sha256"],
+                    factor=info["factor"]))
+            return layers, result["ae_mismatch"]
+
+        def add(built: tuple[list[tuple], bool]):
+            layers, mismatch = built
+            if mismatch:
+                show_warning(f"autoencoder {getattr(autoencoder, 'name', '')} is not the one "
+                             f"{sr_path} was trained with")
+            return add_layers(self.viewer, layers)
+
+        steps = sr_job_steps(lr, autoencoder, sr_path, options, reference,
+                             reconstruct=bool(self.add_ae.value))
+        self.job = start_job(then(steps, to_layers), add, self.job_state, f"Super-resolve {name}")
+        return self.job
+
+    def _slice_axis(self, layer) -> int | None:
+        """The chosen slice axis, or the one the viewer slices through (None for 2D layers)."""
+        if layer.ndim < 3:
+            return None
+        chosen = self.axis.value
+        return slicing_axis(self.viewer, layer) if chosen == AS_DISPLAYED else int(chosen)
+
+    def _inputs(self, volume, axis):
+        """(LR input, HR reference or None, degradation label or "")."""
+        if self.mode.value == DEGRADE_HR:
+            kind, s = self.degradation.value, int(self.factor.value)
+            lr, reference = degrade_volume(volume, kind, s, axis)
+            return lr, reference, f"{kind} /{s}"
+        ref_name = self.reference.value
+        if ref_name in (None, NONE) or ref_name not in self.viewer.layers:
+            return volume, None, ""
+        return volume, layer_to_volume(self.viewer.layers[ref_name]), ""
+
+    def cancel(self) -> None:
+        """Stop the running job; nothing is added."""
+        if self.job is not None:
+            self.job.cancel()

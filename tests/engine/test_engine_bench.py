@@ -1,0 +1,41 @@
+"""`medvae bench speed` and `medvae bench quality` at tiny settings: real outputs, right structure."""
+
+from __future__ import annotations
+
+import json
+
+from pydicom.data import get_testdata_file
+
+from medvae_engine.cli import main
+
+
+def test_speed_bench_runs_cases_in_subprocesses(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    code = main(["bench", "speed", "--sizes", "32", "--volumes", "--roi-volumes", "16", "--roi", "8",
+                 "--roi-width", "32", "--bf16-sizes", "--precisions", "fp32", "bf16", "--threads", "1",
+                 "-o", str(out), "--markdown", str(tmp_path / "speed.md")])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["matmul"]["fp32_gflops"] > 0 and result["matmul"]["bf16_gflops"] > 0
+    cases = {(c["dims"], c["side"], c["precision"], c["roi"]): c for c in result["cases"]}
+    fp32, bf16 = cases[("2d", 32, "fp32", None)], cases[("2d", 32, "bf16", None)]
+    assert fp32["flops_encode"] > 0 and fp32["ours"]["gflops"] > 0 and fp32["ours"]["peak_rss_mb"] > 0
+    assert 20 < bf16["ours"]["psnr_vs_fp32_db"] < 200  # bf16 differs from fp32, but not wildly
+    assert ("3d", 16, "bf16", 8) in cases and ("3d", 16, "bf16", None) in cases
+    assert "| 2d 32^2 w128 | fp32 | ours |" in (tmp_path / "speed.md").read_text()
+
+
+def test_quality_bench_scores_models_against_interpolation(tmp_path, tiny_2d_path):
+    stem = tmp_path / "cards" / "quality"
+    image = get_testdata_file("MR_small.dcm")
+    code = main(["bench", "quality", "--models", str(tiny_2d_path), "--images", image,
+                 "--quality-out", str(stem)])
+    assert code == 0
+    report = json.loads(stem.with_suffix(".json").read_text())
+    methods = report["images"][0]["methods"]
+    assert set(methods) == {"tiny2d", "nearest", "bilinear", "bicubic"}
+    assert methods["bicubic"]["psnr_db"] > methods["nearest"]["psnr_db"]  # real image: smooth wins
+    assert (tmp_path / "cards" / "quality_MR_small.png").stat().st_size > 10_000
+    assert (tmp_path / "cards" / "tiny2d.md").is_file()  # the model card, with margins and timings
+    card = json.loads((tmp_path / "cards" / "tiny2d.json").read_text())
+    assert "MR_small" in card["margin_over_best_interpolation_db"]

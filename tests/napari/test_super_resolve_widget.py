@@ -1,0 +1,206 @@
+"""The Super-resolve widget in a real napari viewer under Xvfb: a tiny random autoencoder and a
+tiny random SR UNet saved to files, real MR images (pydicom MR_small, the MNI152 crop)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydicom.data import get_testdata_file
+
+from medvae_engine.imaging.io import read_volume
+from medvae_engine.imaging.volume import Volume
+from medvae_engine.models.checkpoints import file_sha256
+from medvae_engine.sr.unet import SRDenoiser, save_sr_model, unet_config
+from napari_medvae._layers import layer_kind, volume_to_layer_data
+from napari_medvae._session import CUSTOM, get_session
+from napari_medvae._super_resolve import NO_SR_MODEL
+from napari_medvae.widgets import MapsWidget, SuperResolveWidget
+from napari_medvae.widgets.super_resolve import DEGRADE_HR
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def sr_model_path(tmp_path_factory, tiny_model_path):
+    """A random x4 tiny SR UNet for the 1-channel tiny autoencoder, saved with a card."""
+    torch.manual_seed(0)
+    model = SRDenoiser(unet_config(1, "tiny"), "x0").eval()
+    card = {"scale": 4, "autoencoder": str(tiny_model_path),
+            "autoencoder_sha256": file_sha256(tiny_model_path)}
+    return save_sr_model(model, tmp_path_factory.mktemp("sr") / "tiny_sr.safetensors", card)
+
+
+@pytest.fixture(scope="module")
+def mr_small():
+    """The 64 x 64 pydicom MR slice with its real geometry (0.3125 mm pixels, flipped axes)."""
+    return read_volume(get_testdata_file("MR_small.dcm"))
+
+
+def crop(volume: Volume, rows: slice, cols: slice) -> Volume:
+    """A 2D crop placed where it lies in the original image."""
+    affine = volume.affine.copy()
+    affine[:3, 3] += volume.affine[:3, :2] @ np.array([rows.start or 0, cols.start or 0])
+    return Volume(volume.array[rows, cols], affine, volume.modality)
+
+
+def add_volume(viewer, volume, name):
+    data, attributes, _ = volume_to_layer_data(volume, name)
+    return viewer.add_image(data, **attributes)
+
+
+def sr_widget(viewer, layer, sr_path, tiny_model_path, **values) -> SuperResolveWidget:
+    state = get_session(viewer).state
+    state.choice, state.checkpoint = CUSTOM, str(tiny_model_path)
+    widget = SuperResolveWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.reset_choices()
+    widget.layer.value = layer.name
+    if sr_path is not None:
+        widget.sr_model.value = sr_path
+    values = {"sampler": "ddim", "steps": 2, **values}
+    for key, value in values.items():
+        getattr(widget, key).value = value
+    return widget
+
+
+def sr_layers(viewer):
+    return [layer for layer in viewer.layers if layer_kind(layer) == "super-resolution"]
+
+
+def assert_centres_consistent(lr_layer, sr_layer, s: int, in_plane=(0, 1)) -> None:
+    """Each LR voxel centre is the mean of the world centres of the s x s HR voxels it becomes."""
+    for index in [(0, 0), (3, 5), (lr_layer.data.shape[-2] - 1, 2)]:
+        lead = (0,) * (lr_layer.ndim - 2)
+        hr = [np.add(np.multiply(index, s), (a, b)) for a in range(s) for b in range(s)]
+        centres = [sr_layer.data_to_world((*lead, *h)) for h in hr]
+        np.testing.assert_allclose(np.mean(centres, axis=0), lr_layer.data_to_world((*lead, *index)),
+                                   atol=1e-6)
+
+
+def test_lr_image_gets_an_sr_layer_at_hr_spacing_with_provenance(viewer, sync_jobs, errors,
+                                                                  mr_small, sr_model_path,
+                                                                  tiny_model_path):
+    lr = add_volume(viewer, crop(mr_small, slice(8, 40), slice(16, 48)), "mr")
+    widget = sr_widget(viewer, lr, sr_model_path, tiny_model_path, seed=3)
+    assert "x4" in widget.model_info.value and "tiny_f4" in widget.model_info.value
+    widget.run_button.clicked.emit()
+    assert not errors and widget.job.state.message == "done"
+    (sr,) = sr_layers(viewer)
+    assert sr.data.shape == (128, 128) and np.isfinite(sr.data).all() and np.ptp(sr.data) > 0
+    np.testing.assert_allclose(sr.scale, np.asarray(lr.scale) / 4)
+    assert_centres_consistent(lr, sr, 4)
+    meta = sr.metadata["medvae"]
+    assert meta["sr_model"] == str(sr_model_path)
+    assert meta["sr_model_sha256"] == file_sha256(sr_model_path)
+    assert (meta["sampler"], meta["steps"], meta["seed"], meta["scale"]) == ("ddim", 2, 3, 4)
+    assert meta["model"] == "tiny_f4" and meta["weights_sha256"] == file_sha256(tiny_model_path)
+    assert [layer_kind(layer) for layer in viewer.layers] == ["image", "super-resolution"]
+
+
+def test_plain_napari_layer_and_a_volume_slice_axis(viewer, sync_jobs, errors, mri_crop,
+                                                    sr_model_path, tiny_model_path):
+    """A layer this plugin did not make (only scale/translate), 3D, sliced along axis 0."""
+    lr = viewer.add_image(mri_crop.array[:3, :16, :20], scale=(2.0, 1.5, 0.75),
+                          translate=(10.0, -4.0, 7.5), name="plain")
+    widget = sr_widget(viewer, lr, sr_model_path, tiny_model_path, sampler="ddpm", steps=2)
+    widget.run()
+    assert not errors
+    (sr,) = sr_layers(viewer)
+    assert sr.data.shape == (3, 64, 80)
+    np.testing.assert_allclose(sr.scale, (2.0, 1.5 / 4, 0.75 / 4))
+    np.testing.assert_allclose(sr.translate[0], 10.0)  # the slice axis is untouched
+    assert_centres_consistent(lr, sr, 4)
+
+
+def test_same_seed_same_result_other_seed_differs(viewer, sync_jobs, mr_small, sr_model_path,
+                                                  tiny_model_path):
+    lr = add_volume(viewer, crop(mr_small, slice(0, 32), slice(0, 32)), "mr")
+    widget = sr_widget(viewer, lr, sr_model_path, tiny_model_path, sampler="ddpm", steps=3,
+                       seed=7)
+    widget.run()
+    widget.run()
+    widget.seed.value = 8
+    widget.run()
+    first, again, other = (layer.data for layer in sr_layers(viewer))
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - other).mean() > 1e-3 * np.ptp(first)
+
+
+def test_degraded_hr_adds_lr_sr_and_ae_layers_on_the_reference_grid(viewer, sync_jobs, errors,
+                                                                     mr_small, sr_model_path,
+                                                                     tiny_model_path):
+    hr = add_volume(viewer, mr_small, "hr")
+    widget = sr_widget(viewer, hr, sr_model_path, tiny_model_path, mode=DEGRADE_HR,
+                       degradation="lanczos", factor=4)
+    assert widget.reference.native.isHidden() and not widget.factor.native.isHidden()
+    widget.run()
+    assert not errors
+    kinds = {layer_kind(layer): layer for layer in viewer.layers}
+    assert set(kinds) == {"image", "low-resolution", "super-resolution", "reconstruction"}
+    low, sr, ae = kinds["low-resolution"], kinds["super-resolution"], kinds["reconstruction"]
+    assert low.data.shape == (16, 16) and sr.data.shape == ae.data.shape == hr.data.shape
+    for layer in (sr, ae):
+        np.testing.assert_allclose(layer.scale, hr.scale)
+        np.testing.assert_allclose(layer.translate, hr.translate, atol=1e-9)
+    assert_centres_consistent(low, sr, 4)
+    assert sr.metadata["medvae"]["degradation"] == "lanczos /4"
+    # the LR input really is the HR image degraded: its mean intensity is kept
+    assert abs(low.data.mean() - hr.data.mean()) < 0.02 * np.ptp(hr.data)
+    maps = MapsWidget(viewer)  # the AE layer serves as the noise floor of hallucination maps
+    maps.reset_choices()
+    maps.reference.value, maps.test.value, maps.ae.value = hr.name, sr.name, ae.name
+    maps.compute()
+    assert not errors and any("hallucination" in layer.name for layer in viewer.layers)
+
+
+def test_hr_sides_not_divisible_get_a_cropped_reference(viewer, sync_jobs, errors, mr_small,
+                                                        sr_model_path, tiny_model_path):
+    hr = add_volume(viewer, crop(mr_small, slice(0, 34), slice(0, 30)), "hr")
+    widget = sr_widget(viewer, hr, sr_model_path, tiny_model_path, mode=DEGRADE_HR, add_ae=False)
+    widget.run()
+    assert not errors
+    kinds = {layer_kind(layer): layer for layer in viewer.layers}
+    assert kinds["reference"].data.shape == kinds["super-resolution"].data.shape == (32, 28)
+    np.testing.assert_array_equal(kinds["reference"].data, hr.data[:32, :28])
+    np.testing.assert_allclose(kinds["super-resolution"].translate, hr.translate, atol=1e-9)
+    assert "reconstruction" not in kinds
+
+
+def test_missing_or_unfit_sr_model_is_a_notification_and_adds_nothing(viewer, sync_jobs, errors,
+                                                                       mr_small, sr_model_path,
+                                                                       tiny_model_path, tmp_path):
+    lr = add_volume(viewer, crop(mr_small, slice(0, 16), slice(0, 16)), "mr")
+    widget = sr_widget(viewer, lr, None, tiny_model_path)
+    assert widget.model_info.value == NO_SR_MODEL
+    assert widget.run() is None
+    assert errors == [NO_SR_MODEL] and "no starter SR model" in NO_SR_MODEL
+    widget.sr_model.value = tmp_path / "missing.safetensors"
+    widget.run()
+    assert "SR model file not found" in errors[-1]
+    widget.sr_model.value = sr_model_path
+    widget.sampler.value = "flow"  # an x0 model cannot be sampled as a flow
+    widget.run()
+    assert "does not fit this SR model" in errors[-1]
+    widget.sampler.value, widget.autoencoder.value = "ddim", "pixels"  # 1 channel, factor 1: runs
+    widget.steps.value = 1
+    widget.run()
+    assert len(errors) == 3 and len(sr_layers(viewer)) == 1
+    assert sr_layers(viewer)[0].metadata["medvae"]["model"] == "pixels"
+    assert all("Traceback" not in e for e in errors)
+    assert len(viewer.layers) == 2
+
+
+def test_cancel_stops_the_worker_and_adds_nothing(viewer, async_jobs, qtbot, errors, mri_crop,
+                                                  sr_model_path, tiny_model_path):
+    lr = add_volume(viewer, mri_crop, "brain")
+    widget = sr_widget(viewer, lr, sr_model_path, tiny_model_path, sampler="ddpm", steps=200)
+    job = widget.run()
+    qtbot.waitUntil(lambda: job.state.done >= 1, timeout=60_000)
+    assert widget.cancel_button.enabled and not widget.run_button.enabled
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not job.state.running, timeout=60_000)
+    qtbot.wait(200)
+    assert job.state.message == "cancelled" and job.state.done < job.state.total
+    assert [layer.name for layer in viewer.layers] == ["brain"] and not errors
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
