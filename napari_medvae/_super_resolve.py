@@ -41,7 +41,7 @@ def lr_affine(affine: np.ndarray, axes: tuple[int, ...], scale: int) -> np.ndarr
     """The affine of a grid ``scale`` times coarser along ``axes``; ``hr_affine`` inverts it."""
     out = np.array(affine, dtype=np.float64, copy=True)
     for a in axes:
-        pass
+        out[:3, 3] += affine[:3, a] * (scale - 1) / 2
         out[:3, a] = affine[:3, a] * scale
     return out
 
@@ -73,26 +73,37 @@ def degrade_volume(hr: Volume, kind: str, scale: int, axis: int | None) -> tuple
     return Volume(low, affine, hr.modality, metadata), reference
 
 
-def describe_sr_model(path: str | Path | None) -> str:
-    """One or two lines about an SR model file, read from its header (no weights loaded)."""
-    if not path or not Path(path).is_file():
-        return NO_SR_MODEL
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return f"{path.name}: latent-sr checkpoint (pair it with the autoencoder it was trained on)"
+def sr_header(path: str | Path | None) -> dict | None:
+    """{"card", "objective"} from an SR safetensors header (no weights loaded), else None."""
+    if not path or not Path(path).is_file() or Path(path).suffix != ".safetensors":
+        return None
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
-    except Exception:  # shown, not raised: loading reports the full error when run
-        return f"{path.name}: not a readable safetensors file"
-    if "sr_config" not in meta:
-        return f"{path.name}: not an SR model (no sr_config in the header)"
-    card = json.loads(meta.get("card", "{}"))
-    objective = json.loads(meta["sr_config"]).get("objective", "?")
+        if "sr_config" not in meta:
+            return None
+        return {"card": json.loads(meta.get("card", "{}")),
+                "objective": json.loads(meta["sr_config"]).get("objective", "?")}
+    except Exception:  # described, not raised: loading reports the full error when run
+        return None
+
+
+def describe_sr_model(path: str | Path | None) -> str:
+    """One line about an SR model file for the panel."""
+    if not path or not Path(path).is_file():
+        return NO_SR_MODEL
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return f"{path.name}: latent-sr checkpoint (pair it with the autoencoder it was trained on)"
+    header = sr_header(path)
+    if header is None:
+        return f"{path.name}: not an SR model file (running it reports why)"
+    card = header["card"]
     ae = Path(str(card.get("autoencoder") or "?")).name
-    return f"{path.name}: x{card.get('scale', '?')}, objective {objective}, trained on AE {ae}"
+    return (f"{path.name}: x{card.get('scale', '?')}, objective {header['objective']}, "
+            f"trained on AE {ae}")
 
 
 def sr_job_steps(lr: Volume, autoencoder, sr_path: str, options: SROptions,

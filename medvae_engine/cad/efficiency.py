@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Generator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -149,14 +150,34 @@ def step_peak_mb(
 
 
 def _child(job: dict) -> None:
-    """Subprocess body: one step, then print the peak RSS growth since torch was imported."""
+    """Subprocess body: one step, then print how far resident memory rose above its level before.
+
+    On Linux the high-water mark is reset first (``/proc/self/clear_refs``), so a peak reached
+    while importing libraries does not hide the step's own; elsewhere ru_maxrss is the fallback.
+    """
     torch.set_num_threads(1)
-    base = _max_rss_mb()
-    make_step(job["arch"], tuple(job["shape"]), job["batch"], job["mode"], job["stem"], "cpu")()
-    print(json.dumps({"peak_mb": _max_rss_mb() - base}))
+    step = make_step(job["arch"], tuple(job["shape"]), job["batch"], job["mode"], job["stem"], "cpu")
+    base = _rss_mb("VmRSS")
+    _reset_peak()
+    step()
+    print(json.dumps({"peak_mb": max(0.0, _rss_mb("VmHWM") - base)}))
 
 
-def _max_rss_mb() -> float:
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _rss_mb(field: str) -> float:
+    """Current (VmRSS) or peak (VmHWM) resident memory in MB; ru_maxrss where /proc is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     scale = 1.0 if platform.system() == "Darwin" else 1024.0  # bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 

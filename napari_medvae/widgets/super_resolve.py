@@ -27,7 +27,13 @@ from medvae_engine.sr.samplers import DEFAULT_STEPS, SAMPLERS
 
 from .._layers import META_KEY, add_layers, layer_to_volume, volume_to_layer_data
 from .._session import get_session
-from .._super_resolve import NO_SR_MODEL, degrade_volume, describe_sr_model, sr_job_steps
+from .._super_resolve import (
+    NO_SR_MODEL,
+    degrade_volume,
+    describe_sr_model,
+    sr_header,
+    sr_job_steps,
+)
 from .._threading import Job, JobState, start_job, then
 from ._common import NONE, WIDGET_WIDTH, image_layers, slicing_axis
 
@@ -58,6 +64,7 @@ class SuperResolveWidget(Container):
                                     value=MODEL_PANEL)
         self.sr_model = FileEdit(label="SR model", mode="r", filter="*.safetensors *.ckpt")
         self.model_info = Label(label="", value=NO_SR_MODEL)
+        self.model_info.native.setWordWrap(True)  # the no-model hint is a sentence
         self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value="ddim")
         self.steps = SpinBox(label="steps", value=DEFAULT_STEPS["ddim"], min=1, max=1000)
         self.eta = FloatSpinBox(label="eta (DDIM)", value=0.0, min=0.0, max=1.0, step=0.1)
@@ -75,8 +82,7 @@ class SuperResolveWidget(Container):
                      self.cancel_button, self.status])
         self.mode.changed.connect(self._show_mode)
         self.sampler.changed.connect(self._sampler_changed)
-        self.sr_model.changed.connect(
-            lambda: setattr(self.model_info, "value", describe_sr_model(self._sr_path())))
+        self.sr_model.changed.connect(self._sr_model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.job_state.events.connect(self._show_state)
@@ -92,6 +98,20 @@ class SuperResolveWidget(Container):
     def _sampler_changed(self, sampler: str) -> None:
         self.steps.value = DEFAULT_STEPS[sampler]
         self.eta.enabled = sampler == "ddim"
+
+    def _sr_model_changed(self, _value=None) -> None:
+        """Describe the chosen SR model; pick a fitting sampler and its training degradation."""
+        path = self._sr_path()
+        self.model_info.value = describe_sr_model(path)
+        header = sr_header(path)
+        if header is None:
+            return
+        if (header["objective"] == "flow") != (self.sampler.value == "flow"):
+            self.sampler.value = "flow" if header["objective"] == "flow" else "ddim"
+        degradation = header["card"].get("degradation") or {}
+        if degradation.get("kind") in DEGRADATIONS and int(degradation.get("scale", 0)) > 1:
+            self.degradation.value = degradation["kind"]
+            self.factor.value = int(degradation["scale"])
 
     def _show_state(self, _info=None) -> None:
         s = self.job_state

@@ -3,6 +3,8 @@ tiny random SR UNet saved to files, real MR images (pydicom MR_small, the MNI152
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -11,12 +13,13 @@ from pydicom.data import get_testdata_file
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.models.checkpoints import file_sha256
+from medvae_engine.sr.pipeline import hr_affine
 from medvae_engine.sr.unet import SRDenoiser, save_sr_model, unet_config
 from napari_medvae._layers import layer_kind, volume_to_layer_data
 from napari_medvae._session import CUSTOM, get_session
-from napari_medvae._super_resolve import NO_SR_MODEL
+from napari_medvae._super_resolve import NO_SR_MODEL, degrade_volume, lr_affine
 from napari_medvae.widgets import MapsWidget, SuperResolveWidget
-from napari_medvae.widgets.super_resolve import DEGRADE_HR
+from napari_medvae.widgets.super_resolve import DEGRADE_HR, LR_INPUT
 
 pytestmark = pytest.mark.gui
 
@@ -27,8 +30,18 @@ def sr_model_path(tmp_path_factory, tiny_model_path):
     torch.manual_seed(0)
     model = SRDenoiser(unet_config(1, "tiny"), "x0").eval()
     card = {"scale": 4, "autoencoder": str(tiny_model_path),
-            "autoencoder_sha256": file_sha256(tiny_model_path)}
+            "autoencoder_sha256": file_sha256(tiny_model_path),
+            "degradation": {"kind": "bicubic", "scale": 4, "sigma": None}}
     return save_sr_model(model, tmp_path_factory.mktemp("sr") / "tiny_sr.safetensors", card)
+
+
+@pytest.fixture(scope="module")
+def flow_blur_model_path(tmp_path_factory):
+    """A random flow-matching SR UNet trained (per its card) on the blur refinement task, s=2."""
+    torch.manual_seed(1)
+    model = SRDenoiser(unet_config(1, "tiny"), "flow").eval()
+    card = {"scale": 1, "degradation": {"kind": "blur", "scale": 2, "sigma": None}}
+    return save_sr_model(model, tmp_path_factory.mktemp("sr") / "flow_blur.safetensors", card)
 
 
 @pytest.fixture(scope="module")
@@ -182,17 +195,21 @@ def test_missing_or_unfit_sr_model_is_a_notification_and_adds_nothing(viewer, sy
     widget.sampler.value = "flow"  # an x0 model cannot be sampled as a flow
     widget.run()
     assert "does not fit this SR model" in errors[-1]
-    widget.sampler.value, widget.autoencoder.value = "ddim", "pixels"  # 1 channel, factor 1: runs
+    widget.sampler.value, widget.mode.value, widget.factor.value = "ddim", DEGRADE_HR, 2
+    widget.run()
+    assert "trained for x4, the degradation gives x2" in errors[-1]
+    widget.mode.value, widget.autoencoder.value = LR_INPUT, "pixels"  # 1 channel, factor 1: runs
     widget.steps.value = 1
     widget.run()
-    assert len(errors) == 3 and len(sr_layers(viewer)) == 1
+    assert len(errors) == 4 and len(sr_layers(viewer)) == 1
     assert sr_layers(viewer)[0].metadata["medvae"]["model"] == "pixels"
     assert all("Traceback" not in e for e in errors)
     assert len(viewer.layers) == 2
 
 
-def test_cancel_stops_the_worker_and_adds_nothing(viewer, async_jobs, qtbot, errors, mri_crop,
-                                                  sr_model_path, tiny_model_path):
+def test_cancel_adds_nothing_then_a_run_completes_in_the_worker(viewer, async_jobs, qtbot,
+                                                                errors, mri_crop, mr_small,
+                                                                sr_model_path, tiny_model_path):
     lr = add_volume(viewer, mri_crop, "brain")
     widget = sr_widget(viewer, lr, sr_model_path, tiny_model_path, sampler="ddpm", steps=200)
     job = widget.run()
@@ -204,3 +221,72 @@ def test_cancel_stops_the_worker_and_adds_nothing(viewer, async_jobs, qtbot, err
     assert job.state.message == "cancelled" and job.state.done < job.state.total
     assert [layer.name for layer in viewer.layers] == ["brain"] and not errors
     assert widget.run_button.enabled and not widget.cancel_button.enabled
+    small = add_volume(viewer, crop(mr_small, slice(0, 16), slice(0, 24)), "small")
+    widget.layer.value, widget.steps.value = small.name, 2  # now run to the end in the worker
+    job = widget.run()
+    qtbot.waitUntil(lambda: not job.state.running, timeout=120_000)
+    assert job.state.message == "done" and threading.get_ident() not in job.worker_thread
+    assert [layer.data.shape for layer in sr_layers(viewer)] == [(64, 96)] and not errors
+
+
+def test_lr_image_with_an_hr_reference_layer_adds_its_ae_reconstruction(viewer, sync_jobs, errors,
+                                                                        mr_small, sr_model_path,
+                                                                        tiny_model_path):
+    hr = add_volume(viewer, mr_small, "hr")
+    lr = add_volume(viewer, crop(mr_small, slice(0, 16), slice(0, 16)), "lr")
+    wrong = add_volume(viewer, crop(mr_small, slice(0, 60), slice(0, 64)), "wrong")
+    widget = sr_widget(viewer, lr, sr_model_path, tiny_model_path, steps=1)
+    widget.reference.value = wrong.name
+    widget.run()
+    assert "reference shape (60, 64) differs from the SR output's (64, 64)" in errors[-1]
+    assert len(viewer.layers) == 3
+    widget.reference.value = hr.name
+    widget.run()
+    assert len(errors) == 1
+    ae = next(layer for layer in viewer.layers if layer_kind(layer) == "reconstruction")
+    assert ae.data.shape == hr.data.shape and ae.metadata["medvae"]["model"] == "tiny_f4"
+    np.testing.assert_allclose(ae.translate, hr.translate)
+
+
+def test_choosing_a_model_file_fits_sampler_and_degradation_blur_keeps_the_grid(
+        viewer, sync_jobs, errors, mr_small, flow_blur_model_path, tiny_model_path):
+    hr = add_volume(viewer, crop(mr_small, slice(0, 32), slice(0, 32)), "hr")
+    widget = sr_widget(viewer, hr, None, tiny_model_path, mode=DEGRADE_HR, add_ae=False)
+    widget.sr_model.value = flow_blur_model_path
+    assert widget.sampler.value == "flow" and widget.steps.value == 16
+    assert (widget.degradation.value, widget.factor.value) == ("blur", 2)
+    assert "objective flow" in widget.model_info.value
+    widget.steps.value = 2
+    widget.run()
+    assert not errors
+    kinds = {layer_kind(layer): layer for layer in viewer.layers}
+    low, sr = kinds["low-resolution"], kinds["super-resolution"]
+    assert low.data.shape == sr.data.shape == hr.data.shape  # refinement: LR keeps the HR grid
+    np.testing.assert_allclose(sr.scale, hr.scale)
+    np.testing.assert_allclose(sr.translate, hr.translate)
+    assert sr.metadata["medvae"]["scale"] == 1 and sr.metadata["medvae"]["sampler"] == "flow"
+    assert np.abs(low.data - hr.data).mean() > 0  # blurred
+
+
+def test_docks_from_the_plugin_manifest(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medvae", "Super-resolve")
+    assert isinstance(widget, SuperResolveWidget)
+    viewer.add_image(np.zeros((8, 8), np.float32), name="new")
+    assert list(widget.layer.choices) == ["new"]
+    assert widget.status.value == "idle" and widget.model_info.value == NO_SR_MODEL
+
+
+def test_degraded_volume_affine_is_what_sr_inverts(mri_crop):
+    """Rotated 3D geometry, slice axis 1: SR of the LR grid lands exactly on the HR reference."""
+    rng = np.random.default_rng(0)
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * [0.7, 2.0, 1.1]
+    affine[:3, 3] = rng.normal(size=3) * 20
+    np.testing.assert_allclose(hr_affine(lr_affine(affine, (0, 2), 3), (0, 2), 3), affine)
+    hr = Volume(mri_crop.array[:30, :5, :34], affine, "mri")
+    lr, reference = degrade_volume(hr, "bicubic", 4, axis=1)
+    assert lr.shape == (7, 5, 8) and reference.shape == (28, 5, 32)
+    np.testing.assert_allclose(hr_affine(lr.affine, (0, 2), 4), hr.affine)
+    np.testing.assert_allclose(lr.array.mean(), reference.array.mean(),
+                               rtol=0.05)  # a smoothing downsample keeps the mean
