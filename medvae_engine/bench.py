@@ -221,7 +221,7 @@ def worker(case: dict) -> dict:
         model, torch.load(case["weights"], weights_only=True)["state_dict"], case["weights"]
     )
     model.eval()
-    x = fast_layout(model, torch.from_numpy(np.load(case["input"])))
+    x = fast_layout(model, torch.from_numpy(np.load(case["input"])), case["precision"])
     rss_model = _rss_mb()
     if case["roi"]:
         return _windowed(model, x, case, rss_model)

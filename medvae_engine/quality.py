@@ -120,7 +120,7 @@ def quality_report(models: list[str], images: list[str], axis: int | None, preci
             recon = reconstruct(volume, model, CodecOptions(axis=axis, precision=precision))
             entry["methods"][name] = scores(volume.array, recon.array, scored_range(volume)) | {
                 "seconds": time.perf_counter() - t0, "_recon": recon.array}
-        entry["_original"] = volume.array
+        entry["_original"] = np.clip(volume.array, *scored_range(volume))  # what the scores compare
         rows.append(entry)
     return {"date": time.strftime("%Y-%m-%d"), "precision": precision, "images": rows,
             "mean": _means(rows)}

@@ -54,6 +54,7 @@ def atomic_write(path: str | Path, write_fn: Callable[[Path], object]) -> Path:
         write_fn(tmp)
         if not tmp.exists():
             raise OutputError(f"{path}: the writer produced no file")
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create files private
         os.replace(tmp, path)
     except MedVAEError:
         _remove_quietly(tmp)
@@ -75,6 +76,12 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove_quietly(path: Path) -> None:
