@@ -400,9 +400,10 @@ def _read(path: str, args: argparse.Namespace):
 def _load_model(args: argparse.Namespace, ndim: int, default: str | None = None):
     from .baselines import BASELINES, get_baseline
     from .models import load_model
-    from .models.zoo import DEFAULT_2D, DEFAULT_3D
+    from .models.zoo import DEFAULT_2D, DEFAULT_3D, get_spec
 
-    name = args.model or default or (DEFAULT_3D if ndim == 3 else DEFAULT_2D)
+    volume_default = DEFAULT_3D if ndim == 3 and get_spec(DEFAULT_3D).available else DEFAULT_2D
+    name = args.model or default or volume_default  # 2D starter slice-wise until the 3D one ships
     if name in BASELINES:
         dims = 3 if name in ("trilinear", "spline") else 2
         return get_baseline(name, dims, getattr(args, "factor", 4))

@@ -32,7 +32,7 @@ from ..analysis.metrics import psnr
 from ..errors import MedVAEError
 from ..imaging.atomic import atomic_write, atomic_write_text
 from ..models import weights_sha256
-from ..training.config import ConfigError, SourceSpec, _build, resolve_path
+from ..training.config import ConfigError, SourceSpec, _build, read_yaml_config, resolve_path
 from ..training.data import ImageSet, PatchDataset, expand_source, load_image, validation_crops
 from ..training.trainer import (
     Distributed,
@@ -136,23 +136,8 @@ class SRTrainConfig:
 
 def load_sr_config(path: str | Path, overrides: dict | None = None) -> SRTrainConfig:
     """Read and validate an SR training YAML (same strictness as the autoencoder configs)."""
-    import yaml
-
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    for dotted, value in (overrides or {}).items():
-        *parents, leaf = dotted.split(".")
-        node = raw
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    raw = read_yaml_config(path, overrides)
     config = _build(SRTrainConfig, raw, str(path), "")
     config.base_dir = str(path.resolve().parent)
     check_sr_semantics(config, str(path))

@@ -134,6 +134,14 @@ class TrainConfig:
 def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     """Read and validate a training YAML; ``overrides`` maps dotted keys (run.steps) to values."""
     path = Path(path)
+    config = config_from_dict(read_yaml_config(path, overrides), str(path))
+    config.base_dir = str(path.resolve().parent)
+    check_semantics(config, str(path))
+    return config
+
+
+def read_yaml_config(path: Path, overrides: dict | None = None) -> dict:
+    """A YAML config file as plain data (data only, never evaluated) with dotted-key overrides."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
@@ -144,10 +152,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
-    config = config_from_dict(raw, str(path))
-    config.base_dir = str(path.resolve().parent)
-    check_semantics(config, str(path))
-    return config
+    return raw
 
 
 def _set_dotted(raw: dict, dotted: str, value) -> None:
