@@ -22,6 +22,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QKeySequence, QShortcut
+from qtpy.QtWidgets import QRadioButton
 
 from medvae_engine.errors import MedVAEError
 from medvae_engine.study import ReaderSession
@@ -88,7 +89,7 @@ class ReaderStudyWidget(Container):
         self._timer = QTimer(self.native)
         self._timer.setInterval(1000)
         self._timer.timeout.connect(self._show_elapsed)
-        self.native.destroyed.connect(self._remove_shortcuts)
+        self.native.destroyed.connect(self._on_destroyed)
 
     # -- session lifetime -------------------------------------------------------------------------
     def open_session(self, folder=None, reader: str | None = None) -> bool:
@@ -209,6 +210,8 @@ class ReaderStudyWidget(Container):
             anchor = Label(value="")
             anchor.native.setWordWrap(True)
             self.questions.extend([label, answer, anchor])
+            for button in answer.native.findChildren(QRadioButton):  # hide "no answer yet"
+                button.setVisible(button.text() != getattr(answer, "null_string", None))
             self._question_labels.append(label)
             self._answer_widgets.append(answer)
             self._anchors.append(anchor)
@@ -226,6 +229,11 @@ class ReaderStudyWidget(Container):
         grid = grid_of(self.viewer)
         grid.stride, grid.shape, grid.enabled = 1, (1, 2), True
         self.viewer.reset_view()
+        QTimer.singleShot(0, self._fit_view)  # again once the grid's canvas size has settled
+
+    def _fit_view(self) -> None:
+        if self.panes:
+            self.viewer.reset_view()
 
     def _refresh(self) -> None:
         session = self.session
@@ -276,9 +284,19 @@ class ReaderStudyWidget(Container):
             shortcut.activated.connect(lambda a=action, n=argument: self.act(a, n))
             self._shortcuts.append(shortcut)
 
-    def _remove_shortcuts(self, *_args) -> None:
+    def _remove_shortcuts(self) -> None:
         for shortcut in self._shortcuts:
-            shortcut.setEnabled(False)
-            shortcut.setParent(None)
-            shortcut.deleteLater()
+            try:
+                shortcut.setEnabled(False)
+                shortcut.setParent(None)
+                shortcut.deleteLater()
+            except RuntimeError:  # already deleted with the main window
+                pass
         self._shortcuts = []
+
+    def _on_destroyed(self, *_args) -> None:
+        """The panel or napari was closed: save the time on the item, free the keys."""
+        if self.session is not None:
+            self.session.close()
+        self.session = self.controls = None
+        self._remove_shortcuts()
