@@ -6,7 +6,6 @@ Also runnable as ``python -m medvae_engine.sr.cli_sr sr|train-sr ...`` (train-sr
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ..errors import InputError, MedVAEError, ModelError
@@ -122,27 +121,11 @@ def _autoencoder(args: argparse.Namespace, sr_model):
 
 def run_train_sr(args: argparse.Namespace) -> int:
     """Run an SR training with a tqdm bar on rank 0."""
-    from tqdm import tqdm
-
-    from ..training.cli_train import _overrides
+    from ..training.cli_train import _overrides, show_progress
     from .train_sr import run_sr_training
 
-    main_process = os.environ.get("RANK", "0") == "0"
-    bar = None
-    for progress in run_sr_training(args.config, resume=args.resume, overrides=_overrides(args)):
-        if not main_process:
-            continue
-        if bar is None:
-            bar = tqdm(total=progress["steps"], initial=progress["step"] - 1, unit="step",
-                       dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 60.0)
-        bar.update(1)
-        shown = {k: f"{v:.4g}" for k, v in progress.items()
-                 if k in ("loss", "val_psnr_sr", "val_psnr_bicubic") and isinstance(v, float)}
-        if shown:
-            bar.set_postfix(shown, refresh=False)
-    if bar is not None:
-        bar.close()
-    return 0
+    steps = run_sr_training(args.config, resume=args.resume, overrides=_overrides(args))
+    return show_progress(steps, ("loss", "val_psnr_sr", "val_psnr_bicubic"))
 
 
 def main(argv: list[str] | None = None) -> int:

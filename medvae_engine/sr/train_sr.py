@@ -41,6 +41,7 @@ from ..training.trainer import (
     _rng_states,
     _seed_everything,
     _set_rng_states,
+    run_folder,
 )
 from .degradations import degrade, lr_scale
 from .objectives import diffuse, diffusion_target, flow_interpolate, flow_target, regression_loss
@@ -56,7 +57,6 @@ from .samplers import run_sampler
 from .schedules import cosine_schedule
 from .unet import SRDenoiser, load_sr_model, save_sr_model, unet_config
 
-CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 MODEL_FILE = "sr_model.safetensors"
 LOG_COLUMNS = ("step", "time_s", "loss", "lr", "val_psnr_sr", "val_psnr_bicubic", "val_psnr_ae")
@@ -355,13 +355,7 @@ def _train(config: SRTrainConfig, env: Distributed, resume: bool, stop_at: int |
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     _seed_everything(config.seed)
-    out = Path(config.run.output_dir)
-    ckpt_path = out / CHECKPOINT
-    if not resume and ckpt_path.exists():
-        raise MedVAEError(f"{ckpt_path}: a run already exists here; pass --resume to continue it "
-                          "or choose another run.output_dir")
-    if resume and not ckpt_path.exists():
-        raise MedVAEError(f"{ckpt_path}: no checkpoint to resume from")
+    out, ckpt_path = run_folder(config.run.output_dir, resume)
     autoencoder = load_autoencoder(_resolve_model_path(config, config.model.autoencoder),
                                    device=str(env.device))
     if autoencoder.spatial_dims != 2:

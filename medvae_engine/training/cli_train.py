@@ -44,22 +44,27 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run a training; a tqdm bar on rank 0. MedVAEError propagates for the CLI to print."""
-    from tqdm import tqdm
-
     from .trainer import run_training
+
+    steps = run_training(args.config, resume=args.resume, overrides=_overrides(args),
+                         export_only=args.export_only)
+    return show_progress(steps, ("loss", "l1", "embed", "val_psnr"))
+
+
+def show_progress(steps, keys: tuple[str, ...]) -> int:
+    """Drive a training generator with a tqdm bar on rank 0 showing the chosen float metrics."""
+    from tqdm import tqdm
 
     main_process = os.environ.get("RANK", "0") == "0"
     bar = None
-    for progress in run_training(args.config, resume=args.resume, overrides=_overrides(args),
-                                 export_only=args.export_only):
+    for progress in steps:
         if not main_process:
             continue
         if bar is None:
             bar = tqdm(total=progress["steps"], initial=progress["step"] - 1, unit="step",
                        dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 60.0)
         bar.update(1)
-        shown = {k: f"{v:.4g}" for k, v in progress.items()
-                 if k in ("loss", "l1", "embed", "val_psnr") and isinstance(v, float)}
+        shown = {k: f"{v:.4g}" for k, v in progress.items() if k in keys and isinstance(v, float)}
         if shown:
             bar.set_postfix(shown, refresh=False)
     if bar is not None:

@@ -100,18 +100,24 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None,
         env.close()
 
 
-def _train(config: TrainConfig, env: Distributed, resume: bool, stop_at: int | None,
-           export_only: bool):
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    _seed_everything(config.seed)
-    out = Path(config.run.output_dir)
+def run_folder(output_dir: str, resume: bool) -> tuple[Path, Path]:
+    """The run folder and its checkpoint path; refuses to start over a run or resume from nothing."""
+    out = Path(output_dir)
     ckpt_path = out / CHECKPOINT
     if not resume and ckpt_path.exists():
         raise MedVAEError(f"{ckpt_path}: a run already exists here; pass --resume to continue it "
                           "or choose another run.output_dir")
     if resume and not ckpt_path.exists():
         raise MedVAEError(f"{ckpt_path}: no checkpoint to resume from")
+    return out, ckpt_path
+
+
+def _train(config: TrainConfig, env: Distributed, resume: bool, stop_at: int | None,
+           export_only: bool):
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    _seed_everything(config.seed)
+    out, ckpt_path = run_folder(config.run.output_dir, resume)
     train_set, val_set = load_sources(config)
     recipe = build_recipe(config, env.device)
     model = recipe.model
