@@ -72,12 +72,18 @@ def pair_layer_data(session: ReaderSession) -> list[tuple]:
     return layers
 
 
+def submitted_message(session: ReaderSession) -> str:
+    """What a reader who has submitted is told, depending on the study's lock setting."""
+    if session.locked:
+        return "submitted: your answers are locked (read-only)"
+    return "submitted: this study lets you revise answers; press Submit again when done"
+
+
 class ReadingControls:
     """The active question and the shortcut actions on a session (errors become messages)."""
 
-    def __init__(self, session: ReaderSession, allow_navigation: bool = True):
+    def __init__(self, session: ReaderSession):
         self.session = session
-        self.allow_navigation = allow_navigation
         self.active = 0
         self.first_open_question()
 
@@ -120,8 +126,6 @@ class ReadingControls:
             else ""
 
     def _go(self, step: int) -> str:
-        if not self.allow_navigation:
-            return "this study does not allow moving between items"
         (self.session.next if step > 0 else self.session.previous)()
         self.first_open_question()
         return ""
@@ -132,4 +136,4 @@ class ReadingControls:
 
     def _submit(self, _: int = 0) -> str:
         self.session.submit()
-        return "submitted: your answers are locked (read-only)"
+        return submitted_message(self.session)

@@ -46,6 +46,10 @@ def add_study_arguments(parser: argparse.ArgumentParser | argparse._SubParsersAc
     create.add_argument("--display", choices=["side_by_side", "blinded_ab"], default="side_by_side")
     create.add_argument("--seed", type=int, default=0)
     create.add_argument("--name", default="reader-study")
+    create.add_argument("--forward-only", action="store_true",
+                        help="readers cannot go back to earlier items (previous/next disabled)")
+    create.add_argument("--no-lock", action="store_true",
+                        help="let readers revise answers after they submit")
     create.add_argument(
         "--key", help="where to write the private key (default: OUTPUT/coordinator/key.json)"
     )
@@ -84,8 +88,10 @@ def _spec_from_args(args: argparse.Namespace):
     from medvae_engine.study.spec import load_spec
 
     if args.spec:
-        if args.originals or args.method or args.codec or args.model:
-            raise InputError("give either a spec file or --originals with --method/--codec/--model")
+        if args.originals or args.method or args.codec or args.model or args.forward_only \
+                or args.no_lock:
+            raise InputError("give either a spec file or --originals with --method/--codec/--model "
+                             "(a spec file sets navigation and lock_after_submit itself)")
         return load_spec(args.spec)
     if not args.originals:
         raise InputError("study create needs a spec file or --originals")
@@ -99,7 +105,8 @@ def _spec_from_args(args: argparse.Namespace):
     if not methods:
         raise InputError("study create needs at least one --method, --codec or --model")
     return spec_from_folders(
-        args.originals, methods, name=args.name, seed=args.seed, display=args.display
+        args.originals, methods, name=args.name, seed=args.seed, display=args.display,
+        navigation=not args.forward_only, lock_after_submit=not args.no_lock,
     )
 
 

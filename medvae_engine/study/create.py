@@ -96,6 +96,8 @@ def spec_from_folders(
     seed: int = 0,
     display: str = "side_by_side",
     questions: Any = None,
+    navigation: bool = True,
+    lock_after_submit: bool = True,
 ) -> StudySpec:
     """A spec pairing each original with the same-named file in each method folder, or a codec.
 
@@ -119,7 +121,8 @@ def spec_from_folders(
             m: str(folders[m][stem].resolve()) if m in folders else v for m, v in methods.items()
         }
         cases.append({"id": stem, "original": str(path.resolve()), "candidates": candidates})
-    data = {"name": name, "seed": seed, "display": display, "cases": cases}
+    data = {"name": name, "seed": seed, "display": display, "navigation": navigation,
+            "lock_after_submit": lock_after_submit, "cases": cases}
     if questions is not None:
         data["questions"] = [q.to_dict() for q in parse_questions(questions, "questions")]
     return parse_spec(data, str(originals_dir), Path.cwd())
@@ -198,6 +201,8 @@ def _public_study(spec: StudySpec, items: list[dict[str, Any]]) -> dict[str, Any
         "name": spec.name,
         "seed": spec.seed,
         "display": spec.display,
+        "navigation": spec.navigation,
+        "lock_after_submit": spec.lock_after_submit,
         "questions": [q.to_dict() for q in spec.questions],
         "items": [{"id": it["id"], "images": it["images"]} for it in items],
     }

@@ -170,8 +170,13 @@ class ReaderSession:
         return self.states[item_id].seconds + running
 
     # -- what a reader does ------------------------------------------------------------------------
+    @property
+    def locked(self) -> bool:
+        """True once the reader submitted a study that locks answers after submission."""
+        return self.submitted and self.study.lock_after_submit
+
     def _check_open(self) -> None:
-        if self.submitted:
+        if self.locked:
             raise SessionError(f"{self._log.path}: the study was submitted; answers are locked")
 
     def answer(self, question_id: str, value: Any) -> None:
@@ -218,23 +223,29 @@ class ReaderSession:
 
     def next(self) -> None:
         """Show the next item of the hanging list (stays on the last one)."""
+        self._check_navigation()
         self.go_to(min(self.index + 1, len(self.order) - 1))
 
     def previous(self) -> None:
         """Show the previous item of the hanging list (stays on the first one)."""
+        self._check_navigation()
         self.go_to(max(self.index - 1, 0))
+
+    def _check_navigation(self) -> None:
+        if not self.study.navigation:
+            raise SessionError("this study does not allow moving between items")
 
     def _save_visit(self) -> None:
         now = self._clock()
         seconds, self._shown_at = now - self._shown_at, now
         item_id = self.order[self.index]
-        if not self.submitted:
+        if not self.locked:
             self._write("visit", item=item_id, seconds=round(seconds, 3))
         self.states[item_id].seconds += seconds
 
     def close(self) -> None:
         """Save the time spent on the item on screen and stop notifying (the reader stops here)."""
-        if not self.submitted:
+        if not self.locked:
             self._save_visit()
         self._callbacks.clear()
 

@@ -6,6 +6,8 @@ A coordinator's spec::
     name: pilot
     seed: 17
     display: side_by_side        # original left, candidate right; or blinded_ab (random side)
+    navigation: true             # readers may go back and forth; false: forward only
+    lock_after_submit: true      # submitted answers become read-only; false: readers may revise
     questions: default           # the paper's three -2..2 questions; or a list of
                                  # {id, text, kind: likert|choice|text, scale, anchors, choices}
     methods:                     # candidates generated for every case
@@ -142,6 +144,8 @@ class StudySpec:
     questions: tuple[Question, ...] = DEFAULT_QUESTIONS
     display: str = "side_by_side"
     seed: int = 0
+    navigation: bool = True
+    lock_after_submit: bool = True
     base_dir: Path = Path(".")
 
     @property
@@ -163,6 +167,8 @@ class StudySpec:
             "name": self.name,
             "seed": self.seed,
             "display": self.display,
+            "navigation": self.navigation,
+            "lock_after_submit": self.lock_after_submit,
             "questions": [q.to_dict() for q in self.questions],
             "cases": [
                 {"id": c.id, "original": c.original, "candidates": dict(c.candidates)}
@@ -189,6 +195,8 @@ class Study:
     display: str
     questions: tuple[Question, ...]
     items: tuple[StudyItem, ...]
+    navigation: bool = True  # readers may move back and forth between items
+    lock_after_submit: bool = True  # a submitted reader's answers are read-only
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -313,7 +321,8 @@ def parse_spec(data: Any, source: str = "<spec>", base_dir: Path | None = None) 
     """A validated StudySpec from plain data (the parsed YAML)."""
     if not isinstance(data, dict):
         raise _fail(source, "the spec must be a mapping with 'cases'")
-    unknown = set(data) - {"name", "seed", "display", "questions", "cases", "methods"}
+    unknown = set(data) - {"name", "seed", "display", "navigation", "lock_after_submit",
+                           "questions", "cases", "methods"}
     if unknown:
         raise _fail(source, f"unknown keys {sorted(unknown)}")
     display = data.get("display", "side_by_side")
@@ -354,8 +363,18 @@ def parse_spec(data: Any, source: str = "<spec>", base_dir: Path | None = None) 
         questions=parse_questions(data.get("questions"), source),
         display=display,
         seed=seed,
+        navigation=_flag(data, "navigation", source),
+        lock_after_submit=_flag(data, "lock_after_submit", source),
         base_dir=base_dir or Path("."),
     )
+
+
+def _flag(data: dict, key: str, source: str) -> bool:
+    """A yes/no setting (default yes); anything but a YAML boolean is an error."""
+    value = data.get(key, True)
+    if not isinstance(value, bool):
+        raise _fail(source, f"{key} must be true or false, got {value!r}")
+    return value
 
 
 def _read_yaml(path: Path) -> Any:
@@ -399,4 +418,6 @@ def load_study(root: str | Path) -> Study:
         display=display,
         questions=parse_questions(data.get("questions"), str(source)),
         items=tuple(items),
+        navigation=_flag(data, "navigation", str(source)),
+        lock_after_submit=_flag(data, "lock_after_submit", str(source)),
     )

@@ -35,6 +35,7 @@ from .._study_view import (
     format_seconds,
     options,
     pair_layer_data,
+    submitted_message,
 )
 from ._common import WIDGET_WIDTH, grid_of
 
@@ -113,10 +114,9 @@ class ReaderStudyWidget(Container):
             layer.visible = False
         self._add_shortcuts()
         self._show_pair()
-        self.status.value = ("submitted: your answers are locked (read-only)" if session.submitted
-                             else "")
+        self.status.value = submitted_message(session) if session.submitted else ""
         self._refresh()
-        if not session.submitted:
+        if not session.locked:
             self._timer.start()
         return True
 
@@ -154,7 +154,7 @@ class ReaderStudyWidget(Container):
         if action in ("confirm", "go", "submit"):
             self._save_comment()
         self.status.value = self.controls.run(action, argument)
-        if self.session.submitted:
+        if self.session.locked:
             self._timer.stop()
         self._refresh()
 
@@ -172,7 +172,7 @@ class ReaderStudyWidget(Container):
         self._refresh()
 
     def _save_comment(self) -> None:
-        if self.session is None or self.session.submitted:
+        if self.session is None or self.session.locked:
             return
         text = self.comment.value
         if text != self.session.state.comment:
@@ -238,13 +238,13 @@ class ReaderStudyWidget(Container):
     def _refresh(self) -> None:
         session = self.session
         is_open = session is not None
-        editable = is_open and not session.submitted
+        editable = is_open and not session.locked
         self.reader.enabled = not is_open
         self.open_button.enabled, self.close_button.enabled = not is_open, is_open
         for widget in (self.comment, self.flagged, self.confirm_button):
             widget.enabled = editable
         for widget in (self.previous_button, self.next_button):
-            widget.enabled = is_open and self.controls.allow_navigation
+            widget.enabled = is_open and session.study.navigation
         self.submit_button.enabled = editable and session.complete
         if not is_open:
             self.position.value, self.elapsed.value = "no session open", ""

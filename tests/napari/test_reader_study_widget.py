@@ -12,6 +12,7 @@ import nibabel.testing
 import numpy as np
 import pydicom.data
 import pytest
+import yaml
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractButton, QLabel, QLineEdit, QWidget
 from scipy import ndimage
@@ -270,3 +271,23 @@ def test_submit_locks_the_answers(viewer, widget, qtbot, study):
     widget.close_session()
     assert widget.open_session(study, "reader5")
     assert widget.session.submitted and not widget.flagged.enabled and "locked" in widget.status.value
+
+
+def test_forward_only_unlocked_study_disables_moving_back_and_allows_revision(viewer, widget, qtbot,
+                                                                              study):
+    settings = yaml.safe_load((study / "study.yaml").read_text())
+    settings.update(navigation=False, lock_after_submit=False)
+    (study / "study.yaml").write_text(yaml.safe_dump(settings))
+    assert widget.open_session(study, "reader6")
+    assert not widget.previous_button.enabled and not widget.next_button.enabled
+    qtbot.keyClick(canvas_of(viewer), Qt.Key.Key_Right)
+    assert widget.session.position[0] == 1 and "does not allow moving" in widget.status.value
+    read_everything(qtbot, widget, canvas_of(viewer), lambda item: ["4", "4", "4"])
+    widget.submit_button.native.click()
+    assert widget.session.submitted and "revise" in widget.status.value
+    log = study / "answers" / "reader6.jsonl"
+    size = log.stat().st_size
+    qtbot.keyClick(canvas_of(viewer), "1")  # a revision after submitting is saved
+    assert log.stat().st_size > size and log_of(study, "reader6")[-1]["value"] == -2
+    assert widget.submit_button.enabled
+    widget.close_session()

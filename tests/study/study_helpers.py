@@ -11,8 +11,9 @@ import yaml
 from medvae_engine.study.spec import DEFAULT_QUESTIONS
 
 
-def write_study(root: Path, n_items: int, *, questions=None, seed: int = 7) -> Path:
-    """A minimal prepared study folder with ``n_items`` items (image files are not needed)."""
+def write_study(root: Path, n_items: int, *, questions=None, seed: int = 7, **settings) -> Path:
+    """A minimal prepared study folder with ``n_items`` items (image files are not needed);
+    ``settings`` adds study.yaml keys such as ``navigation``."""
     root.mkdir(parents=True, exist_ok=True)
     items = [
         {"id": f"item_{i:03d}", "images": [f"images/item_{i:03d}_a.nii.gz",
@@ -25,6 +26,7 @@ def write_study(root: Path, n_items: int, *, questions=None, seed: int = 7) -> P
         "display": "blinded_ab",
         "questions": [q.to_dict() for q in (questions or DEFAULT_QUESTIONS)],
         "items": items,
+        **settings,
     }
     (root / "study.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return root

@@ -52,11 +52,11 @@ def folders(tmp_path: Path) -> dict[str, Path]:
     return {"originals": originals, **methods}
 
 
-def build(folders, tmp_path, display="side_by_side", seed=5) -> Path:
+def build(folders, tmp_path, display="side_by_side", seed=5, **settings) -> Path:
     spec = spec_from_folders(folders["originals"],
                              {"sharpvae": str(folders["sharpvae"]),
                               "blurnet": str(folders["blurnet"])},
-                             name="pilot", seed=seed, display=display)
+                             name="pilot", seed=seed, display=display, **settings)
     return create_study(spec, tmp_path / f"study_{display}")
 
 
@@ -82,6 +82,13 @@ def test_items_show_original_and_candidate_with_neutral_names(folders, tmp_path)
     # item numbers do not follow case or method order
     numbering = [(key["items"][i.id]["case"], key["items"][i.id]["method"]) for i in study.items]
     assert numbering != sorted(numbering, key=lambda cm: (cm[0], cm[1]))
+
+
+def test_navigation_and_lock_settings_reach_the_readers_study_file(folders, tmp_path):
+    assert load_study(build(folders, tmp_path)).navigation
+    study = load_study(build(folders, tmp_path, display="blinded_ab", navigation=False,
+                             lock_after_submit=False))
+    assert not study.navigation and not study.lock_after_submit
 
 
 def test_reader_files_reveal_neither_patient_nor_method(folders, tmp_path):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from study_helpers import write_study
 
+from medvae_engine.errors import InputError
 from medvae_engine.study.persistence import read_log
 from medvae_engine.study.randomize import reader_order
 from medvae_engine.study.session import ReaderSession, SessionError
@@ -130,6 +132,41 @@ def test_submit_needs_every_item_and_then_locks(small_study):
     assert resumed.submitted
     with pytest.raises(SessionError, match="locked"):
         resumed.answer("fidelity", 0)
+
+
+def test_forward_only_study_refuses_previous_and_next_but_confirm_advances(tmp_path):
+    session = ReaderSession.open(write_study(tmp_path / "s", 3, navigation=False), "r1")
+    first = session.current.id
+    for move in (session.next, session.previous):
+        with pytest.raises(SessionError, match="does not allow moving"):
+            move()
+    assert session.current.id == first
+    answer_all(session)
+    session.confirm()
+    assert session.position == (2, 3)
+
+
+def test_unlocked_study_lets_a_submitted_reader_revise_and_resubmit(tmp_path):
+    root = write_study(tmp_path / "s", 2, lock_after_submit=False)
+    session = ReaderSession.open(root, "r1")
+    while not session.complete:
+        answer_all(session, 1)
+        session.confirm()
+    session.submit()
+    assert session.submitted and not session.locked
+    item = session.current.id
+    session.answer("fidelity", -2)
+    session.submit()
+    resumed = ReaderSession.open(root, "r1")
+    assert resumed.submitted and resumed.states[item].answers["fidelity"] == -2
+    assert [r["type"] for r in read_log(root / "answers" / "r1.jsonl")[0]].count("submit") == 2
+
+
+@pytest.mark.parametrize("key", ["navigation", "lock_after_submit"])
+def test_study_settings_must_be_booleans(tmp_path, key):
+    root = write_study(tmp_path / "s", 2, **{key: "no"})
+    with pytest.raises(InputError, match=f"{key} must be true or false"):
+        load_study(root)
 
 
 def test_every_action_is_on_disk_before_the_call_returns(small_study):

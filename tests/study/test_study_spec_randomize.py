@@ -27,6 +27,7 @@ def test_spec_parses_files_codecs_models_and_custom_questions(tmp_path):
 name: demo
 seed: 3
 display: blinded_ab
+navigation: false
 methods:
   bicubic: {codec: bicubic, factor: 4}
 questions:
@@ -42,6 +43,7 @@ cases:
     )
     spec = load_spec(spec_file)
     assert spec.display == "blinded_ab" and spec.seed == 3
+    assert not spec.navigation and spec.lock_after_submit  # forward only; locked by default
     assert spec.methods == ["bicubic", "vae", "starter"]
     case = spec.cases[0]
     assert case.candidates["bicubic"] == {"codec": "bicubic", "factor": 4}
