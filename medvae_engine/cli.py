@@ -203,16 +203,16 @@ def _read_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import get_spec, list_models
+    from .models import get_spec, list_models, list_sr_models
     from .models.loading import download_weights
 
     if args.download:
         path = download_weights(get_spec(args.download))
         print(f"downloaded {args.download} to {path}")
         return 0
-    records = list_models()
+    records, sr_records = list_models(), list_sr_models()
     if args.json:
-        print(json.dumps(records, indent=2))
+        print(json.dumps({"autoencoders": records, "sr_models": sr_records}, indent=2))
         return 0
     print(f"{'name':16} {'dims':>4} {'f':>2} {'C':>2} {'in':>3} {'source':8} {'available':9} path")
     for r in records:
@@ -220,6 +220,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"{r['name']:16} {r['spatial_dims']:>3}D {r['factor']:>2} {r['latent_channels']:>2} "
             f"{r['in_channels']:>3} {r['source']:8} {'yes' if r['available'] else 'no':9} {r['path']}"
         )
+    print(f"\n{'SR model':16} {'scale':>5} {'autoencoder':16} {'available':9} path")
+    for r in sr_records:
+        print(f"{r['name']:16} {'x' + str(r['scale']):>5} {r['autoencoder']:16} "
+              f"{'yes' if r['available'] else 'no':9} {r['path']}")
     return 0
 
 
@@ -403,7 +407,7 @@ def _load_model(args: argparse.Namespace, ndim: int, default: str | None = None)
     from .models.zoo import DEFAULT_2D, DEFAULT_3D, get_spec
 
     volume_default = DEFAULT_3D if ndim == 3 and get_spec(DEFAULT_3D).available else DEFAULT_2D
-    name = args.model or default or volume_default  # 2D starter slice-wise until the 3D one ships
+    name = args.model or default or volume_default  # 2D starter slice-wise if the 3D one is missing
     if name in BASELINES:
         dims = 3 if name in ("trilinear", "spline") else 2
         return get_baseline(name, dims, getattr(args, "factor", 4))

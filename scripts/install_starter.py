@@ -5,7 +5,8 @@
 Reads RUN_DIR/model.safetensors (written by `medvae train`), checks that its architecture is the
 zoo's, stores it in fp16 under medvae_engine/weights/NAME.safetensors with the training model card
 in the header, records its sha256 in medvae_engine/weights/checksums.json (read by the zoo) and
-reports the PSNR cost of fp16 storage on a held-out real image.
+reports the PSNR cost of fp16 storage on a held-out real image (2D: MR_small.dcm, 3D: nibabel's
+anatomical.nii).
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     sums = json.loads(sums_path.read_text()) if sums_path.is_file() else {}
     sums[spec.name] = file_sha256(target)
     sums_path.write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
-    shipped = load_model(spec.name)
-    volume = read_volume(resolve_builtin("pydicom/MR_small.dcm"))
+    shipped = load_model(target)  # by path: the zoo read checksums.json before this run wrote it
+    # a held-out image of the model's dimensionality (docs/training.md names the held-out set)
+    held_out = "pydicom/MR_small.dcm" if spec.spatial_dims == 2 else "nibabel/anatomical"
+    volume = read_volume(resolve_builtin(held_out))
     full = scores(volume.array, reconstruct(volume, trained).array, scored_range(volume))
     half = scores(volume.array, reconstruct(volume, shipped).array, scored_range(volume))
     print(json.dumps({"name": spec.name, "path": str(target), "bytes": target.stat().st_size,

@@ -124,6 +124,36 @@ DEFAULT_2D = "starter_4_1_2d"
 DEFAULT_3D = "starter_4_1_3d"
 
 
+@dataclasses.dataclass(frozen=True)
+class SRModelSpec:
+    """A shipped super-resolution model and the autoencoder whose latent space it denoises in."""
+
+    name: str
+    autoencoder: str
+    scale: int
+    filename: str
+    sha256: str | None = None
+    description: str = ""
+
+    def local_path(self) -> Path:
+        """The weights file inside the package."""
+        return PACKAGE_WEIGHTS / self.filename
+
+    @property
+    def available(self) -> bool:
+        return self.local_path().is_file()
+
+
+SR_MODELS: dict[str, SRModelSpec] = {
+    "starter_sr_x4": SRModelSpec(
+        "starter_sr_x4", "starter_4_3_2d", 4, "starter_sr_x4.safetensors",
+        _starter_checksums().get("starter_sr_x4"),
+        "starter x4 latent-diffusion SR in starter_4_3_2d's latent space",
+    ),
+}
+DEFAULT_SR = "starter_sr_x4"
+
+
 def get_spec(name: str) -> ModelSpec:
     """The spec of a named model; ModelError listing the known names otherwise."""
     from ..errors import ModelError
@@ -135,7 +165,7 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def list_models() -> list[dict]:
-    """One record per named model, with whether its weights are on this machine."""
+    """One record per named autoencoder, with whether its weights are on this machine."""
     return [
         {
             "name": s.name,
@@ -149,4 +179,19 @@ def list_models() -> list[dict]:
             "description": s.description,
         }
         for s in MODELS.values()
+    ]
+
+
+def list_sr_models() -> list[dict]:
+    """One record per named super-resolution model, with whether its weights are here."""
+    return [
+        {
+            "name": s.name,
+            "scale": s.scale,
+            "autoencoder": s.autoencoder,
+            "available": s.available,
+            "path": str(s.local_path()),
+            "description": s.description,
+        }
+        for s in SR_MODELS.values()
     ]

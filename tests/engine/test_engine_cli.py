@@ -161,8 +161,11 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case, tiny_2d_path, t
 
 def test_models_lists_zoo(capsys):
     code, stdout, _ = _cli(capsys, "models", "--json")
-    names = [r["name"] for r in json.loads(stdout)]
-    assert code == 0 and "medvae_8_1_3d" in names and "starter_4_3_2d" in names
+    listed = json.loads(stdout)
+    available = {r["name"]: r["available"] for r in listed["autoencoders"]}
+    assert code == 0 and "medvae_8_1_3d" in available
+    assert all(available[n] for n in ("starter_4_1_2d", "starter_4_3_2d", "starter_4_1_3d"))
+    assert [r["name"] for r in listed["sr_models"]] == ["starter_sr_x4"]
 
 
 def test_official_name_without_weights_says_where_to_put_them(tmp_path, capsys, monkeypatch):
