@@ -178,7 +178,9 @@ def generator_loss(recipe: Recipe, config: TrainConfig, x: torch.Tensor, outputs
         rec = rec + loss_cfg.perceptual.weight * perceptual
         logs["perceptual"] = perceptual.item()
     kl = kl_loss(mean, logvar)
-    total = rec + loss_cfg.kl_weight * kl
+    # The official loss sums the reconstruction term over pixels; ours averages it, so the KL is
+    # divided by the elements per sample to keep the official weight's meaning (1e-6 stays 1e-6).
+    total = rec + loss_cfg.kl_weight * kl / x[0].numel()
     logs["kl"] = kl.item()
     if recipe.embedder is not None and loss_cfg.embedding_weight > 0 and x.ndim == 4:
         with torch.no_grad():

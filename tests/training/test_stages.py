@@ -126,3 +126,21 @@ def test_cli_reports_bad_config_in_one_line(write_config, capsys):
     assert cli_train.main([str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "data.batch_size" in err and "\n" not in err
+
+
+def test_kl_weight_keeps_the_official_meaning_with_a_mean_reconstruction_loss(write_config):
+    """The official loss sums |x - x'| over pixels; ours averages it, so the KL term is divided by
+    the elements per sample: the total is the official total divided by that count."""
+    from medvae_engine.training.stages import Recipe, generator_loss
+
+    config = load_config(write_config({"loss": {"kl_weight": 1e-3}}))
+    recipe = Recipe("stage1", None, [], None, None, None, "scratch")
+    g = torch.Generator().manual_seed(0)
+    x, xr = torch.rand(2, 1, 16, 16, generator=g), torch.rand(2, 1, 16, 16, generator=g)
+    mean, logvar = torch.randn(2, 1, 4, 4, generator=g), torch.randn(2, 1, 4, 4, generator=g)
+    total, logs = generator_loss(recipe, config, x, (xr, mean, logvar), disc_on=False)
+    official_rec = (x - xr).abs().flatten(1).sum(1).mean()
+    official_kl = (0.5 * (mean**2 + logvar.exp() - 1 - logvar)).flatten(1).sum(1).mean()
+    official = official_rec + 1e-3 * official_kl
+    torch.testing.assert_close(total, official / 256)
+    assert logs["kl"] == pytest.approx(official_kl.item(), rel=1e-6)
