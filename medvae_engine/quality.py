@@ -39,7 +39,7 @@ def run_quality(args: argparse.Namespace) -> int:
     report = quality_report(args.models, args.images, args.axis, args.precision)
     stem = Path(args.quality_out)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(_public(report), indent=2))
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(without_arrays(report), indent=2))
     atomic_write_text(stem.with_suffix(".md"), markdown(report))
     for image in report["images"]:
         figure(image, stem.with_name(f"{stem.name}_{image['label']}.png"))
@@ -76,7 +76,7 @@ def write_model_card(name: str, report: dict, stem: Path) -> None:
              "## Inference time on this CPU (reconstruct, seconds)", "",
              *[f"- {k}: {v:.3f}" for k, v in timing.items()], ""]
     out = stem.parent / model_name
-    atomic_write_text(out.with_suffix(".json"), json.dumps(_public(result), indent=2))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(without_arrays(result), indent=2))
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines))
 
 
@@ -104,7 +104,7 @@ def quality_report(models: list[str], images: list[str], axis: int | None, preci
     loaded = [load_model(m) for m in models]
     rows = []
     for ref in images:
-        volume = _read(ref)
+        volume = read_reference(ref)
         methods = [(m.name, m) for m in loaded]
         dims = {m.spatial_dims for m in loaded}
         if 2 in dims:
@@ -208,7 +208,8 @@ def _central(a: np.ndarray) -> np.ndarray:
     return a if a.ndim == 2 else a[:, :, a.shape[2] // 2]
 
 
-def _read(ref: str):
+def read_reference(ref: str):
+    """A held-out image: a file path or builtin:<package>/<name>."""
     from .imaging.io import read_volume
     from .training.data import resolve_builtin
 
@@ -216,10 +217,10 @@ def _read(ref: str):
     return read_volume(path)
 
 
-def _public(obj):
+def without_arrays(obj):
     """The report without its private image arrays (keys starting with an underscore)."""
     if isinstance(obj, dict):
-        return {k: _public(v) for k, v in obj.items() if not k.startswith("_")}
+        return {k: without_arrays(v) for k, v in obj.items() if not k.startswith("_")}
     if isinstance(obj, list):
-        return [_public(v) for v in obj]
+        return [without_arrays(v) for v in obj]
     return obj

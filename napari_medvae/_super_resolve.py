@@ -27,8 +27,8 @@ from medvae_engine.sr.pipeline import (
 )
 from medvae_engine.sr.unet import load_sr_model
 
-NO_SR_MODEL = ("choose an SR model file: no starter SR model ships yet; train one with "
-               "`medvae train-sr` (sr_model.safetensors) or use a published latent-sr .ckpt "
+NO_SR_MODEL = ("choose an SR model file: the shipped starter_sr_x4, one trained with "
+               "`medvae train-sr` (sr_model.safetensors) or a published latent-sr .ckpt "
                "(see docs/sr.md)")
 
 

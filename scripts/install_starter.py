@@ -1,12 +1,13 @@
 """Install a trained run as a shipped starter model: fp16 safetensors in the package + checksum.
 
     python scripts/install_starter.py RUN_DIR starter_4_1_2d
+    python scripts/install_starter.py RUN_DIR starter_sr_x4
 
-Reads RUN_DIR/model.safetensors (written by `medvae train`), checks that its architecture is the
-zoo's, stores it in fp16 under medvae_engine/weights/NAME.safetensors with the training model card
-in the header, records its sha256 in medvae_engine/weights/checksums.json (read by the zoo) and
-reports the PSNR cost of fp16 storage on a held-out real image (2D: MR_small.dcm, 3D: nibabel's
-anatomical.nii).
+Reads RUN_DIR/model.safetensors (written by `medvae train`; for an SR model RUN_DIR/sr_model.safetensors
+from `medvae train-sr`), checks it is what the zoo names, stores it in fp16 under
+medvae_engine/weights/ with the training model card in the header, records its sha256 in
+medvae_engine/weights/checksums.json (read by the zoo) and reports the PSNR cost of fp16 storage on
+a held-out real image (2D: MR_small.dcm, 3D: nibabel's anatomical.nii; SR: x4 SR of MR_small).
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from medvae_engine.codec import reconstruct
+from medvae_engine.codec import reconstruct, run
 from medvae_engine.imaging.io import read_volume
+from medvae_engine.imaging.normalization import fit_normalization
+from medvae_engine.imaging.volume import Volume
 from medvae_engine.models import load_model, save_model
 from medvae_engine.models.checkpoints import file_sha256, read_state_dict
-from medvae_engine.models.zoo import PACKAGE_WEIGHTS, get_spec
+from medvae_engine.models.zoo import PACKAGE_WEIGHTS, SR_MODELS, get_spec
 from medvae_engine.quality import scored_range, scores
+from medvae_engine.sr.degradations import degrade
+from medvae_engine.sr.pipeline import SROptions, super_resolve_steps
+from medvae_engine.sr.unet import load_sr_model, save_sr_model
 from medvae_engine.training.data import resolve_builtin
 
 
@@ -32,29 +38,63 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("name")
     args = parser.parse_args(argv)
-    spec = get_spec(args.name)
-    trained = load_model(args.run_dir / "model.safetensors")
+    if args.name in SR_MODELS:
+        target, full, half = install_sr(args.run_dir, SR_MODELS[args.name])
+    else:
+        target, full, half = install_autoencoder(args.run_dir, get_spec(args.name))
+    sha = record_checksum(args.name, target)
+    print(json.dumps({"name": args.name, "path": str(target), "bytes": target.stat().st_size,
+                      "sha256": sha, "psnr_fp32_db": full, "psnr_fp16_db": half,
+                      "fp16_cost_db": float(np.round(full - half, 4))}))
+    return 0
+
+
+def install_autoencoder(run_dir: Path, spec) -> tuple[Path, float, float]:
+    """fp16 copy of RUN_DIR/model.safetensors; PSNR of fp32 and fp16 weights on a held-out image."""
+    trained = load_model(run_dir / "model.safetensors")
     if trained.config != spec.config():
-        sys.exit(f"error: {args.run_dir}: architecture {trained.config} is not {spec.name}'s {spec.config()}")
-    _, meta = read_state_dict(args.run_dir / "model.safetensors")
+        sys.exit(f"error: {run_dir}: architecture {trained.config} is not {spec.name}'s {spec.config()}")
+    _, meta = read_state_dict(run_dir / "model.safetensors")
     card = json.loads(meta.get("card", "{}"))
     target = PACKAGE_WEIGHTS / f"{spec.name}.safetensors"
     save_model(trained, target, card | {"storage": "fp16"}, half=True)
-    sums_path = PACKAGE_WEIGHTS / "checksums.json"
-    sums = json.loads(sums_path.read_text()) if sums_path.is_file() else {}
-    sums[spec.name] = file_sha256(target)
-    sums_path.write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
     shipped = load_model(target)  # by path: the zoo read checksums.json before this run wrote it
     # a held-out image of the model's dimensionality (docs/training.md names the held-out set)
     held_out = "pydicom/MR_small.dcm" if spec.spatial_dims == 2 else "nibabel/anatomical"
     volume = read_volume(resolve_builtin(held_out))
     full = scores(volume.array, reconstruct(volume, trained).array, scored_range(volume))
     half = scores(volume.array, reconstruct(volume, shipped).array, scored_range(volume))
-    print(json.dumps({"name": spec.name, "path": str(target), "bytes": target.stat().st_size,
-                      "sha256": sums[spec.name], "psnr_fp32_db": full["psnr_db"],
-                      "psnr_fp16_db": half["psnr_db"],
-                      "fp16_cost_db": float(np.round(full["psnr_db"] - half["psnr_db"], 4))}))
-    return 0
+    return target, full["psnr_db"], half["psnr_db"]
+
+
+def install_sr(run_dir: Path, spec) -> tuple[Path, float, float]:
+    """fp16 copy of RUN_DIR/sr_model.safetensors; PSNR of DDIM-50 x4 SR of the held-out MR_small
+    (bicubic-degraded) with fp32 and fp16 weights, same seed."""
+    trained = load_sr_model(run_dir / "sr_model.safetensors")
+    if trained.card.get("autoencoder") != spec.autoencoder:
+        sys.exit(f"error: {run_dir}: trained on {trained.card.get('autoencoder')}, "
+                 f"{spec.name} is for {spec.autoencoder}")
+    target = spec.local_path()
+    save_sr_model(trained, target, trained.card | {"storage": "fp16"}, half=True)
+    shipped = load_sr_model(target)
+    hr = read_volume(resolve_builtin("pydicom/MR_small.dcm"))
+    norm = fit_normalization(hr.array, hr.modality)
+    lr = Volume(norm.inverse(degrade(norm.forward(hr.array), "bicubic", spec.scale)), np.eye(4),
+                hr.modality)
+    autoencoder = load_model(spec.autoencoder)
+    out = [run(super_resolve_steps(lr, autoencoder, m, SROptions(steps=50), normalization=norm))
+           for m in (trained, shipped)]
+    full, half = (scores(hr.array, o.array, scored_range(hr))["psnr_db"] for o in out)
+    return target, full, half
+
+
+def record_checksum(name: str, target: Path) -> str:
+    """Write the file's sha256 into weights/checksums.json (read by the zoo)."""
+    sums_path = PACKAGE_WEIGHTS / "checksums.json"
+    sums = json.loads(sums_path.read_text()) if sums_path.is_file() else {}
+    sums[name] = file_sha256(target)
+    sums_path.write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
+    return sums[name]
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from ..errors import MedVAEError
 from ..imaging.atomic import atomic_write, atomic_write_text
 from ..models import weights_sha256
 from ..training.config import ConfigError, SourceSpec, _build, read_yaml_config, resolve_path
-from ..training.data import ImageSet, PatchDataset, expand_source, load_image, validation_crops
+from ..training.data import ImageSet, PatchDataset, expand_source, load_image
 from ..training.trainer import (
     Distributed,
     MetricsLog,
@@ -256,11 +256,16 @@ def build_latent_cache(config: SRTrainConfig, autoencoder, multiple: int) -> dic
     hr = torch.stack([crops[i] for i in range(config.data.crops)])
     cache = {"hr_latents": _encode_all(autoencoder, hr),
              "lr_latents": _encode_all(autoencoder, _degrade_all(hr, config))}
-    val_images = ImageSet(val_refs, [load_image(r) for r in val_refs])
-    full = [t for _, t in validation_crops(val_images, 2, side, multiple, 1)
-            if t.shape[-2:] == (side, side)]  # images smaller than a crop are not scored
-    if full:
-        val_hr = torch.stack(full[: config.validation.images])
+    # held-out crops drawn like training crops (flat crops redrawn), from images at least a crop
+    # wide: a centred crop of a CT is mostly uniform tissue and says little about SR
+    val_arrays = [load_image(r) for r in val_refs]
+    big = [i for i, a in enumerate(val_arrays) if min(a.shape) >= side]
+    if big:
+        val_set = ImageSet([val_refs[i] for i in big], [val_arrays[i] for i in big])
+        n = config.validation.images
+        val_crops = PatchDataset(val_set, SimpleNamespace(seed=config.seed + 1, data=sampler_config.data),
+                                 multiple, 1, n, 2)
+        val_hr = torch.stack([val_crops[i] for i in range(n)])
         val_lr = _degrade_all(val_hr, config)
         val_z_hr = _encode_all(autoencoder, val_hr)
         cache.update(val_hr=val_hr, val_lr=val_lr, val_lr_latents=_encode_all(autoencoder, val_lr),

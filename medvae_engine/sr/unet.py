@@ -117,20 +117,32 @@ class SRDenoiser(nn.Module):
                 "convention": self.convention, "train_steps": self.train_steps}
 
 
-def save_sr_model(model: SRDenoiser, path: str | Path, card: dict | None = None) -> Path:
-    """Write the UNet weights as safetensors with the SR config and card in the header."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.unet.state_dict().items()}
+def save_sr_model(model: SRDenoiser, path: str | Path, card: dict | None = None,
+                  half: bool = False) -> Path:
+    """Write the UNet weights as safetensors with the SR config and card in the header
+    (``half``: fp16 storage, loaded back into fp32)."""
+    tensors = {k: v.detach().to("cpu", torch.float16 if half and v.is_floating_point() else None)
+               .contiguous() for k, v in model.unet.state_dict().items()}
     meta = {"sr_config": json.dumps(model.sr_config()),
             "card": json.dumps(card if card is not None else model.card)}
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return Path(path)
 
 
-def load_sr_model(path: str | Path, device: str = "cpu") -> SRDenoiser:
-    """An SR model in eval mode: our safetensors, or a published latent-sr Lightning checkpoint."""
-    path = Path(path).expanduser()
+def load_sr_model(name_or_path: str | Path, device: str = "cpu") -> SRDenoiser:
+    """An SR model in eval mode: a shipped name (``starter_sr_x4``), our safetensors, or a
+    published latent-sr Lightning checkpoint."""
+    from ..models.checkpoints import file_sha256
+    from ..models.zoo import SR_MODELS
+
+    spec = SR_MODELS.get(str(name_or_path))
+    path = spec.local_path() if spec else Path(name_or_path).expanduser()
     if not path.is_file():
-        raise ModelError(f"{path}: SR model file not found")
+        what = f"the weights of {spec.name} are missing (run 'make starter-weights')" if spec \
+            else "SR model file not found"
+        raise ModelError(f"{path}: {what}")
+    if spec and spec.sha256 and file_sha256(path) != spec.sha256:
+        raise ModelError(f"{path}: checksum differs from the expected one for {spec.name}")
     if path.suffix != ".safetensors":
         from .compat import load_latent_sr_checkpoint
 

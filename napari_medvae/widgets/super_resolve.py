@@ -8,6 +8,8 @@ widget needs for hallucination maps. Layers appear only when the whole job has f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -20,9 +22,10 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_warning
 
-from medvae_engine.errors import MedVAEError
+from medvae_engine.errors import MedVAEError, ModelError
+from medvae_engine.models.zoo import DEFAULT_SR, SR_MODELS
 from medvae_engine.sr.degradations import DEGRADATIONS, lr_scale
-from medvae_engine.sr.pipeline import PIXELS, PixelCodec, SROptions
+from medvae_engine.sr.pipeline import PIXELS, PixelCodec, SROptions, load_autoencoder
 from medvae_engine.sr.samplers import DEFAULT_STEPS, SAMPLERS
 
 from .._layers import META_KEY, add_layers, layer_to_volume, volume_to_layer_data
@@ -40,6 +43,7 @@ from ._common import NONE, WIDGET_WIDTH, image_layers, slicing_axis
 LR_INPUT = "low-resolution image"
 DEGRADE_HR = "HR image, degraded here"
 MODEL_PANEL = "Model panel's choice"
+SR_OWN = "the SR model's own (else the Model panel's)"
 AS_DISPLAYED = -1
 
 
@@ -60,9 +64,12 @@ class SuperResolveWidget(Container):
         self.factor = SpinBox(label="factor s", value=4, min=2, max=16)
         self.reference = ComboBox(label="HR reference",
                                   choices=lambda _: [NONE, *image_layers(self.viewer)])
-        self.autoencoder = ComboBox(label="autoencoder", choices=[MODEL_PANEL, PIXELS],
-                                    value=MODEL_PANEL)
-        self.sr_model = FileEdit(label="SR model", mode="r", filter="*.safetensors *.ckpt")
+        self.autoencoder = ComboBox(label="autoencoder", choices=[SR_OWN, MODEL_PANEL, PIXELS],
+                                    value=SR_OWN)
+        self._own_autoencoder: tuple[str, object] | None = None  # (name, loaded model)
+        starter = SR_MODELS[DEFAULT_SR].local_path()
+        self.sr_model = FileEdit(label="SR model", mode="r", filter="*.safetensors *.ckpt",
+                                 value=starter if starter.is_file() else None)
         self.model_info = Label(label="", value=NO_SR_MODEL)
         self.model_info.native.setWordWrap(True)  # the no-model hint is a sentence
         self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value="ddim")
@@ -80,6 +87,7 @@ class SuperResolveWidget(Container):
                      self.autoencoder, self.sr_model, self.model_info, self.sampler, self.steps,
                      self.eta, self.seed, self.axis, self.add_ae, self.run_button,
                      self.cancel_button, self.status])
+        self._sr_model_changed()
         self.mode.changed.connect(self._show_mode)
         self.sampler.changed.connect(self._sampler_changed)
         self.sr_model.changed.connect(self._sr_model_changed)
@@ -122,10 +130,24 @@ class SuperResolveWidget(Container):
 
     def _sr_path(self) -> str | None:
         value = self.sr_model.value
-        return str(value) if value is not None and str(value) not in ("", ".") else None
+        if value is None or str(value) in ("", ".") or Path(value).is_dir():
+            return None  # nothing chosen (an emptied file field shows the working folder)
+        return str(value)
 
     def _autoencoder(self):
-        return PixelCodec() if self.autoencoder.value == PIXELS else self.session.ensure_model()
+        if self.autoencoder.value == PIXELS:
+            return PixelCodec()
+        if self.autoencoder.value == MODEL_PANEL:
+            return self.session.ensure_model()
+        path = self._sr_path()
+        if path is None or not Path(path).is_file():
+            raise ModelError(f"{path}: SR model file not found")
+        name = (sr_header(path) or {}).get("card", {}).get("autoencoder")
+        if not name:  # e.g. a published latent-sr checkpoint: the user picks it in the Model panel
+            return self.session.ensure_model()
+        if self._own_autoencoder is None or self._own_autoencoder[0] != name:
+            self._own_autoencoder = (name, load_autoencoder(name))
+        return self._own_autoencoder[1]
 
     def run(self) -> Job | None:
         """Super-resolve the chosen layer in the background; errors become notifications."""

@@ -185,9 +185,10 @@ def test_missing_or_unfit_sr_model_is_a_notification_and_adds_nothing(viewer, sy
                                                                        tiny_model_path, tmp_path):
     lr = add_volume(viewer, crop(mr_small, slice(0, 16), slice(0, 16)), "mr")
     widget = sr_widget(viewer, lr, None, tiny_model_path)
+    widget.sr_model.value = ""  # no file chosen
     assert widget.model_info.value == NO_SR_MODEL
     assert widget.run() is None
-    assert errors == [NO_SR_MODEL] and "no starter SR model" in NO_SR_MODEL
+    assert errors == [NO_SR_MODEL] and "starter_sr_x4" in NO_SR_MODEL
     widget.sr_model.value = tmp_path / "missing.safetensors"
     widget.run()
     assert "SR model file not found" in errors[-1]
@@ -290,3 +291,4 @@ def test_degraded_volume_affine_is_what_sr_inverts(mri_crop):
     np.testing.assert_allclose(hr_affine(lr.affine, (0, 2), 4), hr.affine)
     np.testing.assert_allclose(lr.array.mean(), reference.array.mean(),
                                rtol=0.05)  # a smoothing downsample keeps the mean
+

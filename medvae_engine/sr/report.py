@@ -1,0 +1,221 @@
+"""``medvae bench sr``: an SR model on held-out real images, the SR model card's numbers.
+
+Each held-out 2D image is degraded the way the model was trained (bicubic /s by default) in model
+space and super-resolved with a fast and a full sampler (DDIM-50 and DDPM-1000 by default, same
+seed). Both are scored against the HR image next to bicubic upsampling of the same LR image and
+the autoencoder's reconstruction of the HR image (the ceiling an SR model in its latent space can
+reach), in original units with the image's own range as data range (CT: the HU window), as in
+``medvae bench quality``. Hallucinated and lost voxel rates use the AE error as noise floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..imaging.atomic import atomic_write, atomic_write_text
+from ..models.zoo import DEFAULT_SR
+
+HELD_OUT_2D = ["builtin:pydicom/693_UNCR.dcm", "builtin:pydicom/MR_small.dcm"]
+
+
+def add_sr_report_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``medvae bench sr``."""
+    p.add_argument("--sr-model", default=DEFAULT_SR, help="shipped name or SR model file")
+    p.add_argument("--images", nargs="+", default=HELD_OUT_2D,
+                   help="held-out 2D HR images (files or builtin:<package>/<name>)")
+    p.add_argument("--fast", default="ddim:50", help="fast sampler as SAMPLER:STEPS")
+    p.add_argument("--full", default="ddpm:1000", help="reference sampler as SAMPLER:STEPS")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--sr-out", help="output stem (default docs/model_cards/<SR model name>): "
+                   "writes STEM.json, STEM.md and STEM_<image>.png")
+
+
+def run_sr_report(args: argparse.Namespace) -> int:
+    """Measure, then write the JSON, Markdown card and figures; prints the Markdown."""
+    from ..errors import InputError
+    from ..quality import without_arrays
+    from .unet import load_sr_model
+
+    samplers = []
+    for text in (args.fast, args.full):
+        name, _, steps = text.partition(":")
+        if not steps.isdigit():
+            raise InputError(f"sampler {text!r}: expected SAMPLER:STEPS, e.g. ddim:50")
+        samplers.append((name, int(steps)))
+    sr_model = load_sr_model(args.sr_model)
+    name = Path(sr_model.weights_path).stem if args.sr_model != DEFAULT_SR else DEFAULT_SR
+    report = sr_report(sr_model, args.images, samplers, args.seed, args.precision)
+    report["sr_model"] = name
+    stem = Path(args.sr_out or f"docs/model_cards/{name}")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for entry in report["images"]:
+        figure(entry, stem.with_name(f"{stem.name}_{entry['label']}.png"))
+    text = card_markdown(report, sr_model.card)
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(
+        {"training": sr_model.card, **without_arrays(report)}, indent=2))
+    atomic_write_text(stem.with_suffix(".md"), text)
+    print(text)
+    return 0
+
+
+def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed: int,
+              precision: str) -> dict:
+    """Scores, hallucination rates and timings per image, and their means."""
+    from ..analysis.hallucination import hallucination
+    from ..analysis.metrics import to_unit_range
+    from ..codec import CodecOptions, run
+    from ..codec import reconstruct as ae_reconstruct
+    from ..errors import InputError
+    from ..imaging.normalization import fit_normalization
+    from ..imaging.volume import Volume
+    from ..quality import read_reference, scored_range, scores
+    from .degradations import degrade, resize
+    from .pipeline import SROptions, load_autoencoder, super_resolve_steps
+
+    autoencoder = load_autoencoder(sr_model.card.get("autoencoder", ""))
+    degradation = sr_model.card.get("degradation") or {"kind": "bicubic", "scale": 4}
+    kind, scale = degradation["kind"], int(degradation["scale"])
+    rows = []
+    for ref in images:
+        volume = read_reference(ref)
+        if volume.ndim != 2:
+            raise InputError(f"{ref}: bench sr scores 2D images, this one is {volume.ndim}D")
+        h, w = (s // scale * scale for s in volume.shape)
+        hr = Volume(volume.array[:h, :w], volume.affine, volume.modality, volume.metadata)
+        norm = fit_normalization(hr.array, hr.modality)
+        lr_model_space = degrade(norm.forward(hr.array), kind, scale, degradation.get("sigma"))
+        lr = Volume(norm.inverse(lr_model_space), np.eye(4), hr.modality)
+        value_range = scored_range(hr)
+        outputs = {"bicubic": norm.inverse(resize(lr_model_space, (h, w), "bicubic")),
+                   "AE ceiling": ae_reconstruct(hr, autoencoder,
+                                                CodecOptions(precision=precision)).array}
+        seconds = {}
+        for name, steps in samplers:
+            options = SROptions(sampler=name, steps=steps, seed=seed, precision=precision)
+            t0 = time.perf_counter()
+            sr = run(super_resolve_steps(lr, autoencoder, sr_model, options, normalization=norm))
+            seconds[f"SR {name}-{steps}"] = time.perf_counter() - t0
+            outputs[f"SR {name}-{steps}"] = sr.array
+        unit = {k: to_unit_range(v, value_range) for k, v in outputs.items()}
+        reference = to_unit_range(hr.array, value_range)
+        methods = {k: scores(hr.array, v, value_range) for k, v in outputs.items()}
+        for key, t in seconds.items():
+            found = hallucination(reference, unit[key], unit["AE ceiling"])
+            methods[key] |= {"seconds": t, **{k: v for k, v in found.scalars().items()
+                                               if k in ("tau", "hallucination_rate", "loss_rate")}}
+            methods[key]["_labels"] = found.labels
+        rows.append({"image": ref, "label": Path(ref.split("/")[-1]).name.split(".")[0],
+                     "shape": [h, w], "modality": hr.modality, "methods": methods,
+                     "_original": np.clip(hr.array, *value_range),
+                     "_outputs": {k: np.clip(v, *value_range) for k, v in outputs.items()}})
+    return {"date": time.strftime("%Y-%m-%d"), "precision": precision, "seed": seed,
+            "degradation": degradation, "samplers": [f"{n}-{s}" for n, s in samplers],
+            "images": rows, "summary": summary(rows, samplers)}
+
+
+def summary(rows: list[dict], samplers: list[tuple[str, int]]) -> dict:
+    """Means per method, the fast-vs-full speed-up and PSNR gap, and the ceiling check."""
+    fast, full = (f"SR {n}-{s}" for n, s in samplers)
+    names = list(rows[0]["methods"])
+    means = {n: {k: float(np.mean([r["methods"][n][k] for r in rows]))
+                 for k in rows[0]["methods"][n] if not k.startswith("_")} for n in names}
+    speedups = [r["methods"][full]["seconds"] / r["methods"][fast]["seconds"] for r in rows]
+    gaps = [r["methods"][full]["psnr_db"] - r["methods"][fast]["psnr_db"] for r in rows]
+    ceiling = {r["label"]: all(r["methods"]["AE ceiling"]["psnr_db"] > r["methods"][k]["psnr_db"]
+                               for k in (fast, full)) for r in rows}
+    return {"mean": means, "speedup_fast_vs_full": float(np.mean(speedups)),
+            "speedup_per_image": speedups, "psnr_full_minus_fast_db": gaps,
+            "ceiling_holds": ceiling}
+
+
+def card_markdown(report: dict, card: dict) -> str:
+    """The SR model card: training summary, held-out table, sampler comparison, ceiling check."""
+    s = report["summary"]
+    names = list(s["mean"])
+    fast, full = (f"SR {x}" for x in report["samplers"])
+    lines = [f"# {report['sr_model']}", "",
+             f"{card.get('kind', 'super-resolution')} x{card.get('scale', '?')} in the latent space of "
+             f"`{card.get('autoencoder', '?')}`, trained with `medvae train-sr` on "
+             f"{card.get('created', '?')}: {card.get('steps', '?')} steps, objective "
+             f"{card.get('objective', '?')}, degradation {json.dumps(card.get('degradation'))}.", "",
+             "Training images: " + ", ".join(d for d in card.get("data", []) if not d.startswith("val:")),
+             "", "Held out (never trained on): " + ", ".join(
+                 d[4:] for d in card.get("data", []) if d.startswith("val:")), "",
+             "Final training values: " + json.dumps(card.get("final_losses", {})), "",
+             "Validation during training (PSNR of [0, 1] crops): " + json.dumps(card.get("validation", {})),
+             "", f"## Held-out images ({report['date']}, {report['precision']}, seed {report['seed']})",
+             "", "PSNR dB / MS-SSIM in original units against the HR image (CT: within the [-1000, "
+             "1000] HU window); LR made by the training degradation; hallucinated / lost: voxel "
+             "fractions whose SR error exceeds the AE noise floor (mean + 2 SD of |AE - HR|).", "",
+             "| image | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for r in report["images"]:
+        lines.append(f"| {r['label']} {tuple(r['shape'])} {r['modality']} | "
+                     + " | ".join(_cell(r["methods"][n]) for n in names) + " |")
+    lines.append("| **mean** | " + " | ".join(_cell(s["mean"][n]) for n in names) + " |")
+    lines += ["", "| image | sampler | seconds | hallucinated | lost |", "|---|---|---|---|---|"]
+    for r in report["images"]:
+        for n in (fast, full):
+            m = r["methods"][n]
+            lines.append(f"| {r['label']} | {n[3:]} | {m['seconds']:.1f} | "
+                         f"{100 * m['hallucination_rate']:.2f}% | {100 * m['loss_rate']:.2f}% |")
+    lines += ["", "## Findings", "",
+              f"- {fast[3:]} against {full[3:]}: {s['speedup_fast_vs_full']:.1f}x faster (per image "
+              + ", ".join(f"{x:.1f}x" for x in s["speedup_per_image"]) + "), PSNR difference "
+              + ", ".join(f"{g:+.2f} dB" for g in s["psnr_full_minus_fast_db"]) + f" ({full[3:]} minus "
+              f"{fast[3:]}).",
+              "- Ceiling principle (AE reconstruction PSNR above SR PSNR): "
+              + ", ".join(f"{k} {'holds' if v else 'does not hold'}" for k, v in s["ceiling_holds"].items())
+              + ".",
+              f"- Mean PSNR: SR {s['mean'][fast]['psnr_db']:.2f} dB, bicubic "
+              f"{s['mean']['bicubic']['psnr_db']:.2f} dB, AE ceiling "
+              f"{s['mean']['AE ceiling']['psnr_db']:.2f} dB.", ""]
+    return "\n".join(lines)
+
+
+def _cell(m: dict) -> str:
+    ms = f" / {m['ms_ssim']:.4f}" if m.get("ms_ssim") is not None else ""
+    return f"{m['psnr_db']:.2f}{ms}"
+
+
+def figure(entry: dict, path: Path) -> None:
+    """HR, bicubic, both SR samples and the AE ceiling; below, |error| maps and the fast sample's
+    hallucinated (red) / lost (blue) voxels over the HR image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hr, outputs = entry["_original"], entry["_outputs"]
+    names = list(outputs)
+    fast = next(n for n in names if n.startswith("SR "))
+    lo, hi = float(hr.min()), float(hr.max())
+    err_max = max(float(np.abs(v - hr).max()) for v in outputs.values()) or 1.0
+    fig, axes = plt.subplots(2, len(names) + 1, figsize=(2.6 * (len(names) + 1), 6.0))
+    axes[0, 0].imshow(hr, cmap="gray", vmin=lo, vmax=hi)
+    axes[0, 0].set_title("HR reference", fontsize=9)
+    labels = entry["methods"][fast]["_labels"]
+    overlay = np.zeros((*labels.shape, 4))
+    overlay[labels == 1] = (1, 0, 0, 0.8)
+    overlay[labels == 2] = (0, 0.4, 1, 0.8)
+    axes[1, 0].imshow(hr, cmap="gray", vmin=lo, vmax=hi)
+    axes[1, 0].imshow(overlay)
+    axes[1, 0].set_title(f"{fast[3:]}: hallucinated / lost", fontsize=9)
+    for i, name in enumerate(names, start=1):
+        axes[0, i].imshow(outputs[name], cmap="gray", vmin=lo, vmax=hi)
+        axes[0, i].set_title(f"{name}\n{entry['methods'][name]['psnr_db']:.2f} dB", fontsize=9)
+        axes[1, i].imshow(np.abs(outputs[name] - hr), cmap="magma", vmin=0, vmax=err_max)
+        axes[1, i].set_title("|error|", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    h, w = entry["shape"]
+    fig.suptitle(f"{entry['label']} ({entry['modality']}, {h}x{w})", fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    plt.close(fig)
