@@ -96,6 +96,21 @@ def test_flag_comment_timing_and_events(small_study):
     assert resumed.states[session.order[1]].seconds == pytest.approx(3.0)
 
 
+def test_close_saves_the_time_on_screen_and_stops_notifying(small_study):
+    clock = FakeClock()
+    session = ReaderSession(load_study(small_study), "r3", clock=clock)
+    events = []
+    session.subscribe(lambda event, s: events.append(event))
+    clock.now += 7.25
+    session.close()
+    log = read_log(small_study / "answers" / "r3.jsonl")[0]
+    assert log[-1]["type"] == "visit" and log[-1]["seconds"] == pytest.approx(7.25)
+    session.flag()  # still recorded, but nobody is told any more
+    assert events == []
+    resumed = ReaderSession(load_study(small_study), "r3", clock=clock)
+    assert resumed.seconds_on(session.order[0]) == pytest.approx(7.25)
+
+
 def test_resume_rebuilds_everything_from_the_log_and_continues_at_first_open_item(small_study):
     session = ReaderSession.open(small_study, "r1")
     for value in (2, -1):
