@@ -354,6 +354,17 @@ def fast_layout(model, x: torch.Tensor, precision: str) -> torch.Tensor:
     return x.contiguous(memory_format=fmt)
 
 
+def fast_precision(device: str = "cpu") -> str:
+    """bf16 where the hardware computes it natively (CPUs with AVX-512 BF16/AMX, recent GPUs),
+    else fp32: about 2x faster than fp32 on such CPUs, outputs within 46-48 dB PSNR of fp32
+    (docs/benchmarks.md)."""
+    if str(device).startswith("cuda"):
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if str(device) != "cpu":
+        return "fp32"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
 def autocast(model, precision: str):
     """Autocast context for bf16/fp16, nothing for fp32."""
     dtype = PRECISIONS[precision]

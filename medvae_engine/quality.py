@@ -19,6 +19,9 @@ import numpy as np
 
 from .imaging.atomic import atomic_write, atomic_write_text
 
+# The [starter] issue's targets: mean PSNR margin (dB) over bicubic (2D models) or over the best 3D
+# interpolation (3D models) on the held-out images.
+TARGET_MARGIN_DB = {"starter_4_1_2d": 1.0, "starter_4_3_2d": 4.0, "starter_4_1_3d": 1.0}
 HELD_OUT = ["builtin:pydicom/MR_small.dcm", "builtin:pydicom/693_UNCR.dcm", "builtin:nibabel/anatomical"]
 BASELINES_2D = ("nearest", "bilinear", "bicubic")
 BASELINES_3D = ("trilinear", "spline")
@@ -67,17 +70,47 @@ def write_model_card(name: str, report: dict, stem: Path) -> None:
         for r in report["images"] if model_name in r["methods"]
     }
     timing = inference_seconds(model)
+    target = target_check(model_name, model.spatial_dims, report)
     result = {"name": model_name, "training": card, "quality_mean": report["mean"],
-              "margin_over_best_interpolation_db": margins, "inference_seconds": timing}
+              "margin_over_best_interpolation_db": margins, "target": target,
+              "inference_seconds": timing}
     summary = model_card_markdown(card) if "stage" in card else f"# {model_name}\n\n{json.dumps(card)}\n"
     lines = [summary, "## Quality on held-out real images", "", markdown(report),
              "Margin over the best interpolation at the same factor (dB): "
              + ", ".join(f"{k} {v:+.2f}" for k, v in margins.items()), "",
+             *([target_line(target), ""] if target else []),
              "## Inference time on this CPU (reconstruct, seconds)", "",
              *[f"- {k}: {v:.3f}" for k, v in timing.items()], ""]
     out = stem.parent / model_name
     atomic_write_text(out.with_suffix(".json"), json.dumps(without_arrays(result), indent=2))
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines))
+
+
+def target_check(name: str, spatial_dims: int, report: dict) -> dict | None:
+    """The model's target margin and the measured one: mean PSNR minus bicubic's (2D), or the
+    mean over volumes of PSNR minus the best 3D interpolation's (3D)."""
+    if name not in TARGET_MARGIN_DB:
+        return None
+    rows = [r for r in report["images"] if name in r["methods"]]
+    if spatial_dims == 2:
+        what = "mean PSNR at least bicubic"
+        measured = float(np.mean([r["methods"][name]["psnr_db"] - r["methods"]["bicubic"]["psnr_db"]
+                                  for r in rows]))
+    else:
+        what = "PSNR at least the best 3D interpolation (trilinear, cubic spline)"
+        measured = float(np.mean([r["methods"][name]["psnr_db"] - max(
+            r["methods"][b]["psnr_db"] for b in BASELINES_3D) for r in rows]))
+    goal = TARGET_MARGIN_DB[name]
+    return {"target": f"{what} + {goal:.1f} dB", "target_db": goal, "measured_db": measured,
+            "met": measured >= goal}
+
+
+def target_line(target: dict) -> str:
+    """One Markdown line: the target, the measured margin and whether it was met."""
+    gap = target["target_db"] - target["measured_db"]
+    verdict = "met" if target["met"] else f"missed by {gap:.2f} dB"
+    return (f"Target: {target['target']}; measured {target['measured_db']:+.2f} dB: {verdict}. "
+            "What was tried and what limits it: docs/training.md, section The starter models.")
 
 
 def inference_seconds(model) -> dict:

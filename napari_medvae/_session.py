@@ -6,12 +6,13 @@ Kept free of Qt so the model choice, summary and loading are testable without a 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from psygnal import evented
 
 from medvae_engine.baselines import get_baseline
+from medvae_engine.codec import fast_precision
 from medvae_engine.errors import ModelError
 from medvae_engine.models import list_models, load_model
 
@@ -30,7 +31,7 @@ class ModelState:
     choice: str = ""
     checkpoint: str = ""
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = field(default_factory=fast_precision)  # bf16 if native
     loaded: str = ""
     summary: str = ""
 

@@ -39,3 +39,20 @@ def test_quality_bench_scores_models_against_interpolation(tmp_path, tiny_2d_pat
     assert (tmp_path / "cards" / "tiny2d.md").is_file()  # the model card, with margins and timings
     card = json.loads((tmp_path / "cards" / "tiny2d.json").read_text())
     assert "MR_small" in card["margin_over_best_interpolation_db"]
+
+
+def test_starter_targets_are_margins_over_bicubic_or_the_best_3d_interpolation():
+    from medvae_engine.quality import target_check, target_line
+
+    def row(**psnr):
+        return {"methods": {k: {"psnr_db": v} for k, v in psnr.items()}}
+
+    report = {"images": [row(starter_4_1_2d=30.0, bicubic=28.0, bilinear=29.5),
+                         row(starter_4_1_2d=25.0, bicubic=26.0)]}
+    t = target_check("starter_4_1_2d", 2, report)
+    assert t["measured_db"] == 0.5 and t["target_db"] == 1.0 and not t["met"]
+    assert "missed by 0.50 dB" in target_line(t)
+    report = {"images": [row(starter_4_1_3d=26.0, trilinear=24.0, spline=24.5, bicubic=30.0)]}
+    t = target_check("starter_4_1_3d", 3, report)
+    assert t["measured_db"] == 1.5 and t["met"] and ": met." in target_line(t)
+    assert target_check("tiny2d", 2, report) is None
