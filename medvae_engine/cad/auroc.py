@@ -29,7 +29,8 @@ def macro_auroc(labels, probabilities) -> float:
 
 
 def auroc(labels, probabilities) -> float:
-    """Binary AUROC on the class-1 column for two classes, macro one-vs-rest otherwise."""
+    """Binary AUROC on the class-1 column for two classes, macro one-vs-rest otherwise; any
+    monotone transform of the probabilities (e.g. per-class log-odds) gives the same value."""
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim == 2 and p.shape[1] == 2:
         return binary_auroc(labels, p[:, 1])

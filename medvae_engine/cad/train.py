@@ -94,13 +94,18 @@ def fit_and_score(
 
 
 def predict(net: torch.nn.Module, x: np.ndarray, batch_size: int, device) -> np.ndarray:
-    """Softmax class probabilities (N, K) in eval mode."""
+    """Per-class log-odds against the other classes (N, K) in eval mode, monotone in the softmax
+    probabilities: confident networks saturate probabilities to exactly 0 or 1 (and even their
+    logarithms to 0), and tied scores pull AUROC towards 0.5."""
     net.eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            logits = net(torch.from_numpy(x[start:start + batch_size]).to(device))
-            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            logits = net(torch.from_numpy(x[start:start + batch_size]).to(device)).double()
+            k = logits.shape[1]
+            others = logits.unsqueeze(1).expand(-1, k, k).masked_fill(
+                torch.eye(k, dtype=torch.bool, device=logits.device), float("-inf"))
+            out.append((logits - torch.logsumexp(others, dim=2)).cpu().numpy())
     return np.concatenate(out)
 
 

@@ -118,3 +118,34 @@ def test_bad_inputs_are_user_errors(tmp_path):
     bad.write_text("path,label\nmissing.nii,1\n")
     with pytest.raises(InputError, match="not found"):
         read_labelled_csv(bad)
+
+
+def test_confident_networks_still_rank_their_test_cases():
+    """Logits far apart saturate softmax to exactly 1 for every case (AUROC 0.5 from ties); the
+    scores used are per-class log-odds, which keep the order."""
+    from medvae_engine.cad.auroc import auroc
+    from medvae_engine.cad.train import predict
+
+    class Confident(torch.nn.Module):
+        def forward(self, x):
+            v = x.flatten(1).mean(1, keepdim=True)
+            return torch.cat([torch.zeros_like(v), 60.0 + 10.0 * v], dim=1)
+
+    x = np.linspace(-1, 1, 40, dtype=np.float32).reshape(40, 1, 1, 1)
+    labels = (x.ravel() > 0).astype(int)
+    assert (torch.softmax(Confident()(torch.from_numpy(x)), 1)[:, 1] == 1.0).all()
+    scores = predict(Confident(), x, 8, "cpu")
+    assert auroc(labels, scores) == 1.0
+    np.testing.assert_allclose(scores[:, 1], 60.0 + 10.0 * x.ravel(), rtol=1e-6)  # l1 - l0
+
+
+def test_multiclass_scores_are_log_odds_of_each_class_against_the_rest():
+    from medvae_engine.cad.train import predict
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([[1.0, 2.0, 3.0]]).expand(len(x), 3)
+
+    expected = [1 - np.logaddexp(2, 3), 2 - np.logaddexp(1, 3), 3 - np.logaddexp(1, 2)]
+    np.testing.assert_allclose(predict(Fixed(), np.zeros((2, 1, 1, 1), np.float32), 2, "cpu"),
+                               [expected, expected])
