@@ -87,7 +87,8 @@ def measure() -> dict:
     app = get_qapp()
     viewer = napari.Viewer(show=True)
     model = bench_model()
-    get_session(viewer).model = model
+    session = get_session(viewer)
+    session.model = model
     widget = EncodeWidget(viewer)
     viewer.window.add_dock_widget(widget)
     data, attributes, _ = mri_brain()[0]
@@ -95,13 +96,16 @@ def measure() -> dict:
     widget.layer.value = brain.name
     began, ended, ticks = run_job(app, viewer, widget, lambda: widget.run(latent=True, recon=True))
     record = {"volume_shape": list(brain.data.shape), "model": model.name,
-              "reconstruct_s": ended - began, **stalls(ticks, ended), "target_ms": TARGET_MS}
+              "precision": session.state.precision, "reconstruct_s": ended - began,
+              **stalls(ticks, ended), "target_ms": TARGET_MS}
     data, attributes, _ = mr_shoulder()[0]
     shoulder = viewer.add_image(data, **attributes)
     widget.reset_choices()
     widget.layer.value = shoulder.name
-    began, ended, _ = run_job(app, viewer, widget, widget.preview)
-    record["preview_256_s"] = ended - began
+    for precision in dict.fromkeys([session.state.precision, "fp32"]):  # the default, then fp32
+        session.state.precision = precision
+        began, ended, _ = run_job(app, viewer, widget, widget.preview)
+        record[f"preview_256_{precision}_s"] = ended - began
     viewer.close()
     return record
 

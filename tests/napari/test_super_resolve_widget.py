@@ -13,6 +13,7 @@ from pydicom.data import get_testdata_file
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.models.checkpoints import file_sha256
+from medvae_engine.models.zoo import DEFAULT_SR, SR_MODELS
 from medvae_engine.sr.pipeline import hr_affine
 from medvae_engine.sr.unet import SRDenoiser, save_sr_model, unet_config
 from napari_medvae._layers import layer_kind, volume_to_layer_data
@@ -292,3 +293,19 @@ def test_degraded_volume_affine_is_what_sr_inverts(mri_crop):
     np.testing.assert_allclose(lr.array.mean(), reference.array.mean(),
                                rtol=0.05)  # a smoothing downsample keeps the mean
 
+
+
+def test_the_shipped_starter_sr_model_is_preselected_with_its_own_autoencoder(viewer, sync_jobs,
+                                                                             errors, mr_small,
+                                                                             tiny_model_path):
+    starter = SR_MODELS[DEFAULT_SR]
+    lr = add_volume(viewer, crop(mr_small, slice(8, 24), slice(16, 32)), "mr")
+    widget = sr_widget(viewer, lr, None, tiny_model_path, steps=2)
+    assert widget._sr_path() == str(starter.local_path())
+    assert "x4" in widget.model_info.value and starter.autoencoder in widget.model_info.value
+    widget.run_button.clicked.emit()
+    assert not errors and widget.job.state.message == "done"
+    (sr,) = sr_layers(viewer)
+    assert sr.data.shape == (64, 64) and np.isfinite(sr.data).all() and np.ptp(sr.data) > 0
+    meta = sr.metadata["medvae"]
+    assert meta["model"] == starter.autoencoder and meta["sr_model_sha256"] == starter.sha256

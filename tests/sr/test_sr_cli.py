@@ -100,3 +100,28 @@ def test_train_sr_command(sr_config, tmp_path, capsys):
     assert (tmp_path / "cli_run" / "sr_model.safetensors").exists()
     assert main(["train-sr", str(path), "--steps", "1"]) == 2  # the run exists: no overwrite
     assert "already exists" in capsys.readouterr().err
+
+
+def test_shipped_starter_super_resolves_a_real_image_and_a_real_volume(tmp_path, mni_block):
+    """`medvae sr` with no model options: the shipped starter_sr_x4 and its own autoencoder, on a
+    held-out real MR slice degraded x4 (scored against it) and slice-wise on a real volume."""
+    from medvae_engine.analysis.metrics import psnr, to_unit_range
+    from medvae_engine.imaging.normalization import fit_normalization
+
+    hr = read_volume(get_testdata_file("MR_small.dcm"))
+    norm = fit_normalization(hr.array, hr.modality)
+    lr = Volume(norm.inverse(degrade(norm.forward(hr.array), "bicubic", 4)),
+                np.diag([4.0, 4.0, 1.0, 1.0]), "mri")
+    write_volume(lr, tmp_path / "lr.nii.gz")
+    assert sr([str(tmp_path / "lr.nii.gz"), "-o", str(tmp_path / "sr.nii.gz"), "--steps", "20"]) == 0
+    out = read_volume(tmp_path / "sr.nii.gz")
+    assert out.shape == hr.shape
+    span = (float(hr.array.min()), float(hr.array.max()))
+    score = psnr(to_unit_range(hr.array, span), to_unit_range(out.array, span))
+    # measured 18.4 dB (the model card: 18.2 dB with DDIM-50; bicubic 24.1 dB); a constant image
+    # at the HR mean scores 13.9 dB, so this fails for an output unrelated to the anatomy
+    assert score > 16.5
+    assert sr([str(mni_block), "-o", str(tmp_path / "vol.nii.gz"), "--steps", "4", "--axis", "2"]) == 0
+    volume = read_volume(tmp_path / "vol.nii.gz")
+    assert volume.shape == (160, 192, 3) and np.isfinite(volume.array).all()
+    assert volume.array.std(axis=(0, 1)).min() > 0  # every slice has content
