@@ -128,7 +128,7 @@ def _optional_commands(sub) -> None:
     add_train_arguments(p)
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser("bench", help="speed, memory, quality and CAD-efficiency benchmarks")
+    p = sub.add_parser("bench", help="speed, memory, quality, SR and CAD-efficiency benchmarks")
     add_bench_arguments(p)
 
     p = sub.add_parser("cad", help="diagnostic models on latents vs images (train, proxy task)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..imaging.atomic import atomic_write, atomic_write_text
-from ..models.zoo import DEFAULT_SR
+from ..models.zoo import DEFAULT_SR, SR_MODELS
 
 HELD_OUT_2D = ["builtin:pydicom/693_UNCR.dcm", "builtin:pydicom/MR_small.dcm"]
 
@@ -49,7 +49,7 @@ def run_sr_report(args: argparse.Namespace) -> int:
             raise InputError(f"sampler {text!r}: expected SAMPLER:STEPS, e.g. ddim:50")
         samplers.append((name, int(steps)))
     sr_model = load_sr_model(args.sr_model)
-    name = Path(sr_model.weights_path).stem if args.sr_model != DEFAULT_SR else DEFAULT_SR
+    name = args.sr_model if args.sr_model in SR_MODELS else Path(sr_model.weights_path).stem
     report = sr_report(sr_model, args.images, samplers, args.seed, args.precision)
     report["sr_model"] = name
     stem = Path(args.sr_out or f"docs/model_cards/{name}")
