@@ -78,7 +78,10 @@ def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed
     from .degradations import degrade, resize
     from .pipeline import SROptions, load_autoencoder, super_resolve_steps
 
-    autoencoder = load_autoencoder(sr_model.card.get("autoencoder", ""))
+    if not sr_model.card.get("autoencoder"):
+        raise InputError(f"{sr_model.weights_path}: the SR model does not name its autoencoder "
+                         "(bench sr scores models from 'medvae train-sr')")
+    autoencoder = load_autoencoder(sr_model.card["autoencoder"])
     degradation = sr_model.card.get("degradation") or {"kind": "bicubic", "scale": 4}
     kind, scale = degradation["kind"], int(degradation["scale"])
     rows = []

@@ -44,3 +44,13 @@ def test_bench_sr_scores_bicubic_ceiling_and_both_samplers(trained_run, tmp_path
     assert "| MR_small (64, 64) mri |" in card and "Ceiling principle" in card
     assert stem.with_name("tiny_sr_MR_small.png").stat().st_size > 10_000
     assert "ddim-2 against ddpm-6" in capsys.readouterr().out
+
+
+def test_bench_sr_refuses_a_model_that_does_not_name_its_autoencoder(tmp_path, capsys):
+    from medvae_engine.sr.unet import SRDenoiser, save_sr_model, unet_config
+
+    path = save_sr_model(SRDenoiser(unet_config(1, "tiny"), "x0"), tmp_path / "anon.safetensors", {})
+    assert main(["bench", "sr", "--sr-model", str(path), "--sr-out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "does not name its autoencoder" in err
+    assert not list(tmp_path.glob("c*"))
