@@ -192,15 +192,16 @@ def markdown(report: dict) -> str:
     names = list(report["mean"])
     lines = ["| image | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for r in report["images"]:
-        cells = [_cell(r["methods"].get(n)) for n in names]
+        cells = [table_cell(r["methods"].get(n)) for n in names]
         lines.append(f"| {r['label']} {tuple(r['shape'])} {r['modality']} | " + " | ".join(cells) + " |")
-    lines.append("| **mean** | " + " | ".join(_cell(report["mean"][n]) for n in names) + " |")
+    lines.append("| **mean** | " + " | ".join(table_cell(report["mean"][n]) for n in names) + " |")
     return ("PSNR dB / MS-SSIM in original units, f=4 per side; data range: the image's own range "
             "(CT: the [-1000, 1000] HU window that every method keeps).\n\n") + \
         "\n".join(lines) + "\n"
 
 
-def _cell(v: dict | None) -> str:
+def table_cell(v: dict | None) -> str:
+    """'PSNR / MS-SSIM' of one method for a Markdown table ('-' when absent)."""
     if not v:
         return "-"
     ms = f" / {v['ms_ssim']:.4f}" if v.get("ms_ssim") is not None else ""

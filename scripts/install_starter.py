@@ -21,14 +21,12 @@ import numpy as np
 
 from medvae_engine.codec import reconstruct, run
 from medvae_engine.imaging.io import read_volume
-from medvae_engine.imaging.normalization import fit_normalization
-from medvae_engine.imaging.volume import Volume
 from medvae_engine.models import load_model, save_model
 from medvae_engine.models.checkpoints import file_sha256, read_state_dict
 from medvae_engine.models.zoo import PACKAGE_WEIGHTS, SR_MODELS, get_spec
 from medvae_engine.quality import scored_range, scores
-from medvae_engine.sr.degradations import degrade
 from medvae_engine.sr.pipeline import SROptions, super_resolve_steps
+from medvae_engine.sr.report import degrade_in_model_space
 from medvae_engine.sr.unet import load_sr_model, save_sr_model
 from medvae_engine.training.data import resolve_builtin
 
@@ -78,9 +76,7 @@ def install_sr(run_dir: Path, spec) -> tuple[Path, float, float]:
     save_sr_model(trained, target, trained.card | {"storage": "fp16"}, half=True)
     shipped = load_sr_model(target)
     hr = read_volume(resolve_builtin("pydicom/MR_small.dcm"))
-    norm = fit_normalization(hr.array, hr.modality)
-    lr = Volume(norm.inverse(degrade(norm.forward(hr.array), "bicubic", spec.scale)), np.eye(4),
-                hr.modality)
+    lr, norm, _ = degrade_in_model_space(hr, {"kind": "bicubic", "scale": spec.scale})
     autoencoder = load_model(spec.autoencoder)
     out = [run(super_resolve_steps(lr, autoencoder, m, SROptions(steps=50), normalization=norm))
            for m in (trained, shipped)]

@@ -92,10 +92,13 @@ def _starter_checksums() -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+_STARTER_SHA256 = _starter_checksums()
+
+
 def _starter(name, dims, c, description):
     return ModelSpec(
         name, dims, 4, c, 1, 32, (1, 2, 4), "starter", f"{name}.safetensors",
-        sha256=_starter_checksums().get(name), description=description,
+        sha256=_STARTER_SHA256.get(name), description=description,
     )
 
 
@@ -147,7 +150,7 @@ class SRModelSpec:
 SR_MODELS: dict[str, SRModelSpec] = {
     "starter_sr_x4": SRModelSpec(
         "starter_sr_x4", "starter_4_3_2d", 4, "starter_sr_x4.safetensors",
-        _starter_checksums().get("starter_sr_x4"),
+        _STARTER_SHA256.get("starter_sr_x4"),
         "starter x4 latent-diffusion SR in starter_4_3_2d's latent space",
     ),
 }

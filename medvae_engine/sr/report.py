@@ -72,10 +72,9 @@ def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed
     from ..codec import CodecOptions, run
     from ..codec import reconstruct as ae_reconstruct
     from ..errors import InputError
-    from ..imaging.normalization import fit_normalization
     from ..imaging.volume import Volume
     from ..quality import read_reference, scored_range, scores
-    from .degradations import degrade, resize
+    from .degradations import resize
     from .pipeline import SROptions, load_autoencoder, super_resolve_steps
 
     if not sr_model.card.get("autoencoder"):
@@ -83,7 +82,7 @@ def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed
                          "(bench sr scores models from 'medvae train-sr')")
     autoencoder = load_autoencoder(sr_model.card["autoencoder"])
     degradation = sr_model.card.get("degradation") or {"kind": "bicubic", "scale": 4}
-    kind, scale = degradation["kind"], int(degradation["scale"])
+    scale = int(degradation["scale"])
     rows = []
     for ref in images:
         volume = read_reference(ref)
@@ -91,9 +90,7 @@ def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed
             raise InputError(f"{ref}: bench sr scores 2D images, this one is {volume.ndim}D")
         h, w = (s // scale * scale for s in volume.shape)
         hr = Volume(volume.array[:h, :w], volume.affine, volume.modality, volume.metadata)
-        norm = fit_normalization(hr.array, hr.modality)
-        lr_model_space = degrade(norm.forward(hr.array), kind, scale, degradation.get("sigma"))
-        lr = Volume(norm.inverse(lr_model_space), np.eye(4), hr.modality)
+        lr, norm, lr_model_space = degrade_in_model_space(hr, degradation)
         value_range = scored_range(hr)
         outputs = {"bicubic": norm.inverse(resize(lr_model_space, (h, w), "bicubic")),
                    "AE ceiling": ae_reconstruct(hr, autoencoder,
@@ -122,6 +119,19 @@ def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed
             "images": rows, "summary": summary(rows, samplers)}
 
 
+def degrade_in_model_space(hr, degradation: dict):
+    """(LR image in ``hr``'s units, the normalisation, LR in model space): ``hr`` normalised, then
+    degraded as the SR model was trained (``degradation`` as in its card: kind, scale, sigma)."""
+    from ..imaging.normalization import fit_normalization
+    from ..imaging.volume import Volume
+    from .degradations import degrade
+
+    norm = fit_normalization(hr.array, hr.modality)
+    low = degrade(norm.forward(hr.array), degradation["kind"], int(degradation["scale"]),
+                  degradation.get("sigma"))
+    return Volume(norm.inverse(low), np.eye(4), hr.modality), norm, low
+
+
 def summary(rows: list[dict], samplers: list[tuple[str, int]]) -> dict:
     """Means per method, the fast-vs-full speed-up and PSNR gap, and the ceiling check."""
     fast, full = (f"SR {n}-{s}" for n, s in samplers)
@@ -139,6 +149,8 @@ def summary(rows: list[dict], samplers: list[tuple[str, int]]) -> dict:
 
 def card_markdown(report: dict, card: dict) -> str:
     """The SR model card: training summary, held-out table, sampler comparison, ceiling check."""
+    from ..quality import table_cell
+
     s = report["summary"]
     names = list(s["mean"])
     fast, full = (f"SR {x}" for x in report["samplers"])
@@ -159,8 +171,8 @@ def card_markdown(report: dict, card: dict) -> str:
              "| image | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for r in report["images"]:
         lines.append(f"| {r['label']} {tuple(r['shape'])} {r['modality']} | "
-                     + " | ".join(_cell(r["methods"][n]) for n in names) + " |")
-    lines.append("| **mean** | " + " | ".join(_cell(s["mean"][n]) for n in names) + " |")
+                     + " | ".join(table_cell(r["methods"][n]) for n in names) + " |")
+    lines.append("| **mean** | " + " | ".join(table_cell(s["mean"][n]) for n in names) + " |")
     lines += ["", "| image | sampler | seconds | hallucinated | lost |", "|---|---|---|---|---|"]
     for r in report["images"]:
         for n in (fast, full):
@@ -179,11 +191,6 @@ def card_markdown(report: dict, card: dict) -> str:
               f"{s['mean']['bicubic']['psnr_db']:.2f} dB, AE ceiling "
               f"{s['mean']['AE ceiling']['psnr_db']:.2f} dB.", ""]
     return "\n".join(lines)
-
-
-def _cell(m: dict) -> str:
-    ms = f" / {m['ms_ssim']:.4f}" if m.get("ms_ssim") is not None else ""
-    return f"{m['psnr_db']:.2f}{ms}"
 
 
 def figure(entry: dict, path: Path) -> None:
