@@ -20,8 +20,11 @@ def conv_nd(spatial_dims: int, *args, **kwargs) -> nn.Module:
     return (nn.Conv2d if spatial_dims == 2 else nn.Conv3d)(*args, **kwargs)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+OFFICIAL_NORM_GROUPS = 32
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
@@ -31,11 +34,11 @@ def swish(x: torch.Tensor) -> torch.Tensor:
 class ResnetBlock(nn.Module):
     """Two norm-swish-conv stages plus a residual (1x1 ``nin_shortcut`` where channels change)."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int):
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, groups: int):
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, groups)
         self.conv1 = conv_nd(spatial_dims, in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, groups)
         self.conv2 = conv_nd(spatial_dims, out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
             self.nin_shortcut = conv_nd(spatial_dims, in_channels, out_channels, 1)
@@ -55,9 +58,9 @@ class AttnBlock(nn.Module):
     the fused scaled-dot-product kernel on GPUs.
     """
 
-    def __init__(self, spatial_dims: int, channels: int):
+    def __init__(self, spatial_dims: int, channels: int, groups: int):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, groups)
         self.q = conv_nd(spatial_dims, channels, channels, 1)
         self.k = conv_nd(spatial_dims, channels, channels, 1)
         self.v = conv_nd(spatial_dims, channels, channels, 1)
@@ -131,11 +134,11 @@ class Level(nn.Module):
 class Mid(nn.Module):
     """Middle of encoder and decoder: ResnetBlock, attention, ResnetBlock."""
 
-    def __init__(self, spatial_dims: int, channels: int):
+    def __init__(self, spatial_dims: int, channels: int, groups: int):
         super().__init__()
-        self.block_1 = ResnetBlock(spatial_dims, channels, channels)
-        self.attn_1 = AttnBlock(spatial_dims, channels)
-        self.block_2 = ResnetBlock(spatial_dims, channels, channels)
+        self.block_1 = ResnetBlock(spatial_dims, channels, channels, groups)
+        self.attn_1 = AttnBlock(spatial_dims, channels, groups)
+        self.block_2 = ResnetBlock(spatial_dims, channels, channels, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -144,7 +147,7 @@ class Mid(nn.Module):
 class Encoder(nn.Module):
     """Image -> 2*z_channels moments at 1/2^(levels-1) resolution."""
 
-    def __init__(self, spatial_dims, in_channels, ch, ch_mult, num_res_blocks, z_channels):
+    def __init__(self, spatial_dims, in_channels, ch, ch_mult, num_res_blocks, z_channels, groups):
         super().__init__()
         self.conv_in = conv_nd(spatial_dims, in_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
@@ -152,14 +155,14 @@ class Encoder(nn.Module):
         for i, mult in enumerate(ch_mult):
             blocks = []
             for _ in range(num_res_blocks):
-                blocks.append(ResnetBlock(spatial_dims, width, ch * mult))
+                blocks.append(ResnetBlock(spatial_dims, width, ch * mult, groups))
                 width = ch * mult
             level = Level(blocks)
             if i != len(ch_mult) - 1:
                 level.downsample = Downsample(spatial_dims, width)
             self.down.append(level)
-        self.mid = Mid(spatial_dims, width)
-        self.norm_out = group_norm(width)
+        self.mid = Mid(spatial_dims, width, groups)
+        self.norm_out = group_norm(width, groups)
         self.conv_out = conv_nd(spatial_dims, width, 2 * z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,23 +179,23 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """z_channels latent -> image; ``up`` is stored finest-first as in the official layout."""
 
-    def __init__(self, spatial_dims, out_channels, ch, ch_mult, num_res_blocks, z_channels):
+    def __init__(self, spatial_dims, out_channels, ch, ch_mult, num_res_blocks, z_channels, groups):
         super().__init__()
         width = ch * ch_mult[-1]
         self.conv_in = conv_nd(spatial_dims, z_channels, width, 3, padding=1)
-        self.mid = Mid(spatial_dims, width)
+        self.mid = Mid(spatial_dims, width, groups)
         levels: list[Level] = []
         for i in reversed(range(len(ch_mult))):
             blocks = []
             for _ in range(num_res_blocks + 1):
-                blocks.append(ResnetBlock(spatial_dims, width, ch * ch_mult[i]))
+                blocks.append(ResnetBlock(spatial_dims, width, ch * ch_mult[i], groups))
                 width = ch * ch_mult[i]
             level = Level(blocks)
             if i != 0:
                 level.upsample = Upsample(spatial_dims, width)
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)
-        self.norm_out = group_norm(width)
+        self.norm_out = group_norm(width, groups)
         self.conv_out = conv_nd(spatial_dims, width, out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -222,6 +225,7 @@ class AutoencoderKL(nn.Module):
         num_res_blocks: int = 2,
         z_channels: int = 1,
         projection: bool = True,
+        norm_groups: int = OFFICIAL_NORM_GROUPS,
     ):
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -236,14 +240,16 @@ class AutoencoderKL(nn.Module):
             "num_res_blocks": num_res_blocks,
             "z_channels": z_channels,
             "projection": projection,
+            "norm_groups": norm_groups,
         }
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.latent_channels = z_channels
         self.factor = 2 ** (len(ch_mult) - 1)
-        self.encoder = Encoder(spatial_dims, in_channels, ch, ch_mult, num_res_blocks, z_channels)
-        self.decoder = Decoder(spatial_dims, out_channels, ch, ch_mult, num_res_blocks, z_channels)
+        args = (ch, ch_mult, num_res_blocks, z_channels, norm_groups)
+        self.encoder = Encoder(spatial_dims, in_channels, *args)
+        self.decoder = Decoder(spatial_dims, out_channels, *args)
         self.quant_conv = conv_nd(spatial_dims, 2 * z_channels, 2 * z_channels, 1)
         self.post_quant_conv = conv_nd(spatial_dims, z_channels, z_channels, 1)
         if projection:

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from ..errors import ModelError
 from ..imaging.atomic import atomic_write
-from .autoencoder import AutoencoderKL
+from .autoencoder import OFFICIAL_NORM_GROUPS, AutoencoderKL
 from .lora import has_lora_keys, merge_lora_state_dict
 
 ANCHOR_KEY = "encoder.conv_in.weight"
@@ -82,6 +82,7 @@ def infer_config(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> dic
             "num_res_blocks": len(blocks),
             "z_channels": int(sd["quant_conv.weight"].shape[0]) // 2,
             "projection": "channel_proj.weight" in sd,
+            "norm_groups": OFFICIAL_NORM_GROUPS,  # shapes cannot tell; the official layout's value
         }
     except (KeyError, IndexError) as e:
         raise ModelError(f"{source}: not a MedVAE autoencoder checkpoint (missing {e})") from None

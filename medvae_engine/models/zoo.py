@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from .autoencoder import AutoencoderKL
+from .autoencoder import OFFICIAL_NORM_GROUPS, AutoencoderKL
 
 HUB_REPO = "stanfordmimi/MedVAE"
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -34,6 +34,7 @@ class ModelSpec:
     hub_file: str | None = None
     sha256: str | None = None
     num_res_blocks: int = 2
+    norm_groups: int = OFFICIAL_NORM_GROUPS
     description: str = ""
 
     def config(self) -> dict:
@@ -47,6 +48,7 @@ class ModelSpec:
             "num_res_blocks": self.num_res_blocks,
             "z_channels": self.latent_channels,
             "projection": True,
+            "norm_groups": self.norm_groups,
         }
 
     def build(self) -> AutoencoderKL:
@@ -95,10 +97,13 @@ def _starter_checksums() -> dict[str, str]:
 _STARTER_SHA256 = _starter_checksums()
 
 
+STARTER_NORM_GROUPS = 8  # width 32 with 4 channels a group (the official 32 groups would be 1)
+
+
 def _starter(name, dims, c, description):
     return ModelSpec(
         name, dims, 4, c, 1, 32, (1, 2, 4), "starter", f"{name}.safetensors",
-        sha256=_STARTER_SHA256.get(name), description=description,
+        sha256=_STARTER_SHA256.get(name), norm_groups=STARTER_NORM_GROUPS, description=description,
     )
 
 

@@ -32,7 +32,14 @@ from ..analysis.metrics import psnr
 from ..errors import MedVAEError
 from ..imaging.atomic import atomic_write, atomic_write_text
 from ..models import weights_sha256
-from ..training.config import ConfigError, SourceSpec, _build, read_yaml_config, resolve_path
+from ..training.config import (
+    AugmentSection,
+    ConfigError,
+    SourceSpec,
+    _build,
+    read_yaml_config,
+    resolve_path,
+)
 from ..training.data import ImageSet, PatchDataset, expand_source, load_image
 from ..training.trainer import (
     Distributed,
@@ -250,8 +257,8 @@ def build_latent_cache(config: SRTrainConfig, autoencoder, multiple: int) -> dic
         raise ConfigError("a validation image is also listed for training; keep it held out")
     train = ImageSet(train_refs, [load_image(r) for r in train_refs])
     side = config.data.hr_size
-    sampler_config = SimpleNamespace(seed=config.seed, data=SimpleNamespace(crop=[side, side],
-                                                                           patch=side))
+    sampler_config = SimpleNamespace(seed=config.seed, data=SimpleNamespace(
+        crop=[side, side], patch=side, augment=AugmentSection()))  # HR crops as they are
     crops = PatchDataset(train, sampler_config, multiple, 1, config.data.crops, 2)
     hr = torch.stack([crops[i] for i in range(config.data.crops)])
     cache = {"hr_latents": _encode_all(autoencoder, hr),

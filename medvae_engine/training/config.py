@@ -44,7 +44,15 @@ class ModelSection:
     ch_mult: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4])
     num_res_blocks: int = 2
     z_channels: int = 1
+    norm_groups: int = 32  # GroupNorm groups; the official 32, or ch / 4 to keep 4 channels a group
     lora_rank: int = 0  # > 0: only LoRA of this rank on the resnet/attention convs trains
+
+
+@dataclasses.dataclass
+class AugmentSection:
+    flips: bool = False  # random flips and 90-degree turns of every crop (crops are square/cubic)
+    contrast: float = 0.0  # probability of squeezing a crop into a random sub-range of [-1, 1]
+    min_range: float = 0.25  # narrowest such sub-range, as a fraction of [-1, 1]
 
 
 @dataclasses.dataclass
@@ -57,6 +65,7 @@ class DataSection:
     batch_size: int = 8  # per process and micro-step
     workers: int = 0  # DataLoader worker processes
     val_crop: int = 128  # side of the centred validation crop (3D: cube side is data.patch)
+    augment: AugmentSection = dataclasses.field(default_factory=AugmentSection)
 
 
 @dataclasses.dataclass
@@ -248,6 +257,10 @@ def check_semantics(config: TrainConfig, source: str) -> None:
             fail(f"data.{name}", "must be >= 1")
     if config.data.workers < 0:
         fail("data.workers", "must be >= 0")
+    if not 0.0 <= config.data.augment.contrast <= 1.0:
+        fail("data.augment.contrast", "must be a probability in [0, 1]")
+    if not 0.0 < config.data.augment.min_range <= 1.0:
+        fail("data.augment.min_range", "must be in (0, 1]")
     for name in ("steps", "checkpoint_every", "val_every", "log_every"):
         if getattr(config.run, name) < 1:
             fail(f"run.{name}", "must be >= 1")
@@ -261,6 +274,9 @@ def check_semantics(config: TrainConfig, source: str) -> None:
         fail("optim.betas", "must be two numbers")
     if config.model.lora_rank < 0:
         fail("model.lora_rank", "must be >= 0")
+    m = config.model
+    if m.init == "scratch" and (m.norm_groups < 1 or m.ch % m.norm_groups):
+        fail("model.norm_groups", f"must be >= 1 and divide model.ch ({m.ch}), got {m.norm_groups}")
     if config.stage == "stage2_2d" and config.embedder.kind == "none":
         fail("embedder.kind", "must name an image encoder for stage2_2d")
     wants_embedder = config.stage == "stage1" and config.loss.embedding_weight > 0

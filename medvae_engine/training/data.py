@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..imaging.io import read_volume
 from ..imaging.normalization import fit_normalization
-from .config import ConfigError, SourceSpec, TrainConfig, resolve_path
+from .config import AugmentSection, ConfigError, SourceSpec, TrainConfig, resolve_path
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".mha",
                   ".mhd", ".nrrd")
@@ -186,6 +186,7 @@ class PatchDataset(Dataset):
         lo, hi = config.data.crop
         self.sides = list(range(_round_up(lo, factor), max(_round_up(lo, factor), hi) + 1, factor))
         self.patch = _round_up(config.data.patch, factor)
+        self.augment = config.data.augment
 
     def __len__(self) -> int:
         return 2**62
@@ -201,6 +202,7 @@ class PatchDataset(Dataset):
             crop = self._draw(rng, step)
             if crop.std() > MIN_CROP_STD:
                 break
+        crop = augment(crop, rng, self.augment)
         t = torch.from_numpy(np.ascontiguousarray(crop))[None]
         return t.expand(self.channels, *t.shape[1:]).clone()
 
@@ -218,6 +220,22 @@ class PatchDataset(Dataset):
         a = _pad_to(a, shape)
         starts = [int(rng.integers(n - s + 1)) for n, s in zip(a.shape, shape, strict=True)]
         return a[tuple(slice(b, b + s) for b, s in zip(starts, shape, strict=True))]
+
+
+def augment(crop: np.ndarray, rng: np.random.Generator, aug: AugmentSection) -> np.ndarray:
+    """Random flips and in-plane quarter turns, then (with probability ``aug.contrast``) a linear
+    squeeze of [-1, 1] into a random sub-range: real images often fill only part of the model range
+    (an MRI scaled by a few bright outliers, soft tissue inside the wide CT window)."""
+    if aug.flips:
+        for axis in range(crop.ndim):
+            if rng.random() < 0.5:
+                crop = np.flip(crop, axis)
+        crop = np.rot90(crop, int(rng.integers(4)), axes=(crop.ndim - 2, crop.ndim - 1))
+    if aug.contrast > 0 and rng.random() < aug.contrast:
+        width = 2.0 * rng.uniform(aug.min_range, 1.0)
+        lo = rng.uniform(-1.0, 1.0 - width)
+        crop = lo + (crop + 1.0) * (width / 2.0)
+    return np.ascontiguousarray(crop, dtype=np.float32)
 
 
 class StepBatches(torch.utils.data.Sampler):

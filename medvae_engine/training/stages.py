@@ -54,7 +54,8 @@ def initial_model(config: TrainConfig) -> tuple[AutoencoderKL, str]:
     if m.init == "scratch":
         torch.manual_seed(config.seed)
         model = AutoencoderKL(m.spatial_dims, m.in_channels, m.in_channels, m.ch, tuple(m.ch_mult),
-                              m.num_res_blocks, m.z_channels, projection=True)
+                              m.num_res_blocks, m.z_channels, projection=True,
+                              norm_groups=m.norm_groups)
         return model, "scratch"
     if m.init in MODELS:
         from ..models.loading import load_model

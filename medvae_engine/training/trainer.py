@@ -417,6 +417,20 @@ def learning_rate(optim, step: int, total: int) -> float:
     return optim.lr * (optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * cosine)
 
 
+def _recipe_lines(config: dict) -> list[str]:
+    """Learning-rate schedule and augmentation of the run, from the card's copy of its config."""
+    optim, data = config.get("optim"), config.get("data")
+    lines = []
+    if optim:
+        lines.append(f"- Learning rate: {optim['lr']:g}, {optim.get('schedule', 'constant')} schedule"
+                     f" ({optim.get('warmup_steps', 0)} warm-up steps)")
+    aug = (data or {}).get("augment")
+    if aug:
+        lines.append(f"- Augmentation: flips and quarter turns {'on' if aug['flips'] else 'off'}; "
+                     f"contrast squeeze p={aug['contrast']:g} (sub-range >= {aug['min_range']:g})")
+    return lines
+
+
 def model_card_markdown(card: dict) -> str:
     """A short human-readable model card."""
     lines = [
@@ -426,7 +440,8 @@ def model_card_markdown(card: dict) -> str:
         f"- Architecture: {json.dumps(card['architecture'])}",
         f"- Steps: {card['steps']} (global batch {card['global_batch']}, {card['processes']} "
         f"process(es), {card['precision']})",
-        f"- Perceptual loss: {card['perceptual']}; embedder: {card['embedder']}", "",
+        f"- Perceptual loss: {card['perceptual']}; embedder: {card['embedder']}",
+        *_recipe_lines(card.get("config", {})), "",
         "## Data", "", "Training:", *[f"- {s}" for s in card["data"]["train"]], "",
         "Held-out validation:", *([f"- {s}" for s in card["data"]["val"]] or ["- (none)"]), "",
         "## Final losses", "", *[f"- {k}: {v:.6g}" for k, v in card["final_losses"].items()], "",

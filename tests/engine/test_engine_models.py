@@ -25,7 +25,7 @@ from medvae_engine.models.checkpoints import load_strict
 def test_attention_equals_naive_softmax_form(monkeypatch, chunk_bytes):
     monkeypatch.setattr("medvae_engine.models.autoencoder.ATTENTION_CHUNK_BYTES", chunk_bytes)
     torch.manual_seed(1)
-    block = AttnBlock(3, 32).eval()
+    block = AttnBlock(3, 32, 32).eval()
     x = torch.randn(2, 32, 3, 5, 4)
     with torch.no_grad():
         h = block.norm(x)
@@ -98,6 +98,21 @@ def test_checkpoint_file_round_trip_and_official_ckpt_layout(tmp_path):
         assert loaded.config == model.config
         with torch.no_grad():
             assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
+def test_norm_groups_travel_with_the_weights(tmp_path):
+    """A model with 4 channels per GroupNorm group reloads with that grouping, not the official 32."""
+    torch.manual_seed(0)
+    model = AutoencoderKL(2, 1, 1, 32, (1, 2), 1, 1, norm_groups=8).eval()
+    assert model.encoder.norm_out.num_groups == 8
+    loaded = load_model(save_model(model, tmp_path / "g8.safetensors"))
+    assert loaded.config["norm_groups"] == 8 and loaded.encoder.norm_out.num_groups == 8
+    x = torch.rand(1, 1, 16, 16) * 2 - 1
+    official_grouping = AutoencoderKL(**{**model.config, "norm_groups": 32}).eval()
+    official_grouping.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+        assert not torch.allclose(official_grouping(x), model(x), atol=1e-3)
 
 
 def test_mismatched_checkpoint_lists_keys(tmp_path):

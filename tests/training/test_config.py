@@ -67,6 +67,8 @@ def test_semantic_checks(write_config):
     assert "'embedder.kind'" in _error(write_config, {"stage": "stage2_2d", "model": {"init": "x"}})
     assert "'loss.adversarial.layers'" in _error(
         write_config, {"loss": {"adversarial": {"start_step": 0, "layers": 3}}})
+    assert "'model.norm_groups'" in _error(write_config, {"model": {"ch": 32, "norm_groups": 6}})
+    assert "'data.augment.contrast'" in _error(write_config, {"data": {"augment": {"contrast": 2}}})
 
 
 def test_numbers_in_yaml_exponent_form_are_floats(write_config, tmp_path):

@@ -14,6 +14,7 @@ from medvae_engine.training.config import load_config
 from medvae_engine.training.data import (
     PatchDataset,
     StepBatches,
+    augment,
     load_sources,
     resolve_builtin,
     train_loader,
@@ -60,6 +61,30 @@ def test_folder_and_csv_sources_and_deterministic_crops(write_config, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert [t.shape[-1] for t in first] == [dataset.crop_side(0)] * 4 + [dataset.crop_side(1)] * 4
     assert not torch.equal(first[0], first[1])
+
+
+def test_augmentation_turns_and_squeezes_real_crops(write_config):
+    """Flips/turns only move pixels; the contrast squeeze is an increasing linear map into a
+    sub-range of [-1, 1] at least ``min_range`` wide; both repeat for the same seed."""
+    import numpy as np
+
+    from medvae_engine.training.config import AugmentSection
+
+    config = load_config(write_config({"data": {"crop": [32, 32]}}))
+    crop = _dataset(config)[0][0][0].numpy()
+    geometric = AugmentSection(flips=True)
+    moved = [augment(crop, np.random.default_rng(s), geometric) for s in range(8)]
+    assert all(np.array_equal(np.sort(m, axis=None), np.sort(crop, axis=None)) for m in moved)
+    assert any(not np.array_equal(m, crop) for m in moved)
+    squeeze = AugmentSection(contrast=1.0, min_range=0.25)
+    for seed in range(8):
+        out = augment(crop, np.random.default_rng(seed), squeeze)
+        slope = np.polyfit(crop.ravel(), out.ravel(), 1)[0]
+        assert 0.25 - 1e-6 <= slope <= 1.0 + 1e-6
+        assert np.allclose(out, np.polyval(np.polyfit(crop.ravel(), out.ravel(), 1), crop), atol=1e-5)
+        assert -1.0 - 1e-6 <= out.min() and out.max() <= 1.0 + 1e-6
+        assert np.array_equal(out, augment(crop, np.random.default_rng(seed), squeeze))
+    assert np.array_equal(augment(crop, np.random.default_rng(0), AugmentSection()), crop)
 
 
 def test_worker_processes_give_the_same_batches(write_config):

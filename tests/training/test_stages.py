@@ -59,7 +59,10 @@ def test_stage1_lowers_reconstruction_loss(write_config, tmp_path):
     assert card["data"]["val"] == ["builtin:pydicom/MR_small.dcm"]
     assert {"val_psnr", "val_msssim"} <= set(card["validation"])
     assert "l1" in card["final_losses"]
-    assert (tmp_path / "out" / "model_card.md").read_text().startswith("# out")
+    text = (tmp_path / "out" / "model_card.md").read_text()
+    assert text.startswith("# out")
+    assert "- Learning rate: 0.001, constant schedule" in text
+    assert "- Augmentation: flips and quarter turns off; contrast squeeze p=0" in text
 
 
 def test_stage1_lora_trains_only_lora_and_exports_plain_weights(write_config, tmp_path, tiny_2d):
