@@ -167,11 +167,12 @@ def write_image(volume, path, args: argparse.Namespace, description: str) -> Pat
     from .imaging.io import write_output
 
     fmt = getattr(args, "format", "auto")
+    written = write_output(volume, path, fmt=fmt, description=description,
+                           keep_phi=getattr(args, "keep_phi", False))
     note = dicom_source_note(volume) if fmt == "dicom" else None
     if note:
         print(f"note: {path}: {note}", file=sys.stderr)
-    return write_output(volume, path, fmt=fmt, description=description,
-                        keep_phi=getattr(args, "keep_phi", False))
+    return written
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
