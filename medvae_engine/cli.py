@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decode", help="latent file -> image in the original geometry and units")
     p.add_argument("latent", help="latent .nii.gz with its .json sidecar")
-    _output(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...)")
+    _output(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...) or, with --format dicom, a new folder")
     format_arg(p)
     p.add_argument("-m", "--model", help="override the model named in the sidecar")
     p.add_argument("--weights", help="weights file for the model")
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reconstruct", help="encode + decode; output in the input's geometry and units"
     )
     p.add_argument("input", help="image file or DICOM series folder")
-    _output(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...)")
+    _output(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...) or, with --format dicom, a new folder")
     _model_args(p)
     _codec_args(p)
     _read_args(p)
