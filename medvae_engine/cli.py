@@ -293,8 +293,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from .codec import decode_steps
+    from .imaging.io import check_output
     from .latents import load_latent
 
+    check_output(args.output, args.format)
     latent = load_latent(args.latent)
     model = None
     if args.model or args.weights:
@@ -307,7 +309,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .codec import decode_steps
+    from .imaging.io import check_output
 
+    check_output(args.output, args.format)
     volume = _read(args.input, args)
     model = _load_model(args, volume.ndim)
     latent = _run("encode", _encode_steps(volume, model, args))

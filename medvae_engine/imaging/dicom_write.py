@@ -86,7 +86,7 @@ def write_dicom_series(
     window, by default the source's, else the 1st-99th percentile of the values.
     """
     folder = Path(folder)
-    _check_destination(folder)
+    check_dicom_destination(folder)
     datasets = series_datasets(volume, description=description, keep_phi=keep_phi, window=window)
     tmp = folder.parent / f".{folder.name}.tmp-{secrets.token_hex(4)}"
     try:
@@ -178,7 +178,8 @@ def integer_pixels(values: np.ndarray, modality: str) -> tuple[np.ndarray, float
     return stored.astype(np.uint16), slope, intercept
 
 
-def _check_destination(folder: Path) -> None:
+def check_dicom_destination(folder: Path) -> None:
+    """A DICOM series goes into a new (or empty) folder, never mixed with other files."""
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder}: exists and is a file; a DICOM series needs a folder")
     if folder.is_dir() and any(folder.iterdir()):

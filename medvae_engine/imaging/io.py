@@ -18,7 +18,7 @@ from medvae_engine.errors import InputError, OutputError
 from medvae_engine.imaging import dicom, itk_formats, nifti, raster
 from medvae_engine.imaging.atomic import atomic_write, full_suffix
 from medvae_engine.imaging.deid import strip_phi
-from medvae_engine.imaging.dicom_write import write_dicom_series
+from medvae_engine.imaging.dicom_write import check_dicom_destination, write_dicom_series
 from medvae_engine.imaging.modality import DECLARED_KEY, check_modality, resolve_modality
 from medvae_engine.imaging.volume import Volume
 
@@ -141,14 +141,22 @@ def write_output(
     keep_phi: bool = False,
 ) -> Path:
     """Write a result: a new DICOM series in the folder ``path`` for fmt "dicom", else by suffix."""
+    check_output(path, fmt)
     if fmt == "auto":
         return write_volume(volume, path)
+    return write_dicom_series(volume, path, description=description, keep_phi=keep_phi)
+
+
+def check_output(path: str | Path, fmt: str = "auto") -> None:
+    """Refuse a DICOM export target before any work: a file suffix, a file, a non-empty folder."""
+    if fmt == "auto":
+        return
     if fmt != "dicom":
         raise OutputError(f"{path}: unknown output format '{fmt}' (auto or dicom)")
     if full_suffix(path) in WRITERS:
         raise OutputError(f"{path}: --format dicom writes a series folder; give a folder name "
                           f"without the '{full_suffix(path)}' suffix")
-    return write_dicom_series(volume, path, description=description, keep_phi=keep_phi)
+    check_dicom_destination(Path(path))
 
 
 def _check_voxels(array: np.ndarray, path: Path) -> None:

@@ -66,6 +66,7 @@ def add_train_sr_arguments(p: argparse.ArgumentParser) -> None:
 def run_sr(args: argparse.Namespace) -> int:
     """Super-resolve one input (and reconstruct the reference); MedVAEError for the CLI to print."""
     from ..cli import _read, _run, write_image
+    from ..imaging.io import check_output
     from ..imaging.normalization import fit_normalization
     from .pipeline import (
         SROptions,
@@ -76,6 +77,8 @@ def run_sr(args: argparse.Namespace) -> int:
 
     if bool(args.reference) != bool(args.ae_output):
         raise InputError("--reference and --ae-output go together")
+    for target in filter(None, (args.output, args.ae_output)):
+        check_output(target, args.format)
     try:
         options = SROptions(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
                             scale=args.scale, axis=args.axis, batch_size=args.batch_size,

@@ -82,3 +82,13 @@ def test_non_dicom_input_says_so_and_bad_dicom_targets_exit_2(tmp_path, capsys):
     code, _, err = _cli(capsys, "reconstruct", anatomical, "-m", "bicubic", "-o",
                         tmp_path / "b.nii.gz", "--format", "dicom")
     assert code == 2 and "series folder" in err and not (tmp_path / "b.nii.gz").exists()
+
+
+def test_dicom_target_is_checked_before_any_work(tmp_path, capsys):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("x")
+    code, _, err = _cli(capsys, "reconstruct", CT_SERIES, "-m", tmp_path / "missing.safetensors",
+                        "-o", busy, "--format", "dicom")
+    assert code == 2 and "not empty" in err  # the folder, not the missing model, is reported
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
