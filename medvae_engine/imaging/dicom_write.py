@@ -15,6 +15,7 @@ import datetime
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,12 @@ def series_datasets(
     description: str,
     keep_phi: bool = False,
     window: tuple[float, float] | None = None,
-) -> list[Dataset]:
-    """One DICOM dataset per slice (third array axis; a 2D image is one slice), in memory."""
-    values = np.asarray(volume.array, np.float64)
+) -> Iterator[Dataset]:
+    """One DICOM dataset per slice (third array axis; a 2D image is one slice), made lazily.
+
+    Header problems (NaN, sheared affine) raise before the first dataset is yielded.
+    """
+    values = np.asarray(volume.array, np.float32)
     if not np.all(np.isfinite(values)):
         raise OutputError("image holds NaN/Inf values, cannot write it as DICOM")
     stored, slope, intercept = integer_pixels(values, volume.modality)
@@ -140,7 +144,12 @@ def series_datasets(
     )
     if volume.ndim == 3:
         shared["SpacingBetweenSlices"] = _ds(spacing_between)
-    datasets = []
+    return _slices(planes, affine, normal, shared)
+
+
+def _slices(planes: np.ndarray, affine: np.ndarray, normal: np.ndarray,
+            shared: dict[str, Any]) -> Iterator[Dataset]:
+    slice_step = affine[:3, 2]
     for k in range(planes.shape[2]):
         ds = Dataset()
         for key, value in shared.items():
@@ -152,8 +161,7 @@ def series_datasets(
         ds.SliceLocation = _ds(float(np.dot(position, normal)))
         ds.set_pixel_data(np.ascontiguousarray(planes[:, :, k].T), "MONOCHROME2", 16)
         ds.file_meta = _file_meta(ds)
-        datasets.append(ds)
-    return datasets
+        yield ds
 
 
 def integer_pixels(values: np.ndarray, modality: str) -> tuple[np.ndarray, float, float]:
@@ -174,7 +182,7 @@ def integer_pixels(values: np.ndarray, modality: str) -> tuple[np.ndarray, float
                 return rounded.astype(dtype), 1.0, 0.0
     intercept = float(format_number_as_ds(lo))
     slope = float(format_number_as_ds((hi - intercept) / 65534.0)) if hi > intercept else 1.0
-    stored = np.clip(np.round((values - intercept) / slope), 0, 65535)
+    stored = np.clip(np.round((values.astype(np.float64) - intercept) / slope), 0, 65535)
     return stored.astype(np.uint16), slope, intercept
 
 

@@ -147,6 +147,10 @@ def test_single_ct_file_and_out_of_range_ct_use_a_computed_slope(tmp_path):
     np.testing.assert_array_equal(hu(ds), hu(orig))
     back = read_volume(out)
     np.testing.assert_allclose(back.affine, source.affine, atol=1e-4)
+    below = source.with_array(source.array - 1500.0)  # below -1024 HU: signed, still slope 1
+    (ds,) = sorted_files(write_dicom_series(below, tmp_path / "below", description="MedVAE x"))
+    assert ds.pixel_array.dtype == np.int16 and float(ds.RescaleSlope) == 1.0
+    np.testing.assert_array_equal(hu(ds), below.array.T)
     wide = source.with_array(source.array * 40.0 - 3000.5)  # beyond uint16 after -1024
     out = write_dicom_series(wide, tmp_path / "wide", description="MedVAE x")
     (ds,) = sorted_files(out)
