@@ -33,7 +33,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from medvae_engine import __version__
-from medvae_engine.errors import MedVAEError, OutputError
+from medvae_engine.errors import OutputError
 from medvae_engine.imaging.atomic import first_line
 from medvae_engine.imaging.dicom import LPS_TO_RAS, PSEUDONYMS_KEY
 from medvae_engine.imaging.volume import Volume
@@ -88,22 +88,22 @@ def write_dicom_series(
     """
     folder = Path(folder)
     check_dicom_destination(folder)
-    datasets = series_datasets(volume, description=description, keep_phi=keep_phi, window=window)
+    try:
+        datasets = series_datasets(volume, description=description, keep_phi=keep_phi,
+                                   window=window)
+    except OutputError as exc:
+        raise OutputError(f"{folder}: {exc}") from None
     tmp = folder.parent / f".{folder.name}.tmp-{secrets.token_hex(4)}"
     try:
         tmp.mkdir(parents=True)
         for number, ds in enumerate(datasets, start=1):
             pydicom.dcmwrite(tmp / f"IM{number:05d}.dcm", ds, enforce_file_format=True)
         os.rename(tmp, folder)  # replaces an empty folder; nothing partial is ever visible
-    except MedVAEError:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"{folder}: cannot write DICOM series ({exc.strerror or first_line(exc)})"
-                          ) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            reason = exc.strerror or first_line(exc)
+            raise OutputError(f"{folder}: cannot write DICOM series ({reason})") from None
         raise
     return folder
 
