@@ -3,7 +3,8 @@
 The format comes from the suffix; a folder is a DICOM series and a file with an unknown suffix is
 read as DICOM when it carries the ``DICM`` preamble. Every reader returns float32 in the image's own
 units; this module resolves the modality, rejects empty and non-finite images, and drops identifying
-metadata unless ``keep_phi``. Every writer goes through `atomic_write`.
+metadata unless ``keep_phi``. Every file writer goes through `atomic_write`; `write_output`
+also writes a DICOM series folder (`dicom_write`, a temporary folder renamed into place).
 """
 
 from __future__ import annotations
