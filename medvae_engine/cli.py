@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decode", help="latent file -> image in the original geometry and units")
     p.add_argument("latent", help="latent .nii.gz with its .json sidecar")
-    _output(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...)")
+    _output(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...) or, with --format dicom, a new folder")
+    format_arg(p)
     p.add_argument("-m", "--model", help="override the model named in the sidecar")
     p.add_argument("--weights", help="weights file for the model")
     _codec_args(p, decode_only=True)
@@ -90,10 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         "reconstruct", help="encode + decode; output in the input's geometry and units"
     )
     p.add_argument("input", help="image file or DICOM series folder")
-    _output(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...)")
+    _output(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...) or, with --format dicom, a new folder")
     _model_args(p)
     _codec_args(p)
     _read_args(p)
+    format_arg(p)
     p.add_argument(
         "--metrics", metavar="FILE", help="write PSNR and MS-SSIM against the input as JSON"
     )
@@ -145,6 +147,32 @@ def _optional_commands(sub) -> None:
 
 def _output(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("-o", "--output", required=True, help=what)
+
+
+def format_arg(p: argparse.ArgumentParser) -> None:
+    """--format for commands that write images: from the suffix, or a DICOM series folder."""
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "dicom"],
+        help="output format: auto (from the -o suffix) or dicom (a new derived DICOM series in "
+        "the new folder -o, in the source's study and geometry; patient fields with --keep-phi)",
+    )
+
+
+def write_image(volume, path, args: argparse.Namespace, description: str) -> Path:
+    """Write a result image in the format --format asks for; say so when DICOM export has no
+    DICOM source."""
+    from .imaging.dicom_write import dicom_source_note
+    from .imaging.io import write_output
+
+    fmt = getattr(args, "format", "auto")
+    written = write_output(volume, path, fmt=fmt, description=description,
+                           keep_phi=getattr(args, "keep_phi", False))
+    note = dicom_source_note(volume) if fmt == "dicom" else None
+    if note:
+        print(f"note: {path}: {note}", file=sys.stderr)
+    return written
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -265,23 +293,25 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from .codec import decode_steps
-    from .imaging.io import write_volume
+    from .imaging.io import check_output
     from .latents import load_latent
 
+    check_output(args.output, args.format)
     latent = load_latent(args.latent)
     model = None
     if args.model or args.weights:
         model = _load_model(args, len(latent.image_shape), default=latent.model)
     volume = _run("decode", decode_steps(latent, model, _options(args)))
-    write_volume(volume, args.output)
+    write_image(volume, args.output, args, f"MedVAE decoded {latent.model}")
     print(f"{args.latent} -> {args.output}: image {volume.shape}")
     return 0
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .codec import decode_steps
-    from .imaging.io import write_volume
+    from .imaging.io import check_output
 
+    check_output(args.output, args.format)
     volume = _read(args.input, args)
     model = _load_model(args, volume.ndim)
     latent = _run("encode", _encode_steps(volume, model, args))
@@ -292,7 +322,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
         value_range = scored_range(volume)
         metrics = scores(volume.array, recon.array, value_range) | {"data_range": list(value_range)}
-    write_volume(recon, args.output)
+    write_image(recon, args.output, args, f"MedVAE reconstruction {_model_label(model)}")
     line = f"{args.input} -> {args.output}: {_model_label(model)}, shape {recon.shape}"
     if metrics:
         from .imaging.atomic import atomic_write_text

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from medvae_engine.errors import InputError
 from medvae_engine.imaging.atomic import first_line
@@ -40,6 +41,10 @@ TECHNICAL_KEYS = (
     "SequenceName", "EchoTime", "RepetitionTime", "InversionTime", "FlipAngle", "EchoNumbers",
     "PixelPaddingValue",
 )
+# Without keep_phi the study and frame-of-reference UIDs are replaced by UIDs derived from them
+# (one-way hash): a DICOM export lands every series of one source study in one de-identified study.
+PSEUDONYMS_KEY = "dicom_pseudonyms"
+PSEUDONYMISED_UIDS = {"study": "StudyInstanceUID", "frame_of_reference": "FrameOfReferenceUID"}
 _STEP_TOLERANCE = (0.02, 0.01)  # relative and absolute (mm) deviation allowed between slice steps
 _MAX_LISTED_SERIES = 10
 
@@ -437,12 +442,19 @@ def _describe_series(groups: dict[str, list[Dataset]]) -> str:
 def _header_metadata(ds: Dataset, keep_phi: bool) -> dict[str, Any]:
     """Technical header values as JSON-ready data; identifying fields only with ``keep_phi``."""
     keys = TECHNICAL_KEYS + (tuple(sorted(PHI_KEYS)) if keep_phi else ())
-    metadata = {}
+    metadata: dict[str, Any] = {}
     for key in keys:
         value = _json_value(ds.get(key)) if key in ds else None
         if value is not None and value != "" and value != []:
             metadata[key] = value
-    return metadata if keep_phi else strip_phi(metadata)
+    if keep_phi:
+        return metadata
+    pseudonyms = {
+        name: generate_uid(entropy_srcs=[str(ds.get(key))])
+        for name, key in PSEUDONYMISED_UIDS.items()
+        if ds.get(key)
+    }
+    return {**strip_phi(metadata), **({PSEUDONYMS_KEY: pseudonyms} if pseudonyms else {})}
 
 
 def _pixel_notes(ds: Dataset) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 The format comes from the suffix; a folder is a DICOM series and a file with an unknown suffix is
 read as DICOM when it carries the ``DICM`` preamble. Every reader returns float32 in the image's own
 units; this module resolves the modality, rejects empty and non-finite images, and drops identifying
-metadata unless ``keep_phi``. Every writer goes through `atomic_write`.
+metadata unless ``keep_phi``. Every file writer goes through `atomic_write`; `write_output`
+also writes a DICOM series folder (`dicom_write`, a temporary folder renamed into place).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from medvae_engine.errors import InputError, OutputError
 from medvae_engine.imaging import dicom, itk_formats, nifti, raster
 from medvae_engine.imaging.atomic import atomic_write, full_suffix
 from medvae_engine.imaging.deid import strip_phi
+from medvae_engine.imaging.dicom_write import check_dicom_destination, write_dicom_series
 from medvae_engine.imaging.modality import DECLARED_KEY, check_modality, resolve_modality
 from medvae_engine.imaging.volume import Volume
 
@@ -129,6 +131,33 @@ def write_volume(volume: Volume, path: str | Path, *, dtype: np.dtype | str | No
     if writer in WRITE_CHECKS:
         WRITE_CHECKS[writer](to_write, path)
     return atomic_write(path, lambda tmp: writer(to_write, tmp))
+
+
+def write_output(
+    volume: Volume,
+    path: str | Path,
+    *,
+    fmt: str = "auto",
+    description: str = "MedVAE result",
+    keep_phi: bool = False,
+) -> Path:
+    """Write a result: a new DICOM series in the folder ``path`` for fmt "dicom", else by suffix."""
+    check_output(path, fmt)
+    if fmt == "auto":
+        return write_volume(volume, path)
+    return write_dicom_series(volume, path, description=description, keep_phi=keep_phi)
+
+
+def check_output(path: str | Path, fmt: str = "auto") -> None:
+    """Refuse a DICOM export target before any work: a file suffix, a file, a non-empty folder."""
+    if fmt == "auto":
+        return
+    if fmt != "dicom":
+        raise OutputError(f"{path}: unknown output format '{fmt}' (auto or dicom)")
+    if full_suffix(path) in WRITERS:
+        raise OutputError(f"{path}: --format dicom writes a series folder; give a folder name "
+                          f"without the '{full_suffix(path)}' suffix")
+    check_dicom_destination(Path(path))
 
 
 def _check_voxels(array: np.ndarray, path: Path) -> None:

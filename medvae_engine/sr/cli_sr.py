@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from ..cli import format_arg
 from ..errors import InputError, MedVAEError, ModelError
 from ..models.zoo import DEFAULT_SR
 from .samplers import SAMPLERS
@@ -16,7 +18,9 @@ from .samplers import SAMPLERS
 def add_sr_arguments(p: argparse.ArgumentParser) -> None:
     """The options of the sr command."""
     p.add_argument("input", help="LR image file or DICOM series folder (2D image or volume)")
-    p.add_argument("-o", "--output", required=True, help="SR image file (.nii.gz, .mha, .png, ...)")
+    p.add_argument("-o", "--output", required=True, help="SR image file (.nii.gz, .mha, .png, ...)"
+                   " or, with --format dicom, a new DICOM series folder")
+    format_arg(p)
     p.add_argument("--sr-model", default=DEFAULT_SR,
                    help=f"SR UNet: a shipped name (default {DEFAULT_SR}), a .safetensors from "
                    "'medvae train-sr' or a latent-sr .ckpt")
@@ -61,8 +65,8 @@ def add_train_sr_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_sr(args: argparse.Namespace) -> int:
     """Super-resolve one input (and reconstruct the reference); MedVAEError for the CLI to print."""
-    from ..cli import _read, _run
-    from ..imaging.io import write_volume
+    from ..cli import _read, _run, write_image
+    from ..imaging.io import check_output
     from ..imaging.normalization import fit_normalization
     from .pipeline import (
         SROptions,
@@ -73,6 +77,8 @@ def run_sr(args: argparse.Namespace) -> int:
 
     if bool(args.reference) != bool(args.ae_output):
         raise InputError("--reference and --ae-output go together")
+    for target in filter(None, (args.output, args.ae_output)):
+        check_output(target, args.format)
     try:
         options = SROptions(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
                             scale=args.scale, axis=args.axis, batch_size=args.batch_size,
@@ -93,9 +99,11 @@ def run_sr(args: argparse.Namespace) -> int:
             raise InputError(f"{args.reference}: reference shape {reference.shape} differs from "
                              f"the SR output's {result.shape}")
         ae = _run("reconstruct", reconstruct_reference_steps(reference, autoencoder, options))
-    written = [write_volume(result, args.output)]
+    label = f"MedVAE SR x{result.metadata.get('sr_scale', '')} {Path(args.sr_model).stem}"
+    written = [write_image(result, args.output, args, label)]
     if ae is not None:
-        written.append(write_volume(ae, args.ae_output))
+        written.append(write_image(ae, args.ae_output, args,
+                                   f"MedVAE reconstruction {getattr(autoencoder, 'name', '')}"))
     for path in written:
         print(f"wrote {path}")
     return 0
