@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("encode", help="image(s) -> latent NIfTI + JSON sidecar")
     p.add_argument(
-        "inputs", nargs="+", help="image files, DICOM series folders, a folder or a CSV of files"
+        "inputs",
+        nargs="+",
+        help="image files, DICOM series folders, dataset folders (walked recursively; latents "
+        "mirror their paths, resume skips unchanged inputs, failures go to failures.csv) or a CSV",
     )
     _output(p, "latent file (.nii.gz) or folder")
     _model_args(p)
@@ -256,7 +259,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                 f"{p.latent.image_shape}, storage ratio {p.latent.storage_ratio:.1f}x"
             )
         elif p.status == "failed":
-            print(f"{p.item.path}: failed, {p.error}")
+            print(f"failed: {p.error}")
 
     jobs = [(i, out / i.latent if many or out.is_dir() else out) for i in inputs[rank::world]]
     if many and rank == 0:

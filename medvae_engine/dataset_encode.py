@@ -1,10 +1,11 @@
 """Dataset encoding: one latent per input under dataset folders and CSV lists, none lost.
 
 Inputs. A dataset folder is walked recursively: each file whose suffix a reader knows is one input,
-except DICOM files (``.dcm`` or the ``DICM`` preamble), which make the folder holding them one
-series; DICOM files in that folder's subfolders belong to the same series, as the series reader
-reads them. A CSV lists one image file or DICOM series folder per row (first column; header
-optional). A file or series folder given directly is one input.
+except DICOM files (``.dcm`` or the ``DICM`` preamble): a folder directly holding DICOM images is one
+series input, read (and checksummed) with its subfolders as the series reader reads it; DICOM
+objects without an image (DICOMDIR, reports) make no series. A CSV lists one image file or DICOM
+series folder per row (first column; header optional). A file or series folder given directly is
+one input.
 
 Names. Each latent mirrors its input's path relative to the dataset root (the folder given, or the
 CSV's folder; a CSV row outside it keeps its absolute path without the leading ``/``):
@@ -30,6 +31,8 @@ import json
 import os
 from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
+
+import pydicom
 
 from .errors import Cancelled, InputError, MedVAEError, ModelError, OutputError
 from .imaging.atomic import atomic_write_text, first_line, full_suffix
@@ -235,28 +238,32 @@ def _is_dataset_folder(folder: Path) -> bool:
 
 
 def _walk(root: Path) -> list[DatasetInput]:
-    """Every image file under ``root``, and every folder directly holding DICOM files as a series."""
+    """Every image file under ``root``, and every folder directly holding DICOM images as a series."""
     found: list[DatasetInput] = []
-    series: dict[Path, list[Path]] = {}
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        here = Path(folder)
-        owner = next((p for p in (here, *here.parents) if p in series), None)
+        here, is_series = Path(folder), False
         for name in sorted(files):
-            if name.startswith(".") or name.upper() == "DICOMDIR":
-                continue
             file = here / name
-            kind = file_format(file)
+            kind = None if name.startswith(".") else file_format(file)
             if kind == "dicom":
-                owner = owner or here
-                series.setdefault(owner, []).append(file)
+                is_series = is_series or not _without_image(file)
             elif kind is not None:
                 found.append(DatasetInput(file, _relative(file, root), (file,)))
-    for folder, files in series.items():
-        relative = _relative(folder, root) if folder != root else PurePosixPath(
-            Path(os.path.abspath(root)).name)
-        found.append(DatasetInput(folder, relative, tuple(files)))
+        if is_series:
+            name = _relative(here, root) if here != root else Path(os.path.abspath(root)).name
+            found.append(_direct(here, PurePosixPath(name)))
     return found
+
+
+def _without_image(file: Path) -> bool:
+    """True for a readable DICOM object holding no image (DICOMDIR, report, presentation state);
+    an unreadable one counts as an image, so that reading it reports the problem."""
+    try:
+        ds = pydicom.dcmread(file, defer_size=1024)
+    except Exception:
+        return False
+    return not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
 
 
 def _direct(path: Path, relative: PurePosixPath) -> DatasetInput:

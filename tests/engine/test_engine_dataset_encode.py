@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,12 @@ def _single(capsys, tmp_path, src, model) -> np.ndarray:
     code, _, err = _cli(capsys, "encode", src, "-m", model, "-o", ref)
     assert code == 0, err
     return load_latent(ref).array
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _latents(out: Path) -> list[str]:
@@ -93,6 +100,7 @@ def test_dicom_series_subfolder_is_one_input(tmp_path, capsys, tiny_2d_path):
     series = data / "patient7" / "CT5N"
     shutil.copytree(CT_SERIES, series)
     _copy(MR, data / "other" / "mr.nii.gz")
+    _copy(CT_SERIES.parents[1] / "DICOMDIR", data / "DICOMDIR")  # DICOM, but not an image
     out = tmp_path / "latents"
     code, stdout, err = _cli(capsys, "encode", data, "-m", tiny_2d_path, "-o", out)
     assert code == 0, err
@@ -183,7 +191,7 @@ def test_torchrun_failures_of_every_rank_are_recorded(tmp_path, tiny_2d_path):
     _copy(MR, data / "c" / "scan.nii.gz")
     _copy(CT, data / "d" / "scan.nii.gz")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29534", "-m", "medvae_engine.cli", "encode", str(data),
+           "--master_port", str(_free_port()), "-m", "medvae_engine.cli", "encode", str(data),
            "-m", str(tiny_2d_path), "-o", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
