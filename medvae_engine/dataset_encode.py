@@ -168,7 +168,7 @@ def encode_dataset(
             summary.failures.append((str(item.path), message))
             yield Progress(i, len(jobs), item, target, "failed", error=message)
             continue
-        sidecar_path(target).unlink(missing_ok=True)  # never a new latent beside an old sidecar
+        _remove(sidecar_path(target))  # never a new latent beside an old sidecar
         save_latent(latent, target)
         summary.encoded += 1
         yield Progress(i, len(jobs), item, target, "encoded", latent=latent)
@@ -179,7 +179,7 @@ def write_failures(out: Path, failures: Sequence[tuple[str, str]]) -> Path:
     """``out/failures.csv`` (path, error) holding this run's failures; removed when there are none."""
     path = out / FAILURES_FILE
     if not failures:
-        path.unlink(missing_ok=True)
+        _remove(path)
         return path
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -327,6 +327,13 @@ def _unchanged(item, target, identity, projected) -> bool | dict | None:
         return None
     record = source_record(item)
     return True if record == old else record
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot replace it ({e.strerror})") from None
 
 
 def _one_line(exc: BaseException, path: Path) -> str:
