@@ -121,6 +121,15 @@ def find_inputs(items: Sequence[str | Path]) -> list[DatasetInput]:
 
 def source_record(item: DatasetInput) -> dict:
     """What identifies the input's bytes: size and sha256 (a series: over its files, see above)."""
+    if not item.path.exists():
+        raise InputError(f"{item.path}: file not found")
+    try:
+        return _record(item)
+    except OSError as e:
+        raise InputError(f"{item.path}: cannot read ({e.strerror})") from None
+
+
+def _record(item: DatasetInput) -> dict:
     if not item.path.is_dir():
         return {"path": str(item.relative), "size": item.path.stat().st_size,
                 "sha256": file_sha256(item.path)}
@@ -150,15 +159,13 @@ def encode_dataset(
     summary = Summary(total=len(jobs))
     for i, (item, target) in enumerate(jobs, 1):
         try:
-            record = None
-            if identity is not None:
-                record = _unchanged(item, target, identity, projected)
-                if record is True:
-                    summary.skipped += 1
-                    yield Progress(i, len(jobs), item, target, "skipped")
-                    continue
+            record = source_record(item)  # before reading: a later change means encoding again
+            if identity is not None and _already_encoded(target, record, identity, projected):
+                summary.skipped += 1
+                yield Progress(i, len(jobs), item, target, "skipped")
+                continue
             latent = encode(item)
-            latent.source = record or source_record(item)
+            latent.source = record
         except _ABORTS:
             raise
         except Exception as e:
@@ -308,25 +315,19 @@ def _relative(path: Path, root: Path) -> PurePosixPath:
 # -- resume and failures -------------------------------------------------------------------------
 
 
-def _unchanged(item, target, identity, projected) -> bool | dict | None:
-    """True when ``target`` holds this input's latent from this model; else the input's record
-    when it was computed on the way (so it is not hashed twice), or None."""
+def _already_encoded(target: Path, record: dict, identity, projected: bool) -> bool:
+    """True when ``target`` and its sidecar hold this input's latent from this run's model."""
     side = sidecar_path(target)
     if not (target.is_file() and side.is_file()):
-        return None
+        return False
     try:
         meta = json.loads(side.read_text())
         old, ndim = meta["source"], len(meta["image_shape"])
     except Exception:
-        return None  # no sidecar we can trust: encode again
-    if not isinstance(old, dict) or bool(meta.get("projected")) != projected:
-        return None
-    if old.get("size") != sum(f.stat().st_size for f in item.files):
-        return None
-    if (meta.get("model"), meta.get("weights_sha256")) != identity(ndim):
-        return None
-    record = source_record(item)
-    return True if record == old else record
+        return False  # no sidecar we can trust: encode again
+    if old != record or bool(meta.get("projected")) != projected:
+        return False
+    return (meta.get("model"), meta.get("weights_sha256")) == identity(ndim)
 
 
 def _remove(path: Path) -> None:
