@@ -33,6 +33,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import pydicom
+import torch.distributed as dist
 
 from .errors import Cancelled, InputError, MedVAEError, ModelError, OutputError
 from .imaging.atomic import atomic_write_text, first_line, full_suffix
@@ -78,6 +79,8 @@ class Progress:
 
 @dataclasses.dataclass
 class Summary:
+    """What a run (or one rank's shard) did: counts, and each failed input with its error."""
+
     encoded: int = 0
     skipped: int = 0
     total: int = 0
@@ -198,8 +201,6 @@ def shard() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment; joins a gloo group for `gather` when > 1."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
-        import torch.distributed as dist
-
         if not dist.is_initialized():
             try:
                 dist.init_process_group("gloo", timeout=_GATHER_TIMEOUT)
@@ -215,8 +216,6 @@ def gather(summary: Summary, world: int) -> Summary:
     """Every rank's counts and failures summed (all ranks get the total); unchanged when alone."""
     if world == 1:
         return summary
-    import torch.distributed as dist
-
     parts: list[Summary | None] = [None] * world
     dist.all_gather_object(parts, summary)
     dist.destroy_process_group()
