@@ -7,7 +7,6 @@ the output path (every writer is atomic).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -15,21 +14,6 @@ from pathlib import Path
 
 from . import __version__
 from .errors import InputError, MedVAEError, OutputError
-
-IMAGE_SUFFIXES = (
-    ".nii",
-    ".nii.gz",
-    ".mha",
-    ".mhd",
-    ".nrrd",
-    ".nhdr",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".tif",
-    ".tiff",
-    ".dcm",
-)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("encode", help="image(s) -> latent NIfTI + JSON sidecar")
     p.add_argument(
-        "inputs", nargs="+", help="image files, DICOM series folders, a folder or a CSV of files"
+        "inputs",
+        nargs="+",
+        help="image files, DICOM series folders, dataset folders (walked recursively; latents "
+        "mirror their paths, resume skips unchanged inputs, failures go to failures.csv) or a CSV",
     )
     _output(p, "latent file (.nii.gz) or folder")
     _model_args(p)
@@ -256,38 +243,70 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from .codec import project_latent
-    from .latents import save_latent
+    from .codec import model_name, project_latent, run
+    from .dataset_encode import (
+        encode_dataset,
+        find_inputs,
+        gather,
+        is_dataset,
+        rank_device,
+        shard,
+        write_failures,
+    )
+    from .models import weights_sha256
 
-    inputs = expand_inputs(args.inputs)
-    many = len(inputs) > 1 or _is_dataset(args.inputs)
+    inputs = find_inputs(args.inputs)
+    many = len(inputs) > 1 or is_dataset(args.inputs)
     out = Path(args.output)
     if many and out.suffix:
         raise OutputError(f"{out}: several inputs need an output folder, not a file name")
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    mine = inputs[rank::world]
-    done = skipped = 0
-    model = None
-    for path in mine:
-        target = out / latent_name(path) if many or out.is_dir() else out
-        if many and target.is_file() and target.with_name(_json_name(target)).is_file():
-            skipped += 1
-            continue
-        volume = _read(path, args)
-        model = model or _load_model(args, volume.ndim)
+    args.device = rank_device(args.device, os.environ)
+    rank, world = shard()
+    models: dict[int, object] = {}
+
+    def model_for(ndim: int):
+        key = ndim if args.model is None else 0  # the default model depends on the image's ndim
+        if key not in models:
+            models[key] = _load_model(args, ndim)
+        return models[key]
+
+    def encode(item):
+        volume = _read(item.path, args)
+        model = model_for(volume.ndim)
         latent = _run("encode", _encode_steps(volume, model, args))
-        if args.projected:
-            latent = project_latent(latent, model)
-        save_latent(latent, target)
-        done += 1
-        print(
-            f"{path} -> {target}: latent {tuple(latent.array.shape)} from image {volume.shape}, "
-            f"storage ratio {latent.storage_ratio:.1f}x"
-        )
-    if many:
-        print(
-            f"rank {rank}/{world}: encoded {done}, skipped {skipped} already done, of {len(inputs)} inputs"
-        )
+        return project_latent(latent, model) if args.projected else latent
+
+    def identity(ndim: int) -> tuple[str, str | None]:
+        model = model_for(ndim)
+        return model_name(model), weights_sha256(model)
+
+    def report(p) -> None:
+        if p.status == "encoded":
+            print(
+                f"{p.item.path} -> {p.target}: latent {tuple(p.latent.array.shape)} from image "
+                f"{p.latent.image_shape}, storage ratio {p.latent.storage_ratio:.1f}x"
+            )
+        elif p.status == "failed":
+            print(f"failed: {p.error}")
+
+    jobs = [(i, out / i.latent if many or out.is_dir() else out) for i in inputs[rank::world]]
+    if many and rank == 0:
+        write_failures(out, [])  # a failures list from an earlier run no longer holds
+    mine = run(encode_dataset(jobs, encode, identity if many else None,
+                              projected=args.projected, keep_going=many), report)
+    summary = gather(mine, world)
+    if not many:
+        return 0
+    print(f"rank {rank}/{world}: encoded {mine.encoded}, skipped {mine.skipped} already done, "
+          f"failed {len(mine.failures)}, of {len(inputs)} inputs")
+    if rank != 0:
+        return 0  # rank 0 reports the whole run, after every rank has finished
+    if world > 1:
+        print(f"all {world} ranks: encoded {summary.encoded}, skipped {summary.skipped} "
+              f"already done, failed {len(summary.failures)}, of {summary.total} inputs")
+    failures = write_failures(out, summary.failures)
+    if summary.failures:
+        raise InputError(f"{len(summary.failures)} of {summary.total} failed; listed in {failures}")
     return 0
 
 
@@ -343,80 +362,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def expand_inputs(items: list[str]) -> list[str]:
-    """Files, DICOM series folders, dataset folders and CSV lists -> a sorted list of inputs."""
-    from .imaging.io import detect_format
-
-    out: list[str] = []
-    for item in items:
-        path = Path(item)
-        if path.suffix.lower() == ".csv":
-            out += _csv_paths(path)
-        elif path.is_dir() and _is_dataset([item]):
-            out += sorted(str(p) for p in path.iterdir() if _is_image(p, detect_format))
-        else:
-            out.append(item)
-    if not out:
-        raise InputError(f"{' '.join(items)}: no images found")
-    return out
-
-
-def _is_dataset(items: list[str]) -> bool:
-    """A folder is a dataset when it holds image files other than DICOM (else it is a series)."""
-    return any(
-        Path(i).suffix.lower() == ".csv"
-        or (
-            Path(i).is_dir()
-            and any(_suffix(p) in IMAGE_SUFFIXES[:-1] or p.is_dir() for p in Path(i).iterdir())
-        )
-        for i in items
-    )
-
-
-def _is_image(path: Path, detect_format) -> bool:
-    if path.name.startswith("."):
-        return False
-    if path.is_dir():
-        return True
-    try:
-        detect_format(path)
-        return True
-    except MedVAEError:
-        return False
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def _csv_paths(path: Path) -> list[str]:
-    if not path.is_file():
-        raise InputError(f"{path}: CSV file not found")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise InputError(f"{path}: CSV file is empty")
-    start = (
-        1 if rows[0] and rows[0][0].strip().lower() in ("path", "file", "filename", "image") else 0
-    )
-    base = path.parent
-    return [
-        str(p if Path(p).is_absolute() else base / p)
-        for p in (r[0].strip() for r in rows[start:] if r)
-    ]
-
-
-def latent_name(path: str) -> str:
-    p = Path(path)
-    stem = p.name[:-7] if p.name.endswith(".nii.gz") else (p.stem if p.is_file() else p.name)
-    return f"{stem}.latent.nii.gz"
-
-
-def _json_name(target: Path) -> str:
-    return target.name[:-7] + ".json"
 
 
 def _read(path: str, args: argparse.Namespace):

@@ -2,7 +2,8 @@
 
 The NIfTI's affine puts each latent voxel over the centre of the block of image voxels it encodes,
 so latents overlay the anatomy in any viewer. The sidecar holds everything ``decode`` needs: model
-name and weights checksum, factor, normalisation, original shape and affine, padding, slice axis.
+name and weights checksum, factor, normalisation, original shape and affine, padding, slice axis,
+and the input's size and sha256 (so dataset encoding resumes only over unchanged inputs).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Latent:
     modality: str = "other"
     projected: bool = False
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    source: dict[str, Any] | None = None  # the input's identity (see dataset_encode.source_record)
 
     @property
     def affine(self) -> np.ndarray:
@@ -81,6 +83,7 @@ class Latent:
             "padded_shape": list(self.padded_shape),
             "padding": [p - s for p, s in zip(self.padded_shape, self.image_shape)],
             "metadata": self.metadata,
+            "source": self.source,
         }
 
 
@@ -150,4 +153,5 @@ def load_latent(path: str | Path) -> Latent:
         modality=meta.get("modality", "other"),
         projected=bool(meta.get("projected", False)),
         metadata=meta.get("metadata", {}),
+        source=meta.get("source"),
     )

@@ -65,9 +65,7 @@ def detect_format(path: str | Path) -> str:
         raise InputError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
-    kind = READ_SUFFIXES.get(full_suffix(path))
-    if kind is None and dicom.is_dicom_file(path):
-        kind = "dicom"
+    kind = file_format(path)
     if kind is None:
         known = ", ".join(sorted(READ_SUFFIXES))
         raise InputError(
@@ -75,6 +73,12 @@ def detect_format(path: str | Path) -> str:
             f"(supported: {known}, DICOM files or series folders)"
         )
     return kind
+
+
+def file_format(path: str | Path) -> str | None:
+    """The reader an image file needs by its suffix or DICOM preamble; None for other files."""
+    kind = READ_SUFFIXES.get(full_suffix(path))
+    return "dicom" if kind is None and dicom.is_dicom_file(path) else kind
 
 
 def read_volume(

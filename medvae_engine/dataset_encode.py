@@ -1,0 +1,343 @@
+"""Dataset encoding: one latent per input under dataset folders and CSV lists, none lost.
+
+Inputs. A dataset folder is walked recursively: each file whose suffix a reader knows is one input,
+except DICOM files (``.dcm`` or the ``DICM`` preamble): a folder directly holding DICOM images is one
+series input, read (and checksummed) with its subfolders as the series reader reads it; DICOM
+objects without an image (DICOMDIR, reports) make no series. A CSV lists one image file or DICOM
+series folder per row (first column; header optional). A file or series folder given directly is
+one input.
+
+Names. Each latent mirrors its input's path relative to the dataset root (the folder given, or the
+CSV's folder; a CSV row outside it keeps its absolute path without the leading ``/``):
+``a/image.nii.gz`` -> ``a/image.latent.nii.gz`` + ``a/image.latent.json``.
+
+Resume. The sidecar records the input's `source_record`: its size and sha256 (for a DICOM series
+the total size and a sha256 over each file's relative path, size and sha256). A latent is kept only
+when that record, the model name, the weights sha256 and the ``projected`` flag all match this run.
+
+Failures. An input that cannot be read or encoded is recorded (path, one-line error) and the rest go
+on; the caller writes them with `write_failures`. Under torchrun each rank encodes
+``inputs[rank::world]`` and `gather` brings every rank's counts and failures to rank 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable, Generator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+
+import pydicom
+import torch.distributed as dist
+
+from .errors import Cancelled, InputError, MedVAEError, ModelError, OutputError
+from .imaging.atomic import atomic_write_text, first_line, full_suffix
+from .imaging.io import READ_SUFFIXES, file_format
+from .latents import Latent, save_latent, sidecar_path
+from .models.checkpoints import file_sha256
+
+FAILURES_FILE = "failures.csv"
+LATENT_SUFFIX = ".latent.nii.gz"
+_ABORTS = (ModelError, OutputError, Cancelled)  # problems of the run, not of one input
+_GATHER_TIMEOUT = datetime.timedelta(days=7)  # ranks with short shards wait for the longest one
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInput:
+    """One input: an image file or a DICOM series folder, and its path under the dataset root."""
+
+    path: Path
+    relative: PurePosixPath
+    files: tuple[Path, ...]  # what it is read from: the file itself, or the series' DICOM files
+
+    @property
+    def latent(self) -> PurePosixPath:
+        """Its latent's path under the output folder: the input's own suffix replaced."""
+        name, suffix = self.relative.name, full_suffix(self.relative.name)
+        if suffix in READ_SUFFIXES and not self.path.is_dir():
+            name = name[: -len(suffix)]
+        return self.relative.with_name(name + LATENT_SUFFIX)
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """After each input: how far, which input, and what happened to it."""
+
+    done: int
+    total: int
+    item: DatasetInput
+    target: Path
+    status: str  # "encoded", "skipped" (already encoded from the same input and model), "failed"
+    latent: Latent | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class Summary:
+    """What a run (or one rank's shard) did: counts, and each failed input with its error."""
+
+    encoded: int = 0
+    skipped: int = 0
+    total: int = 0
+    failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, error)
+
+
+def is_dataset(items: Sequence[str | Path]) -> bool:
+    """True for a CSV list or a folder holding subfolders or non-DICOM images (else: one series)."""
+    return any(
+        Path(i).suffix.lower() == ".csv" or (Path(i).is_dir() and _is_dataset_folder(Path(i)))
+        for i in items
+    )
+
+
+def find_inputs(items: Sequence[str | Path]) -> list[DatasetInput]:
+    """Files, series folders, dataset folders and CSV lists -> inputs sorted by relative path.
+
+    `InputError` when nothing is found or when two inputs would share one latent path.
+    """
+    found: list[DatasetInput] = []
+    for item in items:
+        path = Path(item)
+        if path.suffix.lower() == ".csv":
+            found += _csv_inputs(path)
+        elif path.is_dir() and _is_dataset_folder(path):
+            found += _walk(path)
+        else:
+            found.append(_direct(path, PurePosixPath(Path(os.path.abspath(path)).name)))
+    if not found:
+        raise InputError(f"{' '.join(map(str, items))}: no images found")
+    seen: dict[PurePosixPath, DatasetInput] = {}
+    for item in found:
+        other = seen.setdefault(item.latent, item)
+        if other is not item:
+            raise InputError(
+                f"{item.path}: would be encoded to {item.latent}, as {other.path} is "
+                "(rename one, or list them from a common folder or CSV)"
+            )
+    return sorted(found, key=lambda i: i.relative.as_posix())
+
+
+def source_record(item: DatasetInput) -> dict:
+    """What identifies the input's bytes: size and sha256 (a series: over its files, see above)."""
+    if not item.path.exists():
+        raise InputError(f"{item.path}: file not found")
+    try:
+        return _record(item)
+    except OSError as e:
+        raise InputError(f"{item.path}: cannot read ({e.strerror})") from None
+
+
+def _record(item: DatasetInput) -> dict:
+    if not item.path.is_dir():
+        return {"path": str(item.relative), "size": item.path.stat().st_size,
+                "sha256": file_sha256(item.path)}
+    digest, size = hashlib.sha256(), 0
+    for f in sorted(item.files, key=lambda f: f.relative_to(item.path).as_posix()):
+        n = f.stat().st_size
+        size += n
+        digest.update(f"{f.relative_to(item.path).as_posix()}\0{n}\0{file_sha256(f)}\n".encode())
+    return {"path": str(item.relative), "size": size, "sha256": digest.hexdigest(),
+            "files": len(item.files)}
+
+
+def encode_dataset(
+    jobs: Sequence[tuple[DatasetInput, Path]],
+    encode: Callable[[DatasetInput], Latent],
+    identity: Callable[[int], tuple[str, str | None]] | None = None,
+    *,
+    projected: bool = False,
+    keep_going: bool = True,
+) -> Generator[Progress, None, Summary]:
+    """Encode each (input, target latent path), yielding progress; returns the counts and failures.
+
+    ``encode`` reads and encodes one input. With ``identity`` (image ndim -> model name and weights
+    sha256 of the model this run uses for it) a target whose sidecar matches the input, model and
+    ``projected`` is skipped. Without ``keep_going`` the first failure is raised.
+    """
+    summary = Summary(total=len(jobs))
+    for i, (item, target) in enumerate(jobs, 1):
+        try:
+            record = source_record(item)  # before reading: a later change means encoding again
+            if identity is not None and _already_encoded(target, record, identity, projected):
+                summary.skipped += 1
+                yield Progress(i, len(jobs), item, target, "skipped")
+                continue
+            latent = encode(item)
+            latent.source = record
+        except _ABORTS:
+            raise
+        except Exception as e:
+            if not keep_going:
+                raise
+            message = _one_line(e, item.path)
+            summary.failures.append((str(item.path), message))
+            yield Progress(i, len(jobs), item, target, "failed", error=message)
+            continue
+        _remove(sidecar_path(target))  # never a new latent beside an old sidecar
+        save_latent(latent, target)
+        summary.encoded += 1
+        yield Progress(i, len(jobs), item, target, "encoded", latent=latent)
+    return summary
+
+
+def write_failures(out: Path, failures: Sequence[tuple[str, str]]) -> Path:
+    """``out/failures.csv`` (path, error) holding this run's failures; removed when there are none."""
+    path = out / FAILURES_FILE
+    if not failures:
+        _remove(path)
+        return path
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerows([("path", "error"), *sorted(failures)])
+    return atomic_write_text(path, text.getvalue())
+
+
+def shard() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; joins a gloo group for `gather` when > 1."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        if not dist.is_initialized():
+            try:
+                dist.init_process_group("gloo", timeout=_GATHER_TIMEOUT)
+            except Exception as e:
+                raise MedVAEError(
+                    f"rank {rank} of {world}: cannot join the other ranks ({first_line(e)}); "
+                    "launch several processes with torchrun"
+                ) from None
+    return rank, world
+
+
+def gather(summary: Summary, world: int) -> Summary:
+    """Every rank's counts and failures summed (all ranks get the total); unchanged when alone."""
+    if world == 1:
+        return summary
+    parts: list[Summary | None] = [None] * world
+    dist.all_gather_object(parts, summary)
+    dist.destroy_process_group()
+    return Summary(
+        encoded=sum(p.encoded for p in parts),
+        skipped=sum(p.skipped for p in parts),
+        total=sum(p.total for p in parts),
+        failures=sorted(f for p in parts for f in p.failures),
+    )
+
+
+def rank_device(device: str, env: Mapping[str, str]) -> str:
+    """``cuda`` means this process's GPU under torchrun (``cuda:LOCAL_RANK``); others unchanged."""
+    return f"cuda:{env['LOCAL_RANK']}" if device == "cuda" and "LOCAL_RANK" in env else device
+
+
+# -- finding inputs ------------------------------------------------------------------------------
+
+
+def _is_dataset_folder(folder: Path) -> bool:
+    return any(
+        not p.name.startswith(".")
+        and (p.is_dir() or (p.is_file() and file_format(p) not in (None, "dicom")))
+        for p in folder.iterdir()
+    )
+
+
+def _walk(root: Path) -> list[DatasetInput]:
+    """Every image file under ``root``, and every folder directly holding DICOM images as a series."""
+    found: list[DatasetInput] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        here, is_series = Path(folder), False
+        for name in sorted(files):
+            file = here / name
+            kind = None if name.startswith(".") else file_format(file)
+            if kind == "dicom":
+                is_series = is_series or not _without_image(file)
+            elif kind is not None:
+                found.append(DatasetInput(file, _relative(file, root), (file,)))
+        if is_series:
+            name = _relative(here, root) if here != root else Path(os.path.abspath(root)).name
+            found.append(_direct(here, PurePosixPath(name)))
+    return found
+
+
+def _without_image(file: Path) -> bool:
+    """True for a readable DICOM object holding no image (DICOMDIR, report, presentation state);
+    an unreadable one counts as an image, so that reading it reports the problem."""
+    try:
+        ds = pydicom.dcmread(file, defer_size=1024)
+    except Exception:
+        return False
+    return not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+def _direct(path: Path, relative: PurePosixPath) -> DatasetInput:
+    """A file or series folder named directly (argument or CSV row)."""
+    if path.is_dir():
+        files = tuple(
+            Path(folder) / name
+            for folder, _, names in sorted(os.walk(path))
+            for name in sorted(names)
+            if not name.startswith(".") and file_format(Path(folder) / name) == "dicom"
+        )
+        return DatasetInput(path, relative, files)
+    return DatasetInput(path, relative, (path,))
+
+
+def _csv_inputs(path: Path) -> list[DatasetInput]:
+    if not path.is_file():
+        raise InputError(f"{path}: CSV file not found")
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r and r[0].strip()]
+    if not rows:
+        raise InputError(f"{path}: CSV file is empty")
+    if rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
+        rows = rows[1:]
+    base = Path(os.path.abspath(path.parent))
+    found = []
+    for row in rows:
+        listed = Path(row[0].strip()).expanduser()
+        listed = Path(os.path.abspath(listed if listed.is_absolute() else base / listed))
+        found.append(_direct(listed, _relative(listed, base)))
+    return found
+
+
+def _relative(path: Path, root: Path) -> PurePosixPath:
+    """``path`` under ``root``; a path outside it keeps its absolute form without the anchor."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    if rel == ".." or rel.startswith(".." + os.sep):
+        return PurePosixPath(*Path(os.path.abspath(path)).parts[1:])
+    return PurePosixPath(Path(rel).as_posix())
+
+
+# -- resume and failures -------------------------------------------------------------------------
+
+
+def _already_encoded(target: Path, record: dict, identity, projected: bool) -> bool:
+    """True when ``target`` and its sidecar hold this input's latent from this run's model."""
+    side = sidecar_path(target)
+    if not (target.is_file() and side.is_file()):
+        return False
+    try:
+        meta = json.loads(side.read_text())
+        old, ndim = meta["source"], len(meta["image_shape"])
+    except Exception:
+        return False  # no sidecar we can trust: encode again
+    if old != record or bool(meta.get("projected")) != projected:
+        return False
+    return (meta.get("model"), meta.get("weights_sha256")) == identity(ndim)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot replace it ({e.strerror})") from None
+
+
+def _one_line(exc: BaseException, path: Path) -> str:
+    message = first_line(exc)
+    if not isinstance(exc, MedVAEError):
+        message = f"{type(exc).__name__}: {message}"
+    return message if str(path) in message else f"{path}: {message}"
