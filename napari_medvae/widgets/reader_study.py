@@ -4,7 +4,7 @@ The reader enters their id once; the widget opens that reader's `ReaderSession` 
 study folder and shows the item's two images side by side in napari's grid (one camera, one slice),
 with neutral captions only. Every answer, confirmation, flag and comment is appended and fsynced by
 the session before the view moves on, so reopening resumes at the same item with the same answers.
-Shortcuts belong to the panel with window context, so they work while the canvas or this panel has
+Shortcuts live on the window holding the panel, so they work while the canvas or this panel has
 focus.
 """
 
@@ -275,11 +275,13 @@ class ReaderStudyWidget(Container):
 
     # -- keyboard ---------------------------------------------------------------------------------
     def _add_shortcuts(self) -> None:
-        """Shortcuts owned by the panel with window context: active in whichever window holds the
-        panel (napari's main window when docked), canvas focus included. Only the panel's own Qt
-        widget is used: plugin widgets get a public-only proxy of the viewer."""
+        """Shortcuts on the window holding the panel (napari's main window when docked): active
+        whichever of its widgets (canvas too) has focus, even with the panel tabbed behind another.
+        The window comes from the panel's own Qt widget: plugin widgets get a public-only proxy of
+        the viewer, whose private attributes are out of bounds."""
+        window = self.native.window()
         for keys, (action, argument) in SHORTCUTS.items():
-            shortcut = QShortcut(QKeySequence(keys), self.native)
+            shortcut = QShortcut(QKeySequence(keys), window)
             shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
             shortcut.activated.connect(lambda a=action, n=argument: self.act(a, n))
             self._shortcuts.append(shortcut)
