@@ -11,11 +11,12 @@ are checked before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
 from medvae_engine.errors import InputError
-from medvae_engine.study.persistence import AnswerLog, read_log
+from medvae_engine.study.persistence import AnswerLog, TornLogWarning, read_log
 from medvae_engine.study.spec import (
     ANSWERS_DIR,
     MANIFEST_FILE,
@@ -37,6 +38,8 @@ class MergeStep:
 def _source_logs(source: Path, checksum: str) -> tuple[list[Path], bool]:
     """(logs of a source, whether the source is a study folder whose manifest matches)."""
     if source.is_file():
+        if not source.name.endswith(".jsonl"):
+            raise InputError(f"{source}: not a reader log (expected answers/<reader>.jsonl)")
         return [source], False
     if not source.is_dir():
         raise InputError(f"{source}: no such file or folder")
@@ -80,7 +83,9 @@ def plan_merge(study_dir: str | Path, sources: list[str | Path]) -> list[MergeSt
         logs, from_study = _source_logs(source, checksum)
         for path in logs:
             reader = check_reader_id(path.stem)
-            records = read_log(path)[0]
+            with warnings.catch_warnings():  # a torn last line is skipped; complete records merge
+                warnings.simplefilter("ignore", TornLogWarning)
+                records = read_log(path)[0]
             _check_log(path, records, checksum, from_study, item_ids)
             if reader not in current:
                 current[reader] = read_log(study.answers_path(reader))[0]
