@@ -53,6 +53,9 @@ def test_docked_reader_study_starts_reading_and_takes_keys(viewer, qtbot, ct_stu
     assert [layer.name for layer in viewer.layers] == ["A", "B"]
     for layer in viewer.layers:
         assert layer.visible and np.ptp(np.asarray(layer.data)) > 0
+    qtbot.wait(100)
+    shot = viewer.screenshot(canvas_only=True)[..., :3]
+    assert shot.max() > 50 and shot.std() > 10  # the images are on screen, not a blank canvas
     item = panel.session.current.id
     qtbot.keyClick(panel.native, "4")  # the shortcut answers the active question with +1
     log = read_log(ct_study / "answers" / "site_reader.jsonl")[0]
