@@ -59,10 +59,14 @@ def format_seconds(seconds: float) -> str:
 
 def pair_layer_data(session: ReaderSession) -> list[tuple]:
     """Layer data of the item on screen, left/A then right/B: the files' own geometry, neutral
-    captions as names, nothing of the source headers, one shared contrast range."""
+    captions as names, nothing of the source headers, one shared contrast range (the window both
+    images were prepared through, so it says nothing about which is the original)."""
     volumes = [read_volume(path) for path in session.current.images]
-    low = min(float(v.array.min()) for v in volumes)
-    high = max(float(v.array.max()) for v in volumes)
+    if session.current.window is not None:
+        low, high = session.current.window
+    else:  # a study made before windows were recorded
+        low = min(float(v.array.min()) for v in volumes)
+        high = max(float(v.array.max()) for v in volumes)
     layers = []
     for volume, caption in zip(volumes, session.labels, strict=True):
         data, attributes, kind = volume_to_layer_data(volume, caption, kind=PANE_KIND)

@@ -2,6 +2,9 @@
 agreement, completion and reading time; written as CSV, JSON and a figure like MedVAE's Figure 3.
 
 Definitions (one place, so reports and tests agree):
+- Every Likert answer compares the right/B pane with the left/A pane; its score is the candidate
+  relative to the original: the answer as given where the original was A (always so side by side),
+  negated where the original was B (blinded_ab, from the key's ``original_side``).
 - Score of a method on a question: each reader's mean over the items they confirmed; the reported
   mean, SD and 95% CI (Student t, readers - 1 degrees of freedom) are across those reader means.
 - Paired difference of two methods: per case, the mean over readers of (score A - score B) for
@@ -30,7 +33,7 @@ from medvae_engine.imaging.atomic import atomic_write, atomic_write_text
 from medvae_engine.study.create import default_key_path, load_key
 from medvae_engine.study.persistence import read_log
 from medvae_engine.study.session import replay_log
-from medvae_engine.study.spec import ANSWERS_DIR, Study, load_study
+from medvae_engine.study.spec import ANSWERS_DIR, Question, Study, load_study
 
 
 # -- statistics --------------------------------------------------------------------------------
@@ -112,9 +115,18 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
 
 
 # -- collecting ratings ------------------------------------------------------------------------
+def candidate_score(question: Question, answer: Any, original_side: str) -> Any:
+    """A B-versus-A answer as the candidate relative to the original (negated if the original
+    was B); answers to choice and text questions are returned as given."""
+    if question.kind == "likert" and original_side == "b":
+        return -answer
+    return answer
+
+
 def collect(study: Study, key: dict[str, Any], include_unconfirmed: bool = False) -> dict[str, Any]:
     """Every reader's answers joined with the key: ratings, comments and per-reader progress."""
     item_ids = [item.id for item in study.items]
+    questions = {q.id: q for q in study.questions}
     ratings, comments, readers = [], [], []
     for log_path in sorted((study.root / ANSWERS_DIR).glob("*.jsonl")):
         records, problems = read_log(log_path)
@@ -132,12 +144,17 @@ def collect(study: Study, key: dict[str, Any], include_unconfirmed: bool = False
                 comments.append({**base, "flagged": state.flagged, "comment": state.comment})
             if not (state.confirmed or include_unconfirmed):
                 continue
-            for question, value in state.answers.items():
+            side = truth.get("original_side", "a")
+            for question, answer in state.answers.items():
+                if question not in questions:
+                    continue
                 ratings.append(
                     {
                         **base,
+                        "original_side": side,
                         "question": question,
-                        "value": value,
+                        "answer": answer,
+                        "value": candidate_score(questions[question], answer, side),
                         "seconds": round(state.seconds, 3),
                     }
                 )
@@ -343,13 +360,11 @@ def plot_scores(results: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
 
 
-def analyze_study(
-    study_dir: str | Path,
-    output: str | Path,
-    key_path: str | Path | None = None,
-    include_unconfirmed: bool = False,
-) -> dict[str, Any]:
-    """Analyse a study folder's answer logs; write CSV tables, results.json and scores.png."""
+def study_and_key(
+    study_dir: str | Path, key_path: str | Path | None = None
+) -> tuple[Study, dict[str, Any], Path]:
+    """The study folder and its key (default: ``STUDY.key.json`` beside the folder), checked to
+    belong together."""
     study = load_study(study_dir)
     key_path = Path(key_path or default_key_path(study_dir))
     key = load_key(key_path)
@@ -357,6 +372,17 @@ def analyze_study(
     if unknown:
         raise InputError(f"{key_path}: this key does not belong to the study ({len(unknown)} of "
                          f"{len(study.items)} items unknown, e.g. {unknown[0]})")
+    return study, key, key_path
+
+
+def analyze_study(
+    study_dir: str | Path,
+    output: str | Path,
+    key_path: str | Path | None = None,
+    include_unconfirmed: bool = False,
+) -> dict[str, Any]:
+    """Analyse a study folder's answer logs; write CSV tables, results.json and scores.png."""
+    study, key, _ = study_and_key(study_dir, key_path)
     data = collect(study, key, include_unconfirmed)
     results = summarize(study, key, data)
     output = Path(output)

@@ -1,4 +1,4 @@
-"""`medvae study ...`: create, validate, inspect and analyse reader studies."""
+"""`medvae study ...`: create, validate, inspect, analyse, export and merge reader studies."""
 
 from __future__ import annotations
 
@@ -51,10 +51,12 @@ def add_study_arguments(parser: argparse.ArgumentParser | argparse._SubParsersAc
     create.add_argument("--no-lock", action="store_true",
                         help="let readers revise answers after they submit")
     create.add_argument(
-        "--key", help="where to write the private key (default: OUTPUT/coordinator/key.json)"
+        "--key", help="where to write the private key, outside OUTPUT (default: OUTPUT.key.json "
+                      "beside the study folder)"
     )
 
-    validate = commands.add_parser("validate", help="check a spec or a study folder")
+    validate = commands.add_parser(
+        "validate", help="check a spec, or a study folder (files intact and no answer key inside)")
     validate.add_argument("path", help="spec YAML or study folder")
 
     status = commands.add_parser("status", help="progress of every reader")
@@ -63,12 +65,24 @@ def add_study_arguments(parser: argparse.ArgumentParser | argparse._SubParsersAc
     analyze = commands.add_parser("analyze", help="statistics, tables and figure")
     analyze.add_argument("study", help="study folder")
     analyze.add_argument("-o", "--output", required=True, help="output folder")
-    analyze.add_argument("--key", help="private key (default: STUDY/coordinator/key.json)")
+    analyze.add_argument("--key", help="private key (default: STUDY.key.json beside the folder)")
     analyze.add_argument(
         "--include-unconfirmed",
         action="store_true",
         help="also count answers on items the reader did not confirm",
     )
+
+    export = commands.add_parser(
+        "export", help="one CSV of every reader's latest answers with case, method and side")
+    export.add_argument("study", help="study folder")
+    export.add_argument("-o", "--output", required=True, help="CSV file (outside the study folder)")
+    export.add_argument("--key", help="private key (default: STUDY.key.json beside the folder)")
+
+    merge = commands.add_parser(
+        "merge", help="append readers' logs from other sites to this study (same study only)")
+    merge.add_argument("study", help="study folder receiving the logs")
+    merge.add_argument("sources", nargs="+", metavar="SOURCE",
+                       help="a site's copy of the study folder, a folder of logs or a log file")
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -111,12 +125,13 @@ def _spec_from_args(args: argparse.Namespace):
 
 
 def _create(args: argparse.Namespace) -> int:
-    from medvae_engine.study.create import iter_create_study
+    from medvae_engine.study.create import default_key_path, iter_create_study
 
     spec = _spec_from_args(args)
     for done, total, message in iter_create_study(spec, args.output, args.key):
         print(f"[{done}/{total}] {message}", file=sys.stderr)
-    print(f"study with {sum(len(c.candidates) for c in spec.cases)} items written to {args.output}")
+    print(f"study with {sum(len(c.candidates) for c in spec.cases)} items written to {args.output}; "
+          f"key (keep it from readers): {args.key or default_key_path(args.output)}")
     return 0
 
 
@@ -168,9 +183,27 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from medvae_engine.study.export import export_answers
+
+    rows = export_answers(args.study, args.output, args.key)
+    print(f"{rows} rows written to {args.output}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from medvae_engine.study.merge import merge_logs
+
+    for step in merge_logs(args.study, args.sources):
+        done = f"{len(step.new_records)} new records" if step.new_records else "nothing new"
+        print(f"{step.reader}: {done} from {step.source}")
+    return 0
+
+
 def run_study(args: argparse.Namespace) -> int:
     """Run the study command in ``args``; user errors print one line and return 2."""
-    commands = {"create": _create, "validate": _validate, "status": _status, "analyze": _analyze}
+    commands = {"create": _create, "validate": _validate, "status": _status, "analyze": _analyze,
+                "export": _export, "merge": _merge}
     try:
         return commands[args.study_command](args)
     except MedVAEError as exc:

@@ -1,17 +1,20 @@
 """Build a blinded study folder: neutral item images, a checksummed manifest, a private key.
 
-Layout of a study folder::
+Layout of a study folder (handed to readers as it is)::
 
     study.yaml            what readers' tools read: questions, display, items (no method names)
     manifest.json         every file readers get with its sha256 and shape
     images/item_007_a.nii.gz, images/item_007_b.nii.gz ...
     answers/<reader>.jsonl    created by reading sessions
-    coordinator/key.json  private: item -> case, method, side of the original, source checksums
-    coordinator/spec.yaml the coordinator's spec as given
+
+and, outside it, the coordinator's private key ``STUDY.key.json`` beside the folder (or ``--key``):
+item -> case, method, side of the original, source checksums, and the spec as given.
 
 Item numbers come from a seeded shuffle so they reveal neither case nor method; every image is
 written as float32 NIfTI with the original's geometry and without any metadata, so neither the file
-nor its header tells patient or method apart.
+nor its header tells patient or method apart. Both images of an item go through the same intensity
+window (the codec's: CT [-1000, 1000] HU, else the original's range), so their values cannot tell
+the original from the candidate.
 """
 
 from __future__ import annotations
@@ -30,19 +33,20 @@ import yaml
 
 from medvae_engine.errors import InputError, OutputError
 from medvae_engine.imaging.atomic import atomic_write_text
+from medvae_engine.imaging.normalization import fit_normalization
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.study.randomize import original_sides, shuffled
 from medvae_engine.study.spec import (
+    KEY_SUFFIX,
     MANIFEST_FILE,
     STUDY_FILE,
     CaseSpec,
     StudySpec,
+    keys_inside,
     parse_questions,
     parse_spec,
 )
 
-KEY_DIR = "coordinator"
-KEY_FILE = "key.json"
 IMAGE_DIR = "images"
 IMAGE_SUFFIXES = (
     ".nii.gz",
@@ -124,7 +128,7 @@ def spec_from_folders(
     data = {"name": name, "seed": seed, "display": display, "navigation": navigation,
             "lock_after_submit": lock_after_submit, "cases": cases}
     if questions is not None:
-        data["questions"] = [q.to_dict() for q in parse_questions(questions, "questions")]
+        data["questions"] = [q.to_dict() for q in parse_questions(questions, "questions", display)]
     return parse_spec(data, str(originals_dir), Path.cwd())
 
 
@@ -163,11 +167,17 @@ def missing_files(spec: StudySpec) -> list[str]:
     return problems
 
 
-def _prepared(volume: Volume, reference: Volume) -> Volume:
-    """The volume as float32 on the reference's geometry with no metadata at all."""
-    return Volume(
-        np.asarray(volume.array, dtype=np.float32), reference.affine.copy(), reference.modality, {}
-    )
+def display_window(original: Volume) -> tuple[float, float]:
+    """The intensity window of the codec's normalisation of the original (CT: [-1000, 1000] HU;
+    else its min-max), through which both images of an item are prepared."""
+    norm = fit_normalization(original.array, original.modality)
+    return norm.lo, norm.hi
+
+
+def _prepared(volume: Volume, reference: Volume, window: tuple[float, float]) -> Volume:
+    """The volume clipped to ``window`` as float32 on the reference's geometry, no metadata."""
+    array = np.clip(np.asarray(volume.array, dtype=np.float32), window[0], window[1])
+    return Volume(array.astype(np.float32), reference.affine.copy(), reference.modality, {})
 
 
 def _read(path: Path, what: str) -> Volume:
@@ -204,7 +214,7 @@ def _public_study(spec: StudySpec, items: list[dict[str, Any]]) -> dict[str, Any
         "navigation": spec.navigation,
         "lock_after_submit": spec.lock_after_submit,
         "questions": [q.to_dict() for q in spec.questions],
-        "items": [{"id": it["id"], "images": it["images"]} for it in items],
+        "items": [{"id": it["id"], "images": it["images"], "window": it["window"]} for it in items],
     }
 
 
@@ -214,14 +224,20 @@ def iter_create_study(
     """Build the study folder at ``output``, yielding (items done, items total, message).
 
     Everything is built in a hidden sibling folder and moved into place at the end, so a failure
-    leaves nothing at ``output``. The key goes to ``output/coordinator/key.json`` unless
-    ``key_path`` puts it elsewhere (e.g. somewhere readers cannot see).
+    leaves nothing at ``output``. The key goes beside the folder (``STUDY.key.json``) unless
+    ``key_path`` puts it elsewhere; never inside the folder handed to readers.
     """
     from medvae_engine.imaging.io import write_volume
 
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise OutputError(f"{output}: already exists; choose a new folder for the study")
+    key_path = Path(key_path) if key_path is not None else default_key_path(output)
+    if key_path.resolve().is_relative_to(output.resolve()):
+        raise OutputError(f"{key_path}: the key must not be inside the study folder {output} "
+                          "that readers get")
+    if key_path.exists():
+        raise OutputError(f"{key_path}: a study key already exists there; choose another --key")
     missing = missing_files(spec)
     if missing:
         raise InputError(f"{len(missing)} input files missing: " + "; ".join(missing[:10]))
@@ -229,9 +245,12 @@ def iter_create_study(
     numbered = shuffled(pairs, spec.seed, "items")
     width = max(3, len(str(len(pairs))))
     item_of = {pair: f"item_{n:0{width}d}" for n, pair in enumerate(numbered, start=1)}
-    sides = dict(zip(numbered, original_sides(len(pairs), spec.seed), strict=True))
-    if spec.display == "side_by_side":
-        sides = dict.fromkeys(sides, 0)
+    sides = dict.fromkeys(numbered, 0)
+    if spec.display == "blinded_ab":  # balanced within each method
+        for method in spec.methods:
+            mine = [pair for pair in numbered if pair[1] == method]
+            sides.update(zip(mine, original_sides(len(mine), spec.seed, f"sides:{method}"),
+                             strict=True))
 
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
@@ -245,7 +264,8 @@ def iter_create_study(
             for method, original, candidate, source in _case_volumes(spec, case):
                 item_id = item_of[(case.id, method)]
                 side = sides[(case.id, method)]
-                shown = [_prepared(original, original), _prepared(candidate, original)]
+                window = display_window(original)
+                shown = [_prepared(v, original, window) for v in (original, candidate)]
                 if side == 1:
                     shown.reverse()
                 names = [f"{IMAGE_DIR}/{item_id}_{s}.nii.gz" for s in "ab"]
@@ -256,6 +276,7 @@ def iter_create_study(
                         "shape": list(volume.shape),
                     }
                 key_items[item_id] = {
+                    "window": list(window),
                     "case": case.id,
                     "method": method,
                     "original_side": "ab"[side],
@@ -271,7 +292,7 @@ def iter_create_study(
                 done += 1
                 yield done, len(pairs), f"{item_id} ready"
         items = sorted(
-            ({"id": i, "images": k["images"]} for i, k in key_items.items()),
+            ({"id": i, "images": k["images"], "window": k["window"]} for i, k in key_items.items()),
             key=lambda it: it["id"],
         )
         study_text = yaml.safe_dump(_public_study(spec, items), sort_keys=False, allow_unicode=True)
@@ -289,17 +310,10 @@ def iter_create_study(
             "cases": [c.id for c in spec.cases],
             "manifest_sha256": sha256_file(staging / MANIFEST_FILE),
             "items": dict(sorted(key_items.items())),
+            "spec": spec.to_dict(),
         }
-        spec_text = yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True)
-        key_text = json.dumps(key, indent=1)
-        if key_path is None:
-            (staging / KEY_DIR).mkdir()
-            (staging / KEY_DIR / KEY_FILE).write_text(key_text, encoding="utf-8")
-            (staging / KEY_DIR / "spec.yaml").write_text(spec_text, encoding="utf-8")
-        else:  # the key first: a study without its key could never be analysed
-            key_path = Path(key_path)
-            atomic_write_text(key_path, key_text)
-            atomic_write_text(key_path.with_name(key_path.stem + "_spec.yaml"), spec_text)
+        # the key first: a study without its key could never be analysed
+        atomic_write_text(key_path, json.dumps(key, indent=1))
         if output.exists():
             output.rmdir()
         os.replace(staging, output)
@@ -316,8 +330,10 @@ def create_study(spec: StudySpec, output: str | Path, key_path: str | Path | Non
 
 
 def default_key_path(study_dir: str | Path) -> Path:
-    """Where ``create`` puts the private key unless told otherwise."""
-    return Path(study_dir) / KEY_DIR / KEY_FILE
+    """Where ``create`` puts the private key unless told otherwise: ``STUDY.key.json`` beside the
+    study folder, outside what readers get."""
+    folder = Path(study_dir).resolve()
+    return folder.parent / f"{folder.name}{KEY_SUFFIX}"
 
 
 def load_key(path: str | Path) -> dict[str, Any]:
@@ -335,15 +351,18 @@ def load_key(path: str | Path) -> dict[str, Any]:
 
 
 def validate_study(study_dir: str | Path) -> list[str]:
-    """Problems with a study folder: files missing or changed since creation (empty when sound)."""
+    """Problems with a study folder: files missing or changed since creation, or an answer key
+    inside it (empty when sound and safe to hand to readers)."""
     root = Path(study_dir)
+    keys = [f"{path}: answer key inside the study folder; readers must not get it (move it out)"
+            for path in keys_inside(root)]
     try:
         manifest = json.loads((root / MANIFEST_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return [f"{root / MANIFEST_FILE}: missing; not a study folder"]
+        return [f"{root / MANIFEST_FILE}: missing; not a study folder", *keys]
     except (OSError, ValueError) as exc:
-        return [f"{root / MANIFEST_FILE}: unreadable ({exc})"]
-    problems = []
+        return [f"{root / MANIFEST_FILE}: unreadable ({exc})", *keys]
+    problems = keys
     for name, entry in manifest.get("files", {}).items():
         path = root / name
         if not path.exists():

@@ -34,6 +34,11 @@ def shuffled(values: Sequence, study_seed: int, purpose: str) -> list:
     return [values[i] for i in permutation]
 
 
-def original_sides(n: int, study_seed: int) -> list[int]:
-    """For blinded A/B display: per item 0 when the original is A (left), 1 when it is B."""
-    return [int(v) for v in seeded_rng(study_seed, "sides").integers(0, 2, size=n)]
+def original_sides(n: int, study_seed: int, purpose: str = "sides") -> list[int]:
+    """For blinded A/B display: per item 0 when the original is A (left), 1 when it is B; as many
+    0s as 1s (+-1 when n is odd) in a seeded random order. Call once per method to balance each."""
+    rng = seeded_rng(study_seed, purpose)
+    sides = [i % 2 for i in range(n)]
+    if n % 2:
+        sides[-1] = int(rng.integers(0, 2))
+    return [sides[i] for i in rng.permutation(n)]

@@ -18,7 +18,15 @@ from typing import Any
 from medvae_engine.errors import InputError
 from medvae_engine.study.persistence import AnswerLog
 from medvae_engine.study.randomize import reader_order
-from medvae_engine.study.spec import Question, Study, StudyItem, check_reader_id, load_study
+from medvae_engine.study.spec import (
+    Question,
+    Study,
+    StudyItem,
+    check_no_key,
+    check_reader_id,
+    load_study,
+    manifest_checksum,
+)
 
 Callback = Callable[[str, "ReaderSession"], None]
 LOG_VERSION = 1
@@ -74,6 +82,7 @@ class ReaderSession:
     """One reader working through their hanging list of a prepared study."""
 
     def __init__(self, study: Study, reader_id: str, clock: Callable[[], float] = time.monotonic):
+        check_no_key(study.root)  # a folder holding its answer key would unblind the reader
         self.study = study
         self.reader_id = check_reader_id(reader_id)
         self._clock = clock
@@ -89,7 +98,8 @@ class ReaderSession:
             )
         self.order = logged_order or reader_order(item_ids, study.seed, self.reader_id)
         if logged_order is None:
-            self._write("start", reader=self.reader_id, study=study.name, order=self.order)
+            self._write("start", reader=self.reader_id, study=study.name, order=self.order,
+                        manifest_sha256=manifest_checksum(study.root))
         self.index = self._first_open_index()
         self._shown_at = clock()
 

@@ -5,10 +5,12 @@ A coordinator's spec::
 
     name: pilot
     seed: 17
-    display: side_by_side        # original left, candidate right; or blinded_ab (random side)
+    display: side_by_side        # original left, candidate right; or blinded_ab (A/B, the
+                                 # original on A for half of each method's items, on B for the rest)
     navigation: true             # readers may go back and forth; false: forward only
     lock_after_submit: true      # submitted answers become read-only; false: readers may revise
-    questions: default           # the paper's three -2..2 questions; or a list of
+    questions: default           # the paper's three -2..2 questions (blinded_ab: B compared with A,
+                                 # -2 A much better .. +2 B much better); or a list of
                                  # {id, text, kind: likert|choice|text, scale, anchors, choices}
     methods:                     # candidates generated for every case
       bicubic4: {codec: bicubic, factor: 4}
@@ -22,6 +24,8 @@ A coordinator's spec::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -123,7 +127,36 @@ DEFAULT_QUESTIONS = (
     ),
 )
 
+
+def _ab_anchors(aspect: str) -> dict[int, str]:
+    return {
+        -2: f"A much better: {aspect} clearly better in A",
+        -1: f"A slightly better: {aspect} somewhat better in A",
+        0: f"Equivalent: no perceptible difference in {aspect}",
+        1: f"B slightly better: {aspect} somewhat better in B",
+        2: f"B much better: {aspect} clearly better in B",
+    }
+
+
+# blinded_ab: neither pane is known to be the original, so every question compares B with A
+DEFAULT_AB_QUESTIONS = (
+    Question("fidelity",
+             "Image fidelity: how does image B compare with image A (sharpness, texture, "
+             "structures free of blur or distortion)?",
+             anchors=_ab_anchors("image fidelity")),
+    Question("clinical_features",
+             "Clinically relevant features: how does image B compare with image A in showing the "
+             "findings and anatomy needed for diagnosis?",
+             anchors=_ab_anchors("clinically relevant features")),
+    Question("artifacts",
+             "Artifacts: how does image B compare with image A (fewer blocking, ringing or false "
+             "structures is better)?",
+             anchors=_ab_anchors("freedom from artifacts")),
+)
+
 DISPLAY_LABELS = {"side_by_side": ("Original", "Reconstruction"), "blinded_ab": ("A", "B")}
+DEFAULTS_BY_DISPLAY = {"side_by_side": DEFAULT_QUESTIONS, "blinded_ab": DEFAULT_AB_QUESTIONS}
+KEY_SUFFIX = ".key.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,10 +212,12 @@ class StudySpec:
 
 @dataclasses.dataclass(frozen=True)
 class StudyItem:
-    """One blinded item a reader scores: two neutral image files, left/A then right/B."""
+    """One blinded item a reader scores: two neutral image files, left/A then right/B, and the
+    intensity window both were prepared through (their shared display range)."""
 
     id: str
     images: tuple[Path, Path]
+    window: tuple[float, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,22 +307,30 @@ def parse_question(data: Any, source: str) -> Question:
     return Question(qid, text, kind, (), {}, (), bool(data.get("required", False)))
 
 
-def parse_questions(data: Any, source: str) -> tuple[Question, ...]:
-    """Questions from plain data; None or "default" gives the paper's three Likert questions."""
+def parse_questions(data: Any, source: str, display: str = "side_by_side") -> tuple[Question, ...]:
+    """Questions from plain data; None or "default" gives the paper's three Likert questions
+    (worded "B compared with A" for blinded_ab, whose Likert scales must be symmetric about 0)."""
+    defaults = DEFAULTS_BY_DISPLAY[display]
     if data is None or data == "default":
-        return DEFAULT_QUESTIONS
+        return defaults
     if not isinstance(data, list) or not data:
         raise _fail(source, "'questions' must be 'default' or a non-empty list")
     questions = []
     for entry in data:
         if entry == "default":
-            questions.extend(DEFAULT_QUESTIONS)
+            questions.extend(defaults)
         else:
             questions.append(parse_question(entry, source))
     ids = [q.id for q in questions]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise _fail(source, f"duplicate question ids {duplicates}")
+    if display == "blinded_ab":
+        for q in questions:
+            if q.kind == "likert" and list(q.scale) != [-v for v in reversed(q.scale)]:
+                raise _fail(source, f"question {q.id!r}: blinded_ab questions compare B with A, so "
+                                    f"the scale must be symmetric about 0 (-: A better, +: B "
+                                    f"better), got {list(q.scale)}")
     return tuple(questions)
 
 
@@ -360,7 +403,7 @@ def parse_spec(data: Any, source: str = "<spec>", base_dir: Path | None = None) 
     return StudySpec(
         name=str(data.get("name", "reader-study")),
         cases=tuple(cases),
-        questions=parse_questions(data.get("questions"), source),
+        questions=parse_questions(data.get("questions"), source, display),
         display=display,
         seed=seed,
         navigation=_flag(data, "navigation", source),
@@ -407,7 +450,12 @@ def load_study(root: str | Path) -> Study:
         images = raw.get("images") if isinstance(raw, dict) else None
         if not isinstance(images, list) or len(images) != 2:
             raise _fail(str(source), f"item {raw!r} needs two 'images'")
-        items.append(StudyItem(str(raw["id"]), (root / images[0], root / images[1])))
+        window = raw.get("window")
+        if window is not None and (not isinstance(window, list) or len(window) != 2
+                                   or not all(isinstance(v, int | float) for v in window)):
+            raise _fail(str(source), f"item {raw.get('id')!r}: window must be [low, high]")
+        items.append(StudyItem(str(raw["id"]), (root / images[0], root / images[1]),
+                               tuple(float(v) for v in window) if window else None))
     ids = [i.id for i in items]
     if len(set(ids)) != len(ids) or not ids:
         raise _fail(str(source), "item ids must be unique and at least one item is needed")
@@ -416,8 +464,43 @@ def load_study(root: str | Path) -> Study:
         name=str(data.get("name", "reader-study")),
         seed=int(data.get("seed", 0)),
         display=display,
-        questions=parse_questions(data.get("questions"), str(source)),
+        questions=parse_questions(data.get("questions"), str(source), display),
         items=tuple(items),
         navigation=_flag(data, "navigation", str(source)),
         lock_after_submit=_flag(data, "lock_after_submit", str(source)),
     )
+
+
+def manifest_checksum(root: str | Path) -> str | None:
+    """sha256 of a study folder's manifest.json: identifies the study a reader's log belongs to."""
+    try:
+        return hashlib.sha256((Path(root) / MANIFEST_FILE).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _looks_like_key(path: Path) -> bool:
+    if path.name == "key.json" or path.name.endswith(KEY_SUFFIX):
+        return True
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    items = data.get("items") if isinstance(data, dict) else None
+    return isinstance(items, dict) and any(
+        isinstance(v, dict) and "method" in v for v in items.values()
+    )
+
+
+def keys_inside(root: str | Path) -> list[Path]:
+    """Answer keys (files that map items to methods) inside a study folder; none belong there."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*.json") if p.is_file() and _looks_like_key(p))
+
+
+def check_no_key(root: str | Path) -> None:
+    """InputError naming the key when a study folder handed to readers holds its answer key."""
+    found = keys_inside(root)
+    if found:
+        raise InputError(f"{found[0]}: this study folder holds the answer key (which method made "
+                         "which image); readers must not get it: move the key out of the folder")

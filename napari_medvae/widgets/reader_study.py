@@ -4,7 +4,8 @@ The reader enters their id once; the widget opens that reader's `ReaderSession` 
 study folder and shows the item's two images side by side in napari's grid (one camera, one slice),
 with neutral captions only. Every answer, confirmation, flag and comment is appended and fsynced by
 the session before the view moves on, so reopening resumes at the same item with the same answers.
-Shortcuts live on the main window, so they work while the canvas or this panel has focus.
+Shortcuts live on the window holding the panel, so they work while the canvas or this panel has
+focus.
 """
 
 from __future__ import annotations
@@ -274,10 +275,11 @@ class ReaderStudyWidget(Container):
 
     # -- keyboard ---------------------------------------------------------------------------------
     def _add_shortcuts(self) -> None:
-        """Shortcuts on the main window: active whichever of its widgets (canvas too) has focus."""
-        window = getattr(self.viewer.window, "_qt_window", None)  # napari has no public handle
-        if window is None:
-            return
+        """Shortcuts on the window holding the panel (napari's main window when docked): active
+        whichever of its widgets (canvas too) has focus, even with the panel tabbed behind another.
+        The window comes from the panel's own Qt widget: plugin widgets get a public-only proxy of
+        the viewer, whose private attributes are out of bounds."""
+        window = self.native.window()
         for keys, (action, argument) in SHORTCUTS.items():
             shortcut = QShortcut(QKeySequence(keys), window)
             shortcut.setContext(Qt.ShortcutContext.WindowShortcut)

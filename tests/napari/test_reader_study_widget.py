@@ -20,6 +20,7 @@ from scipy import ndimage
 from medvae_engine.imaging.io import read_volume, write_volume
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.study import analyze_study, create_study, spec_from_folders
+from medvae_engine.study.create import default_key_path
 from medvae_engine.study.persistence import read_log
 from medvae_engine.study.session import replay_log
 from napari_medvae._layers import display_geometry
@@ -75,8 +76,10 @@ def studies(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def study(studies, tmp_path) -> Path:
-    """A fresh copy of the side-by-side study (readers' logs go into it)."""
-    return Path(shutil.copytree(studies["side_by_side"], tmp_path / "study"))
+    """A fresh copy of the side-by-side study (readers' logs go into it), its key beside it."""
+    copy = Path(shutil.copytree(studies["side_by_side"], tmp_path / "study"))
+    shutil.copy(default_key_path(studies["side_by_side"]), default_key_path(copy))
+    return copy
 
 
 @pytest.fixture
@@ -124,7 +127,7 @@ def read_everything(qtbot, panel, target, digits_of) -> dict[str, list[int]]:
 
 def test_two_readers_read_with_the_keyboard_and_the_study_is_analysed(viewer, widget, qtbot, study,
                                                                      tmp_path):
-    key = json.loads((study / "coordinator" / "key.json").read_text())["items"]
+    key = json.loads(default_key_path(study).read_text())["items"]
     n_items = len(key)
     # reader 1 types into the panel: one digit per question, the active question moves on itself
     assert widget.open_session(study, "reader1")
@@ -218,7 +221,7 @@ def test_pair_shown_side_by_side_in_a_linked_grid_without_method_names(viewer, w
     for display, captions in (("blinded_ab", ["A", "B"]),
                               ("side_by_side", ["Original", "Reconstruction"])):
         folder = Path(shutil.copytree(studies[display], tmp_path / display))
-        key = json.loads((folder / "coordinator" / "key.json").read_text())["items"]
+        key = json.loads(default_key_path(studies[display]).read_text())["items"]
         assert widget.open_session(folder, "reader1")
         for step in range(3):
             panes = widget.panes
@@ -228,13 +231,19 @@ def test_pair_shown_side_by_side_in_a_linked_grid_without_method_names(viewer, w
             entry = key[widget.session.current.id]
             original = read_volume(entry["original"])
             side = "ab".index(entry["original_side"])
-            np.testing.assert_allclose(panes[side].data, original.array, rtol=1e-5, atol=1e-3)
-            assert not np.allclose(panes[1 - side].data, original.array)
+            low, high = entry["window"]  # both prepared through the codec's window
+            shown = np.clip(original.array, low, high)
+            np.testing.assert_allclose(panes[side].data, shown, rtol=1e-5, atol=1e-3)
+            assert not np.allclose(panes[1 - side].data, shown)
             scale, translate = display_geometry(original.affine, original.ndim)
             for layer in panes:
                 np.testing.assert_allclose(layer.scale, scale, rtol=1e-5)
                 np.testing.assert_allclose(layer.translate, translate, atol=1e-4)
-            assert tuple(panes[0].contrast_limits) == tuple(panes[1].contrast_limits)
+            assert tuple(panes[0].contrast_limits) == tuple(panes[1].contrast_limits) == (low, high)
+            if original.modality == "ct":  # bone above +1000 HU is clipped in both panes
+                assert (low, high) == (-1000.0, 1000.0) and original.array.max() > high
+                for layer in panes:
+                    assert -1000 <= layer.data.min() and layer.data.max() <= 1000
             shown = texts(widget) + " ".join(layer.name + str(layer.metadata) for layer in panes)
             for secret in (*METHODS, "bicubic", "gauss", *{e["case"] for e in key.values()}):
                 assert secret not in shown
@@ -291,3 +300,25 @@ def test_forward_only_unlocked_study_disables_moving_back_and_allows_revision(vi
     assert log.stat().st_size > size and log_of(study, "reader6")[-1]["value"] == -2
     assert widget.submit_button.enabled
     widget.close_session()
+
+
+def test_blinded_ab_questions_compare_b_with_a_in_the_panel(widget, studies, tmp_path):
+    folder = Path(shutil.copytree(studies["blinded_ab"], tmp_path / "ab"))
+    assert widget.open_session(folder, "reader7")
+    labels = [label.value for label in widget._question_labels]
+    assert len(labels) == 3 and all("image B compare with image A" in text for text in labels)
+    assert "original" not in texts(widget).lower()
+    tooltip = widget._answer_widgets[0].tooltip
+    assert "-2: A much better" in tooltip and "+2: B much better" in tooltip
+    widget._answer_widgets[0].value = -2
+    assert widget._anchors[0].value.startswith("A much better")
+    widget.close_session()
+
+
+def test_panel_refuses_a_study_folder_holding_its_key(viewer, widget, study, errors):
+    shutil.copy(default_key_path(study), study / "key.json")
+    assert not widget.open_session(study, "reader8")
+    assert widget.session is None and len(viewer.layers) == 0
+    assert str(study / "key.json") in widget.status.value and "answer key" in widget.status.value
+    assert any("answer key" in message for message in errors)
+    assert not (study / "answers").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from medvae_engine.study.create import default_key_path
 from medvae_engine.study.spec import DEFAULT_QUESTIONS
 
 
@@ -33,13 +34,34 @@ def write_study(root: Path, n_items: int, *, questions=None, seed: int = 7, **se
 
 
 def write_key(root: Path, assignment: dict[str, tuple[str, str]], methods: list[str]) -> Path:
-    """A key mapping item ids to (case, method)."""
+    """A key mapping item ids to (case, method), at its default place beside the study folder."""
     key = {
         "study": "test-study",
         "methods": methods,
         "items": {i: {"case": c, "method": m} for i, (c, m) in assignment.items()},
     }
-    path = root / "coordinator" / "key.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = default_key_path(root)
     path.write_text(json.dumps(key))
     return path
+
+
+def real_originals(folder: Path) -> Path:
+    """Four small real images: pydicom's CT and MR slices and two slices of nibabel's anatomical
+    MRI saved as NIfTI with their real geometry."""
+    import shutil
+
+    import nibabel.testing
+    import pydicom.data
+
+    from medvae_engine.imaging.io import read_volume, write_volume
+    from medvae_engine.imaging.volume import Volume
+
+    folder.mkdir(parents=True)
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(pydicom.data.get_testdata_file(name), folder / name.lower())
+    brain = read_volume(Path(nibabel.testing.data_path) / "anatomical.nii")
+    for z in (8, 14):
+        affine = brain.affine.copy()
+        affine[:3, 3] += affine[:3, 2] * z
+        write_volume(Volume(brain.array[:, :, z], affine, "mri", {}), folder / f"brain_z{z}.nii.gz")
+    return folder

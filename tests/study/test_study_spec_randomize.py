@@ -9,7 +9,13 @@ import pytest
 
 from medvae_engine.errors import InputError
 from medvae_engine.study.randomize import original_sides, reader_order, shuffled
-from medvae_engine.study.spec import DEFAULT_QUESTIONS, load_spec, parse_spec
+from medvae_engine.study.spec import (
+    DEFAULT_AB_QUESTIONS,
+    DEFAULT_QUESTIONS,
+    load_spec,
+    parse_questions,
+    parse_spec,
+)
 
 
 def test_default_questions_are_the_papers_three_with_anchors_for_every_score():
@@ -34,7 +40,7 @@ questions:
   - default
   - {id: diagnostic, text: 'Diagnostic quality?', kind: choice, choices: [good, poor]}
   - {id: notes, text: 'Anything else?', kind: text}
-  - {id: sharp, text: Sharpness, scale: [1, 5]}
+  - {id: sharp, text: Sharpness of B compared with A, scale: [-3, 3]}
 cases:
   - id: c1
     original: orig/c1.nii.gz
@@ -51,7 +57,7 @@ cases:
     ids = [q.id for q in spec.questions]
     assert ids == ["fidelity", "clinical_features", "artifacts", "diagnostic", "notes", "sharp"]
     sharp = spec.questions[-1]
-    assert sharp.scale == (1, 2, 3, 4, 5)
+    assert sharp.scale == (-3, -2, -1, 0, 1, 2, 3)
     assert not spec.questions[4].required  # free text is optional by default
 
 
@@ -129,7 +135,12 @@ def test_order_is_stable_across_processes():
 def test_sides_and_numbering_are_seeded():
     sides = original_sides(200, 4)
     assert sides == original_sides(200, 4) and set(sides) == {0, 1}
-    assert 60 < sum(sides) < 140
+    assert sides != original_sides(200, 5) and sides != original_sides(200, 4, "sides:other")
+    for n in range(1, 40):  # the original on A as often as on B, +-1
+        for seed in range(5):
+            drawn = original_sides(n, seed, f"sides:m{n}")
+            assert len(drawn) == n and abs(drawn.count(0) - drawn.count(1)) <= 1
+    assert sides[:100] != [0, 1] * 50 and sides[:100] != [1, 0] * 50  # not alternating
     assert shuffled(list(range(20)), 4, "items") == shuffled(list(range(20)), 4, "items")
     assert shuffled(list(range(20)), 4, "items") != list(range(20))
 
@@ -143,3 +154,20 @@ def test_the_documented_example_spec_is_valid():
     spec = parse_spec(yaml.safe_load(example), "docstring")
     assert spec.methods == ["bicubic4", "starter", "medvae"]
     assert spec.questions == DEFAULT_QUESTIONS
+
+
+def test_blinded_ab_questions_compare_b_with_a():
+    spec = parse_spec({"display": "blinded_ab", "cases": [
+        {"original": "o.dcm", "candidates": {"m": "m.nii.gz"}}]}, "s.yaml")
+    assert spec.questions == DEFAULT_AB_QUESTIONS
+    assert [q.id for q in DEFAULT_AB_QUESTIONS] == [q.id for q in DEFAULT_QUESTIONS]
+    for question in DEFAULT_AB_QUESTIONS:
+        assert "B" in question.text and " A" in question.text and "original" not in question.text
+        assert question.scale == (-2, -1, 0, 1, 2)
+        assert question.anchors[-2].startswith("A much better")
+        assert question.anchors[2].startswith("B much better")
+        assert question.anchors[0].startswith("Equivalent")
+    lopsided = [{"id": "q", "text": "How good is B?", "scale": [0, 1, 2, 3]}]
+    with pytest.raises(InputError, match="symmetric about 0"):
+        parse_questions(lopsided, "s.yaml", "blinded_ab")
+    assert parse_questions(lopsided, "s.yaml")[0].scale == (0, 1, 2, 3)
