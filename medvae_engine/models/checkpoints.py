@@ -70,7 +70,7 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
         else:
             meta = {}
             if trust:
-                logger.warning("%s: unpickled with %s: code in the file ran", path, TRUST_HINT)
+                logger.warning("%s: unpickled with %s (unsafe): code the file holds ran", path, TRUST_HINT)
             obj = torch.load(path, map_location="cpu", weights_only=not trust)
             if not isinstance(obj, dict):
                 raise ModelError(f"{path}: not a state dict of tensors")
@@ -81,9 +81,10 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
             sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     except ModelError:
         raise
-    except pickle.UnpicklingError as e:
-        raise ModelError(_pickled_objects_message(path, e)) from None
-    except Exception as e:  # corrupt or truncated
+    except Exception as e:  # pickled objects refused by weights_only, or corrupt or truncated
+        names = _unsafe_globals(path, e) if isinstance(e, pickle.UnpicklingError) else []
+        if names:
+            raise ModelError(_pickled_objects_message(path, names)) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{path}: not a readable checkpoint ({first[:200]})") from None
     sd, ignored = _autoencoder_tensors(sd, path)
@@ -99,16 +100,20 @@ def read_state_dict(path: str | Path, trust: bool = False) -> tuple[dict[str, to
     return checkpoint.tensors, checkpoint.meta
 
 
-def _pickled_objects_message(path: Path, error: Exception) -> str:
-    """One line naming the Python objects weights-only loading refused, and the opt-in."""
+def _unsafe_globals(path: Path, error: Exception) -> list[str]:
+    """The Python objects (module.name) a checkpoint would unpickle, found without running them."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip checkpoint: fall back to the global torch names
-        names = re.findall(r"GLOBAL (\S+) was not an allowed global", str(error))
-    listed = ", ".join(names) if names else "objects torch does not allow"
+    except Exception:  # not a zip checkpoint: the global torch's refusal names
+        names = []
+    return names or re.findall(r"GLOBAL (\S+) was not an allowed global", str(error))
+
+
+def _pickled_objects_message(path: Path, names: list[str]) -> str:
+    """One line naming the Python objects weights-only loading refused, and the opt-in."""
     return (
-        f"{path}: holds pickled Python objects ({listed}) that safe weights-only loading refuses; "
-        f"unpickling them runs code from the file. Only if you trust its source: pass "
+        f"{path}: holds pickled Python objects ({', '.join(names)}) that safe weights-only loading "
+        f"refuses; unpickling them runs code from the file. Only if you trust its source: pass "
         f"{TRUST_HINT} (unsafe), or convert it once with "
         f"'medvae convert {path} {TRUST_HINT} -o model.safetensors'"
     )
