@@ -45,7 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--download", metavar="NAME", help="fetch an official model's weights (needs internet)"
     )
+    p.add_argument(
+        "--inspect", metavar="FILE",
+        help="a checkpoint's inferred architecture, model tensors and ignored tensors",
+    )
+    _trust_arg(p)
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("convert", help="checkpoint -> safetensors in this project's safe format")
+    p.add_argument("checkpoint", help=".ckpt/.pt/.pth/.safetensors holding a MedVAE autoencoder")
+    _output(p, "new .safetensors file (architecture and source in its header)")
+    _trust_arg(p)
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("encode", help="image(s) -> latent NIfTI + JSON sidecar")
     p.add_argument(
@@ -71,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     format_arg(p)
     p.add_argument("-m", "--model", help="override the model named in the sidecar")
     p.add_argument("--weights", help="weights file for the model")
+    _trust_arg(p)
     _codec_args(p, decode_only=True)
     p.set_defaults(func=cmd_decode)
 
@@ -174,6 +186,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--factor", type=int, default=4, help="downsizing per side for baselines (default 4)"
     )
+    _trust_arg(p)
+
+
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="UNSAFE: unpickle Python objects in the checkpoint file, which runs code from it; "
+        "only for files from a source you trust",
+    )
 
 
 def _codec_args(p: argparse.ArgumentParser, decode_only: bool = False) -> None:
@@ -225,6 +247,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         path = download_weights(get_spec(args.download))
         print(f"downloaded {args.download} to {path}")
         return 0
+    if args.inspect:
+        return _print_inspection(args)
     records, sr_records = list_models(), list_sr_models()
     if args.json:
         print(json.dumps({"autoencoders": records, "sr_models": sr_records}, indent=2))
@@ -239,6 +263,32 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in sr_records:
         print(f"{r['name']:16} {'x' + str(r['scale']):>5} {r['autoencoder']:16} "
               f"{'yes' if r['available'] else 'no':9} {r['path']}")
+    return 0
+
+
+def _print_inspection(args: argparse.Namespace) -> int:
+    from .models.checkpoints import inspect_checkpoint
+
+    report = inspect_checkpoint(args.inspect, args.trust_checkpoint)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['file']}")
+    print(f"  architecture: {json.dumps(report['architecture'])}")
+    lora = " (LoRA merged)" if report["lora_merged"] else ""
+    print(f"  model tensors: {report['model_tensors']} ({report['model_values']:,} values){lora}")
+    print(f"  ignored tensors: {len(report['ignored_tensors'])} {report['ignored_summary']}")
+    for key in report["ignored_tensors"]:
+        print(f"    {key}")
+    print(f"  other entries (not loaded): {', '.join(report['other_entries']) or 'none'}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .models.checkpoints import convert_checkpoint
+
+    target = convert_checkpoint(args.checkpoint, args.output, args.trust_checkpoint)
+    print(f"{args.checkpoint} -> {target}: safetensors, loads by path (-m {target})")
     return 0
 
 
@@ -386,7 +436,10 @@ def _load_model(args: argparse.Namespace, ndim: int, default: str | None = None)
     if name in BASELINES:
         dims = 3 if name in ("trilinear", "spline") else 2
         return get_baseline(name, dims, getattr(args, "factor", 4))
-    return load_model(name, weights=args.weights, device=args.device)
+    return load_model(
+        name, weights=args.weights, device=args.device,
+        trust_checkpoint=getattr(args, "trust_checkpoint", False),
+    )
 
 
 def _model_label(model) -> str:

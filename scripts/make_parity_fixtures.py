@@ -7,6 +7,9 @@ Runs in a separate venv holding the official package, never in the project venv:
     /work/official_venv/bin/pip install --no-deps medvae==0.1.7
     /work/official_venv/bin/python scripts/make_parity_fixtures.py
 
+or, equivalently, with the official model files from the repository (commit 27f165f, what medvae
+0.1.7 ships) and einops on PYTHONPATH (see tests/data/parity/README.md).
+
 For each official configuration it builds the official model at reduced width (ch=32), fills every
 tensor from ``tests/parity_weights.py``, checks that the official loader accepts the weights as an
 official-style checkpoint, runs a fixed input and saves input, posterior mean and log-variance,
@@ -43,6 +46,7 @@ INPUT_SHAPE_3D = (1, 16, 16, 24)  # batch, D, H, W
 CONFIGS = {
     "medvae_4_1_2d": (2, 4, 1, 1, False),
     "medvae_4_3_2d": (2, 4, 3, 3, True),
+    "medvae_4_4_2d": (2, 4, 4, 1, False),
     "medvae_8_1_2d": (2, 8, 1, 1, False),
     "medvae_8_4_2d": (2, 8, 4, 3, True),
     "medvae_4_1_3d": (3, 4, 1, 1, False),

@@ -1,4 +1,4 @@
-"""Our autoencoder reproduces the official MedVAE code on all six official configurations.
+"""Our autoencoder reproduces the official MedVAE code on all seven official configurations.
 
 The fixtures in tests/data/parity/ were made by scripts/make_parity_fixtures.py with the official
 package (see the README there): reduced-width official models filled with the weights that
@@ -27,6 +27,7 @@ TOLERANCE = 1e-4
 CONFIGS = {
     "medvae_4_1_2d": (2, 4, 1, 1, False),
     "medvae_4_3_2d": (2, 4, 3, 3, True),
+    "medvae_4_4_2d": (2, 4, 4, 1, False),
     "medvae_8_1_2d": (2, 8, 1, 1, False),
     "medvae_8_4_2d": (2, 8, 4, 3, True),
     "medvae_4_1_3d": (3, 4, 1, 1, False),

@@ -90,6 +90,9 @@ def run_analyze(args: argparse.Namespace) -> int:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise OutputError(f"{output}: exists and is not an empty folder")
     value_range = tuple(args.window or args.data_range or ()) or None
+    if value_range and not value_range[1] > value_range[0]:
+        flag = "--window" if args.window else "--data-range"
+        raise InputError(f"{flag} LO HI needs HI > LO, got LO={value_range[0]:g} HI={value_range[1]:g}")
     settings = {
         "k": args.k, "axis": args.axis, "value_range": value_range,
         "value_range_rule": ("given" if value_range else "reference min/max per image")

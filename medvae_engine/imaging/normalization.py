@@ -9,6 +9,8 @@ import dataclasses
 
 import numpy as np
 
+from ..errors import InputError
+
 CT_WINDOW = (-1000.0, 1000.0)  # official MedVAE 3D CT preprocessing
 MRI_PERCENTILES = (0.5, 99.5)
 
@@ -63,7 +65,7 @@ def fit_normalization(
     if window is not None:
         lo, hi = float(window[0]), float(window[1])
         if not hi > lo:
-            raise ValueError(f"window must have hi > lo, got {window}")
+            raise InputError(f"--window LO HI needs HI > LO, got LO={lo:g} HI={hi:g}")
         return Normalization("window", lo, hi)
     if modality == "ct":
         return Normalization("window", *CT_WINDOW)

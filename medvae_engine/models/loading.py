@@ -12,7 +12,13 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError, WeightsNotFoundError
-from .checkpoints import file_sha256, load_strict, model_from_checkpoint, read_state_dict
+from .checkpoints import (
+    file_sha256,
+    load_strict,
+    log_ignored,
+    model_from_checkpoint,
+    read_checkpoint,
+)
 from .zoo import HUB_REPO, MODELS, ModelSpec, cache_dir, get_spec
 
 
@@ -67,11 +73,14 @@ def load_model(
     weights: str | Path | None = None,
     device: str = "cpu",
     download: bool = False,
+    trust_checkpoint: bool = False,
 ) -> torch.nn.Module:
     """A model in eval mode on ``device`` with ``encode``, ``project``, ``decode`` and metadata.
 
     ``name_or_path`` is a zoo name, a checkpoint file (.ckpt/.pt/.pth/.safetensors, architecture
-    inferred) or a diffusers AutoencoderKL folder (the Stable Diffusion VAE baseline).
+    inferred) or a diffusers AutoencoderKL folder (the Stable Diffusion VAE baseline). Tensors
+    outside the autoencoder (loss.*, model_ema.*) are ignored and named in one log line;
+    ``trust_checkpoint`` unpickles Python objects in the file, which runs its code (unsafe).
     """
     name = str(name_or_path)
     if name in MODELS:
@@ -80,8 +89,9 @@ def load_model(
         if spec.sha256 and weights is None and file_sha256(path) != spec.sha256:
             raise ModelError(f"{path}: checksum differs from the expected one for {spec.name}")
         model = spec.build()
-        sd, _ = read_state_dict(path)
-        load_strict(model, sd, f"{path} ({spec.name})")
+        checkpoint = read_checkpoint(path, trust_checkpoint)
+        load_strict(model, checkpoint.tensors, f"{path} ({spec.name})")
+        log_ignored(checkpoint, path)
     else:
         path = Path(name).expanduser()
         if path.is_dir():
@@ -89,7 +99,7 @@ def load_model(
 
             model = load_diffusers_vae(path)
         elif path.is_file():
-            model, _ = model_from_checkpoint(path)
+            model, _ = model_from_checkpoint(path, trust_checkpoint)
         else:
             raise ModelError(
                 f"unknown model {name!r}: not a model name ({', '.join(MODELS)}) nor an existing file"

@@ -114,6 +114,10 @@ MODELS: dict[str, ModelSpec] = {
         _official(
             "medvae_4_3_2d", 2, 4, 3, 3, "vae_4x_3c_2D.ckpt", "official 2D, LoRA, 3 latent channels"
         ),
+        _official(
+            "medvae_4_4_2d", 2, 4, 4, 1, "vae_4x_4c_2D.ckpt",
+            "official 2D, 4 latent channels, 1-channel images (config medvae_4x4.yaml)",
+        ),
         _official("medvae_8_1_2d", 2, 8, 1, 1, "vae_8x_1c_2D.ckpt", "official 2D, 64x compression"),
         _official(
             "medvae_8_4_2d", 2, 8, 4, 3, "vae_8x_4c_2D.ckpt", "official 2D, LoRA, 4 latent channels"

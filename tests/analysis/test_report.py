@@ -144,6 +144,16 @@ def test_bad_inputs_leave_nothing_behind(cases, tmp_path):
         run_analyze(parse(["--reference", str(ref), "--test", f"x={ref}", "-o", str(out)]))
 
 
+@pytest.mark.parametrize("flag", ["--window", "--data-range"])
+def test_reversed_intensity_range_is_refused(cases, tmp_path, flag):
+    """HI <= LO would map intensities backwards (or only shift them) and score nonsense."""
+    ref, out = cases / "hr" / "ct.nii.gz", tmp_path / "report"
+    with pytest.raises(InputError, match=f"{flag} LO HI"):
+        run_analyze(parse(["--reference", str(ref), "--test", f"x={ref}", flag, "5", "1",
+                           "-o", str(out)]))
+    assert not out.exists() and not list(tmp_path.glob(".report*"))
+
+
 def test_ae_model_and_screening_with_interpolation_codecs(cases, tmp_path):
     out = tmp_path / "report"
     args = parse(["--reference", str(cases / "hr" / "ct.nii.gz"),

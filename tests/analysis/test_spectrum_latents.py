@@ -13,25 +13,37 @@ def ct():
     return (a - a.min()) / (a.max() - a.min())
 
 
-def test_radial_spectrum_matches_explicit_binning():
-    img = ct()[:, :100]  # non-square: per-axis normalisation matters
-    got = radial_spectrum(img, bins=10)
+def latent_sr_radial_spectrum(img: np.ndarray, n_bins: int) -> list[float]:
+    """latent-sr's ``radial_power_spectrum`` formula written out pixel by pixel (the reference).
+
+    Frequency per axis (index - n // 2) / n, radius sqrt(fx^2 + fy^2), n_bins equal bins from 0 to
+    the largest radius, a pixel in bin i when lo <= r < hi (so the largest radius is in no bin),
+    value = mean log10(P + 1e-12).
+    """
     power = np.abs(np.fft.fftshift(np.fft.fft2(img))) ** 2
     h, w = img.shape
-    values = [[] for _ in range(10)]
-    radii = {}
+    radius = {}
     for i in range(h):
         for j in range(w):
-            fy = (i - h // 2) / (h / 2)
-            fx = (j - w // 2) / (w / 2)
-            radii[i, j] = np.sqrt(fy * fy + fx * fx)
-    rmax = max(radii.values())
-    for (i, j), r in radii.items():
-        b = min(int(r / rmax * 10), 9)
-        values[b].append(np.log10(power[i, j] + 1e-12))
-    expected = [np.mean(v) for v in values]
+            fy, fx = (i - h // 2) / h, (j - w // 2) / w
+            radius[i, j] = np.sqrt(fx**2 + fy**2)
+    rmax = max(radius.values())
+    edges = np.linspace(0.0, rmax, n_bins + 1)  # their bin edges
+    values: list[list[float]] = [[] for _ in range(n_bins)]
+    for (i, j), r in radius.items():
+        for b in range(n_bins):
+            if edges[b] <= r < edges[b + 1]:
+                values[b].append(np.log10(power[i, j] + 1e-12))
+    return [float(np.mean(v)) for v in values]
+
+
+@pytest.mark.parametrize("shape", [(128, 100), (127, 90)])
+def test_radial_spectrum_equals_latent_sr_formula_on_a_non_square_slice(shape):
+    img = ct()[: shape[0], : shape[1]]  # non-square real CT slice: per-axis normalisation matters
+    got = radial_spectrum(img, bins=10)
+    expected = latent_sr_radial_spectrum(img, 10)
     assert got.shape == (10,)
-    assert np.allclose(got, expected)
+    assert np.allclose(got, expected, rtol=0, atol=1e-9)
 
 
 def test_blur_lowers_high_frequency_power():

@@ -122,10 +122,14 @@ def test_torchrun_two_ranks_shard_the_dataset(tmp_path, tiny_2d_path):
 
 @pytest.mark.parametrize(
     "case",
-    ["missing", "corrupt", "nan", "unknown_model", "bad_ckpt", "unwritable", "4d", "2d_to_3d"],
+    [
+        "missing", "corrupt", "nan", "unknown_model", "bad_ckpt", "unwritable", "4d", "2d_to_3d",
+        "reversed_window",
+    ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case, tiny_2d_path, tiny_3d_path):
     src, model, out = ANATOMICAL, str(tiny_2d_path), tmp_path / "out.nii.gz"
+    extra = []
     if case == "missing":
         src = tmp_path / "nope.nii.gz"
     elif case == "corrupt":
@@ -150,7 +154,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case, tiny_2d_path, t
         src = Path(data_path) / "example4d.nii.gz"
     elif case == "2d_to_3d":
         src, model = get_testdata_file("MR_small.dcm"), str(tiny_3d_path)
-    code, _, err = _cli(capsys, "reconstruct", src, "-m", model, "-o", out)
+    elif case == "reversed_window":
+        extra = ["--window", "5", "1"]
+    code, _, err = _cli(capsys, "reconstruct", src, "-m", model, "-o", out, *extra)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err

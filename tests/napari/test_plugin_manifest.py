@@ -23,6 +23,18 @@ def test_manifest_is_discovered_with_every_contribution():
     assert contributions.menus
 
 
+def test_every_menu_is_one_napari_lets_plugins_contribute_to():
+    """napari silently drops items in a menu that is not contributable (e.g. napari/plugins)."""
+    from napari._app_model.constants._menus import is_menu_contributable
+
+    manager = PluginManager.instance()
+    manager.discover()
+    menus = manager.get_manifest("napari-medvae").contributions.menus
+    assert [menu for menu in menus if not is_menu_contributable(menu)] == []
+    widgets = {w.command for w in manager.get_manifest("napari-medvae").contributions.widgets}
+    assert {item.command for items in menus.values() for item in items} <= widgets
+
+
 @pytest.mark.gui
 def test_open_sample_save_and_reopen_through_napari(viewer, tmp_path):
     viewer.open_sample("napari-medvae", "mr_shoulder")
