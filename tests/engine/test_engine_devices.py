@@ -42,8 +42,8 @@ def _on_accelerator(volume: Volume, model: torch.nn.Module, options: CodecOption
 
 
 def test_3d_sliding_windows_run_on_the_model_device():
-    vol = Volume(np.random.default_rng(0).random((40, 36, 28)).astype(np.float32), np.eye(4), "mri")
-    options = CodecOptions(roi=24)
+    vol = Volume(np.random.default_rng(0).random((24, 24, 20)).astype(np.float32), np.eye(4), "mri")
+    options = CodecOptions(roi=16)
     out, devices = _on_accelerator(vol, tiny_model(3), options)
     assert len(devices) > 2 and all(d == FAKE for d in devices)  # several windows, all on device
     assert isinstance(out.array, np.ndarray) and out.shape == vol.shape
