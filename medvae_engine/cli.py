@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", help="override the model named in the sidecar")
     p.add_argument("--weights", help="weights file for the model")
     _codec_args(p, decode_only=True)
+    _png_arg(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser(
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics", metavar="FILE", help="write PSNR and MS-SSIM against the input as JSON"
     )
+    _png_arg(p)
     p.set_defaults(func=cmd_reconstruct)
 
     _optional_commands(sub)
@@ -188,6 +190,27 @@ def _codec_args(p: argparse.ArgumentParser, decode_only: bool = False) -> None:
     )
 
 
+def _png_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--png-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="PNG output: map LO..HI to 0..255 (default: a PNG/JPEG input's own bit depth, "
+        "else the --window; other float results need it)",
+    )
+
+
+def _png_range(args: argparse.Namespace, volume) -> tuple[float, float] | None:
+    """--png-range, else --window for results that did not come from a PNG/JPEG (see README)."""
+    from .imaging.raster import picture_dtype
+
+    if getattr(args, "png_range", None):
+        return tuple(args.png_range)
+    window = getattr(args, "window", None)
+    return tuple(window) if window and picture_dtype(volume.metadata) is None else None
+
+
 def _read_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", default="auto", choices=["auto", "ct", "mri", "xray"])
     p.add_argument("--frame", type=int, help="frame of a 4D image")
@@ -273,7 +296,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.model or args.weights:
         model = _load_model(args, len(latent.image_shape), default=latent.model)
     volume = _run("decode", decode_steps(latent, model, _options(args)))
-    write_volume(volume, args.output)
+    write_volume(volume, args.output, png_range=_png_range(args, volume))
     print(f"{args.latent} -> {args.output}: image {volume.shape}")
     return 0
 
@@ -292,7 +315,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
         value_range = scored_range(volume)
         metrics = scores(volume.array, recon.array, value_range) | {"data_range": list(value_range)}
-    write_volume(recon, args.output)
+    write_volume(recon, args.output, png_range=_png_range(args, recon))
     line = f"{args.input} -> {args.output}: {_model_label(model)}, shape {recon.shape}"
     if metrics:
         from .imaging.atomic import atomic_write_text

@@ -109,8 +109,18 @@ def read_volume(
     return volume
 
 
-def write_volume(volume: Volume, path: str | Path, *, dtype: np.dtype | str | None = None) -> Path:
-    """Write ``volume`` atomically; the suffix picks the format. Returns the path written."""
+def write_volume(
+    volume: Volume,
+    path: str | Path,
+    *,
+    dtype: np.dtype | str | None = None,
+    png_range: tuple[float, float] | None = None,
+) -> Path:
+    """Write ``volume`` atomically; the suffix picks the format. Returns the path written.
+
+    PNG takes integers: ``png_range`` (LO, HI) maps values to 0..255; without it, results of a
+    PNG/JPEG input go back in its bit depth (`raster.png_pixels`) and other floats are refused.
+    """
     path = Path(path)
     suffix = full_suffix(path)
     writer = WRITERS.get(suffix)
@@ -122,7 +132,7 @@ def write_volume(volume: Volume, path: str | Path, *, dtype: np.dtype | str | No
     if dtype is not None:
         array = _cast(volume.array, np.dtype(dtype), path)
     elif writer is raster.write_png:
-        array = volume.array  # the PNG writer picks 8 or 16 bits
+        array = raster.png_pixels(volume, path, png_range)  # the PNG writer picks 8 or 16 bits
     else:
         array = np.asarray(volume.array, dtype=np.float32)
     to_write = Volume(array, volume.affine, volume.modality, volume.metadata)

@@ -46,6 +46,9 @@ def add_sr_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", help="HR reference image: its autoencoder reconstruction is "
                    "written to --ae-output (the noise floor for hallucination maps)")
     p.add_argument("--ae-output", help="where to write the reference's AE reconstruction")
+    p.add_argument("--png-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="PNG output: map LO..HI to 0..255 (default: a PNG/JPEG input's own bit "
+                   "depth, else the --window; other float results need it)")
 
 
 def add_train_sr_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,7 +64,7 @@ def add_train_sr_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_sr(args: argparse.Namespace) -> int:
     """Super-resolve one input (and reconstruct the reference); MedVAEError for the CLI to print."""
-    from ..cli import _read, _run
+    from ..cli import _png_range, _read, _run
     from ..imaging.io import write_volume
     from ..imaging.normalization import fit_normalization
     from .pipeline import (
@@ -93,9 +96,9 @@ def run_sr(args: argparse.Namespace) -> int:
             raise InputError(f"{args.reference}: reference shape {reference.shape} differs from "
                              f"the SR output's {result.shape}")
         ae = _run("reconstruct", reconstruct_reference_steps(reference, autoencoder, options))
-    written = [write_volume(result, args.output)]
+    written = [write_volume(result, args.output, png_range=_png_range(args, result))]
     if ae is not None:
-        written.append(write_volume(ae, args.ae_output))
+        written.append(write_volume(ae, args.ae_output, png_range=_png_range(args, ae)))
     for path in written:
         print(f"wrote {path}")
     return 0
