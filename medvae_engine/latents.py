@@ -86,7 +86,8 @@ class Latent:
 
     @property
     def affine(self) -> np.ndarray:
-        """Latent voxel index -> world: voxel j sits over image voxels [f*j, f*j + f - 1]."""
+        """Latent voxel index -> world: voxel j sits over voxels [f*j, f*j + f - 1] of the image
+        grid in the latent's voxel order (``grid_affine``)."""
         scale = np.eye(4)
         for i, f in enumerate(self.factors):
             scale[i, i] = f
