@@ -111,3 +111,23 @@ def test_2d_models_keep_the_stored_order_and_slice_axis(brain):
     b = reconstruct(lps, model, CodecOptions(axis=1))
     np.testing.assert_array_equal(b.affine, lps.affine)
     np.testing.assert_allclose(np.flip(b.array, 1), a.array, atol=1e-4 * float(np.ptp(brain.array)))
+
+
+def test_sidecar_orientation_is_checked_and_old_latents_keep_stored_order(brain, tmp_path):
+    """A corrupt orientation record is refused by name; a format-1 sidecar (no orientation) decodes
+    in stored order, as it was written."""
+    from medvae_engine.errors import InputError
+
+    model = tiny_model(3)
+    ras = flipped(Volume(brain.array[:16, :16, :12], brain.affine, "mri"), 0)  # already RAS
+    path = save_latent(encode(ras, model), tmp_path / "z.latent.nii.gz")
+    side = tmp_path / "z.latent.json"
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps(dict(meta, image_orientation="LPQ")))
+    with pytest.raises(InputError, match=r"z.latent.json: invalid orientation record"):
+        load_latent(path)
+    old = {k: v for k, v in meta.items() if k not in ("orientation", "image_orientation")}
+    side.write_text(json.dumps(dict(old, format_version=1)))
+    latent = load_latent(path)
+    assert latent.orientation is None
+    np.testing.assert_allclose(decode(latent, model).array, reconstruct(ras, model).array, atol=1e-5)
