@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights file for the model")
     _trust_arg(p)
     _codec_args(p, decode_only=True)
+    _png_arg(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser(
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics", metavar="FILE", help="write PSNR and MS-SSIM against the input as JSON"
     )
+    _png_arg(p)
     p.set_defaults(func=cmd_reconstruct)
 
     _optional_commands(sub)
@@ -167,7 +169,8 @@ def write_image(volume, path, args: argparse.Namespace, description: str) -> Pat
 
     fmt = getattr(args, "format", "auto")
     written = write_output(volume, path, fmt=fmt, description=description,
-                           keep_phi=getattr(args, "keep_phi", False))
+                           keep_phi=getattr(args, "keep_phi", False),
+                           png_range=_png_range(args, volume))
     note = dicom_source_note(volume) if fmt == "dicom" else None
     if note:
         print(f"note: {path}: {note}", file=sys.stderr)
@@ -223,6 +226,27 @@ def _codec_args(p: argparse.ArgumentParser, decode_only: bool = False) -> None:
         metavar=("LO", "HI"),
         help="intensity window mapped to [-1, 1] (default: CT [-1000, 1000], else min-max)",
     )
+
+
+def _png_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--png-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="PNG output: map LO..HI to 0..255 (default: a PNG/JPEG input's own bit depth, "
+        "else the --window; other float results need it)",
+    )
+
+
+def _png_range(args: argparse.Namespace, volume) -> tuple[float, float] | None:
+    """--png-range, else --window for results that did not come from a PNG/JPEG (see README)."""
+    from .imaging.raster import picture_dtype
+
+    if getattr(args, "png_range", None):
+        return tuple(args.png_range)
+    window = getattr(args, "window", None)
+    return tuple(window) if window and picture_dtype(volume.metadata) is None else None
 
 
 def _read_args(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,9 @@
 """Encode, decode and reconstruct Volumes in their own geometry and intensity units.
 
 2D models run slice-wise along a chosen axis in batches (huge images in blended tiles); 3D models
-run whole or in Gaussian-blended sliding windows so memory grows with the window, not the volume.
+see the volume in RAS voxel order, as the official tool's loaders give it (axis permutations and
+flips only), and run whole or in Gaussian-blended sliding windows so memory grows with the window,
+not the volume. Every output comes back in the input's own voxel order and affine.
 Inputs are padded at the end of every axis (edge values) to a multiple of the factor and cropped
 back exactly. Every operation is a generator yielding ``Progress`` (``*_steps``) with a plain
 function on top that accepts a progress callback and a cancel event.
@@ -19,6 +21,7 @@ import torch
 
 from .errors import Cancelled, InputError, ModelError
 from .imaging.normalization import Normalization, fit_normalization
+from .imaging.orientation import MODEL_ORIENTATION, axcodes, reorient
 from .imaging.volume import Volume
 from .latents import Latent
 from .windows import blend, count_windows
@@ -132,6 +135,7 @@ def encode_steps(
                 t.to(model_device(model)), sample=opts.sample, generator=generator
             ).float()
 
+    orientation = image_orientation = None  # 2D models: the image's own voxel order
     if model.spatial_dims == 2:
         axis = slice_axis(volume, opts.axis) if volume.ndim == 3 else None
         stack = x[None] if axis is None else np.moveaxis(x, axis, 0)
@@ -146,6 +150,10 @@ def encode_steps(
             raise InputError(
                 f"{source}: a 2D image cannot go through the 3D model {model_name(model)}"
             )
+        image_orientation = axcodes(volume.affine)  # None: no direction to orient by
+        orientation = MODEL_ORIENTATION if image_orientation else None
+        if orientation:
+            x = reorient(x, image_orientation, orientation)
         padded_x = pad_to_multiple(x, f, axes=(0, 1, 2))
         t = torch.from_numpy(padded_x)[None, None]
         z = yield from _volume(t, enc, opts, f, 1.0 / f, "encode")
@@ -164,6 +172,8 @@ def encode_steps(
         weights_path=getattr(model, "weights_path", None),
         modality=modality,
         metadata={k: v for k, v in volume.metadata.items() if k != "source_path"},
+        orientation=orientation,
+        image_orientation=image_orientation,
     )
 
 
@@ -195,7 +205,9 @@ def decode_steps(
     else:
         t = torch.from_numpy(np.ascontiguousarray(latent.array))[None]
         y = yield from _volume(t, dec, opts, 1, float(f), "decode")
-        out = y[0, 0][tuple(slice(0, s) for s in shape)]
+        out = y[0, 0][tuple(slice(0, s) for s in latent.grid_shape)]
+        if latent.orientation:
+            out = reorient(out, latent.orientation, latent.image_orientation)
     out = latent.normalization.inverse(out)
     return Volume(
         out, latent.image_affine.copy(), latent.modality, dict(latent.metadata, model=latent.model)

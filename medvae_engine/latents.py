@@ -3,7 +3,9 @@
 The NIfTI's affine puts each latent voxel over the centre of the block of image voxels it encodes,
 so latents overlay the anatomy in any viewer. The sidecar holds everything ``decode`` needs: model
 name and weights checksum, factor, normalisation, original shape and affine, padding, slice axis,
-and the input's size and sha256 (so dataset encoding resumes only over unchanged inputs).
+the input's size and sha256 (so dataset encoding resumes only over unchanged inputs), and the voxel
+orders (3D-model latents are stored in RAS order, as the official tool encodes them;
+``image_orientation`` says how to put the decoded volume back in the input's own order).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import numpy as np
 from .errors import InputError
 from .imaging.atomic import atomic_write, atomic_write_text
 from .imaging.normalization import Normalization
+from .imaging.orientation import reorient, reoriented_affine, reoriented_shape
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: orientation / image_orientation (absent in 1: the image's voxel order)
 
 
 @dataclasses.dataclass
@@ -28,7 +31,9 @@ class Latent:
     """A latent grid (C, *spatial) aligned with the image axes, and the facts to decode it.
 
     For a 2D model applied slice-wise, the slice axis keeps its size (factor 1 along it); for a 3D
-    model every axis is divided by the factor.
+    model every axis is divided by the factor. ``orientation`` is the axis codes of the latent grid
+    ("RAS" for 3D models) and ``image_orientation`` those of the input; None means the latent
+    follows the image's own voxel order. ``image_shape`` and ``image_affine`` are the input's own.
     """
 
     array: np.ndarray
@@ -46,15 +51,50 @@ class Latent:
     projected: bool = False
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     source: dict[str, Any] | None = None  # the input's identity (see dataset_encode.source_record)
+    orientation: str | None = None
+    image_orientation: str | None = None
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """The image shape in the latent's voxel order (``padded_shape`` before padding)."""
+        if self.orientation is None:
+            return tuple(self.image_shape)
+        return reoriented_shape(self.image_shape, self.image_orientation, self.orientation)
+
+    @property
+    def grid_affine(self) -> np.ndarray:
+        """Image voxel index in the latent's voxel order -> world."""
+        if self.orientation is None:
+            return np.asarray(self.image_affine)
+        return reoriented_affine(
+            self.image_affine, self.image_shape, self.image_orientation, self.orientation
+        )
+
+    def in_image_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """(array, affine) of the latent grid in the image's voxel order, to show beside it."""
+        if self.orientation is None:
+            return self.array, self.affine
+        array = reorient(self.array, self.orientation, self.image_orientation)
+        affine = reoriented_affine(
+            self.affine, self.array.shape[1:], self.orientation, self.image_orientation
+        )
+        return array, affine
+
+    def from_image_order(self, array: np.ndarray) -> np.ndarray:
+        """The inverse of ``in_image_order`` for an array (C, *spatial): back to the latent's order."""
+        if self.orientation is None:
+            return array
+        return reorient(array, self.image_orientation, self.orientation)
 
     @property
     def affine(self) -> np.ndarray:
-        """Latent voxel index -> world: voxel j sits over image voxels [f*j, f*j + f - 1]."""
+        """Latent voxel index -> world: voxel j sits over voxels [f*j, f*j + f - 1] of the image
+        grid in the latent's voxel order (``grid_affine``)."""
         scale = np.eye(4)
         for i, f in enumerate(self.factors):
             scale[i, i] = f
             scale[i, 3] = (f - 1) / 2.0
-        return np.asarray(self.image_affine) @ scale
+        return self.grid_affine @ scale
 
     @property
     def storage_ratio(self) -> float:
@@ -80,8 +120,10 @@ class Latent:
             "modality": self.modality,
             "image_shape": list(self.image_shape),
             "image_affine": np.asarray(self.image_affine).tolist(),
+            "orientation": self.orientation,
+            "image_orientation": self.image_orientation,
             "padded_shape": list(self.padded_shape),
-            "padding": [p - s for p, s in zip(self.padded_shape, self.image_shape)],
+            "padding": [p - s for p, s in zip(self.padded_shape, self.grid_shape)],
             "metadata": self.metadata,
             "source": self.source,
         }
@@ -138,6 +180,9 @@ def load_latent(path: str | Path) -> Latent:
         )
     if not np.isfinite(array).all():
         raise InputError(f"{path}: latent contains NaN or Inf values")
+    orientations = (meta.get("orientation"), meta.get("image_orientation"))
+    if orientations != (None, None) and not all(map(_valid_axcodes, orientations)):
+        raise InputError(f"{side}: invalid orientation record {list(orientations)}")
     return Latent(
         array=array,
         image_shape=tuple(meta["image_shape"]),
@@ -154,4 +199,14 @@ def load_latent(path: str | Path) -> Latent:
         projected=bool(meta.get("projected", False)),
         metadata=meta.get("metadata", {}),
         source=meta.get("source"),
+        orientation=meta.get("orientation"),
+        image_orientation=meta.get("image_orientation"),
     )
+
+
+def _valid_axcodes(codes) -> bool:
+    """True for three axis codes naming each of the L/R, P/A, I/S directions once (e.g. "LPS")."""
+    if not isinstance(codes, str) or len(codes) != 3:
+        return False
+    directions = [next((i for i, pair in enumerate(("LR", "PA", "IS")) if c in pair), -1) for c in codes]
+    return sorted(directions) == [0, 1, 2]

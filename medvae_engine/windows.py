@@ -45,23 +45,25 @@ def blend(
 ) -> Iterator[tuple[int, int, torch.Tensor | None]]:
     """Apply ``fn`` to overlapping windows of ``x`` (B, C, *spatial) and blend the outputs.
 
-    ``fn`` maps a window of size w to size w*scale (scale = 1/f to encode, f to decode). Yields
-    (done, total, None) after every window and finally (total, total, result).
+    ``fn`` maps a window of size w to size w*scale (scale = 1/f to encode, f to decode) and runs
+    on whatever device it likes (the model's); each output is copied to the host and blended there,
+    so memory on the device holds one window. Yields (done, total, None) after every window and
+    finally (total, total, result) on the CPU.
     """
     spatial = x.shape[2:]
     window = tuple(min(w, s) for w, s in zip(window, spatial))
     starts = [window_starts(s, w, overlap, in_multiple) for s, w in zip(spatial, window)]
     grid = list(itertools.product(*starts))
     out_window = tuple(round(w * scale) for w in window)
-    weights = gaussian_weights(out_window).to(x.device)
+    weights = gaussian_weights(out_window)
     acc = norm = None
     for i, start in enumerate(grid):
         src = (slice(None), slice(None)) + tuple(slice(s, s + w) for s, w in zip(start, window))
-        y = fn(x[src]).float()
+        y = fn(x[src]).float().cpu()
         if acc is None:
             out_shape = tuple(round(s * scale) for s in spatial)
-            acc = torch.zeros((*y.shape[:2], *out_shape), device=y.device)
-            norm = torch.zeros(out_shape, device=y.device)
+            acc = torch.zeros((*y.shape[:2], *out_shape))
+            norm = torch.zeros(out_shape)
         dst = (slice(None), slice(None)) + tuple(
             slice(round(s * scale), round(s * scale) + w) for s, w in zip(start, out_window)
         )

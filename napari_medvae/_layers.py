@@ -114,12 +114,14 @@ def latent_to_layer_data(latent: Latent, name: str) -> tuple:
 
     One latent channel is shown as a plain spatial layer; several channels get a leading channel
     axis (a slider) in front of the spatial axes, which napari aligns with the image's trailing axes.
+    3D-model latents (stored RAS) are shown in the image's own voxel order, so they overlay it.
     """
     spatial = len(latent.image_shape)
-    meta = _base_meta(latent.affine, spatial, "latent", latent=dataclasses.replace(latent, array=None),
+    array, affine = latent.in_image_order()
+    meta = _base_meta(affine, spatial, "latent", latent=dataclasses.replace(latent, array=None),
                       model=latent.model, weights_sha256=latent.weights_sha256,
                       factors=list(latent.factors), normalization=latent.normalization.to_dict())
-    data = latent.array[0] if latent.array.shape[0] == 1 else latent.array
+    data = array[0] if array.shape[0] == 1 else array
     lead = data.ndim - spatial
     attributes = {
         "name": name,
@@ -165,12 +167,12 @@ def attributes_to_volume(data: np.ndarray, attributes: dict, name: str = "layer"
 
 
 def layer_to_latent(data: np.ndarray, meta: dict[str, Any]) -> Latent:
-    """The Latent behind a latent layer's data and metadata (channel axis restored)."""
+    """The Latent behind a latent layer's data and metadata (channel axis and voxel order restored)."""
     latent: Latent = meta["latent"]
     array = np.asarray(data, np.float32)
     if array.ndim == len(latent.image_shape):
         array = array[None]
-    return dataclasses.replace(latent, array=array)
+    return dataclasses.replace(latent, array=latent.from_image_order(array))
 
 
 def slab(volume: Volume, axis: int, index: int) -> Volume:

@@ -115,8 +115,18 @@ def read_volume(
     return volume
 
 
-def write_volume(volume: Volume, path: str | Path, *, dtype: np.dtype | str | None = None) -> Path:
-    """Write ``volume`` atomically; the suffix picks the format. Returns the path written."""
+def write_volume(
+    volume: Volume,
+    path: str | Path,
+    *,
+    dtype: np.dtype | str | None = None,
+    png_range: tuple[float, float] | None = None,
+) -> Path:
+    """Write ``volume`` atomically; the suffix picks the format. Returns the path written.
+
+    PNG takes integers: ``png_range`` (LO, HI) maps values to 0..255; without it, results of a
+    PNG/JPEG input go back in its bit depth (`raster.png_pixels`) and other floats are refused.
+    """
     path = Path(path)
     suffix = full_suffix(path)
     writer = WRITERS.get(suffix)
@@ -128,7 +138,7 @@ def write_volume(volume: Volume, path: str | Path, *, dtype: np.dtype | str | No
     if dtype is not None:
         array = _cast(volume.array, np.dtype(dtype), path)
     elif writer is raster.write_png:
-        array = volume.array  # the PNG writer picks 8 or 16 bits
+        array = raster.png_pixels(volume, path, png_range)  # the PNG writer picks 8 or 16 bits
     else:
         array = np.asarray(volume.array, dtype=np.float32)
     to_write = Volume(array, volume.affine, volume.modality, volume.metadata)
@@ -144,11 +154,13 @@ def write_output(
     fmt: str = "auto",
     description: str = "MedVAE result",
     keep_phi: bool = False,
+    png_range: tuple[float, float] | None = None,
 ) -> Path:
-    """Write a result: a new DICOM series in the folder ``path`` for fmt "dicom", else by suffix."""
+    """Write a result: a new DICOM series in the folder ``path`` for fmt "dicom", else by suffix
+    (``png_range`` as for `write_volume`)."""
     check_output(path, fmt)
     if fmt == "auto":
-        return write_volume(volume, path)
+        return write_volume(volume, path, png_range=png_range)
     return write_dicom_series(volume, path, description=description, keep_phi=keep_phi)
 
 

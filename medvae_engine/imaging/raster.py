@@ -5,7 +5,8 @@ the picture's (rows, cols) transposed; TIFF stacks are (x, y, page). Colour pixe
 one channel (as the official 1-channel models do) and flagged ``converted_from_rgb``. Without
 geometry the affine is 1 mm identity (TIFF resolution tags give the pixel size when present). Files
 this package writes carry the exact affine and modality as JSON (a PNG text chunk, the TIFF
-description), so they read back unchanged.
+description), so they read back unchanged. Float results go back to PNG in a PNG/JPEG source's own
+bit depth (rounded, clipped), or through an explicit range mapped to 0..255 (`png_pixels`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from medvae_engine.imaging.volume import MODALITIES, Volume
 GEOMETRY_KEY = "medvae"
 _MM_PER_UNIT = {2: 25.4, 3: 10.0}  # TIFF ResolutionUnit: inch, centimetre
 # ImageJ spells micrometres several ways, including the escaped text "\\u00B5m".
+# Pillow modes of 16-bit pictures ("I" is how older Pillow reads 16-bit PNG); other modes are 8-bit.
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L")
 _IMAGEJ_UNITS_MM = {"mm": 1.0, "millimeter": 1.0, "cm": 10.0, "micron": 1e-3, "um": 1e-3,
                     "\u00b5m": 1e-3, "\\u00B5m": 1e-3}
 
@@ -90,6 +93,32 @@ def read_tiff(path: Path) -> Volume:
     return Volume(array, affine, modality, metadata)
 
 
+def picture_dtype(metadata: dict[str, Any]) -> np.dtype | None:
+    """uint8 or uint16: the bit depth of the PNG/JPEG an image was read from; None for others."""
+    if metadata.get("source_format") not in ("png", "jpeg"):
+        return None
+    mode = str(metadata.get("original_dtype", ""))
+    if mode == "F":
+        return None
+    return np.dtype(np.uint16 if mode in _SIXTEEN_BIT_MODES else np.uint8)
+
+
+def png_pixels(volume: Volume, path: Path, png_range: tuple[float, float] | None = None) -> np.ndarray:
+    """What a PNG of ``volume`` holds: ``png_range`` (LO, HI) mapped to 0..255 as uint8, else
+    float values in a PNG/JPEG source's own bit depth (rounded, clipped), else the array as is."""
+    array = np.asarray(volume.array)
+    if png_range is not None:
+        lo, hi = (float(v) for v in png_range)
+        if not hi > lo:
+            raise OutputError(f"{path}: PNG range {lo:g} {hi:g} needs HI greater than LO")
+        scaled = (np.asarray(array, dtype=np.float64) - lo) / (hi - lo) * 255.0
+        return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    dtype = picture_dtype(volume.metadata)
+    if dtype is not None and array.dtype.kind == "f":
+        return np.clip(np.round(array), 0, np.iinfo(dtype).max).astype(dtype)
+    return array
+
+
 def check_png(volume: Volume, path: Path) -> None:
     """Refuse what PNG cannot hold exactly: volumes and values other than integers 0..65535."""
     if volume.ndim != 2:
@@ -100,7 +129,8 @@ def check_png(volume: Volume, path: Path) -> None:
     if not np.array_equal(array, np.round(array)) or array.min() < 0 or array.max() > 65535:
         raise OutputError(
             f"{path}: PNG stores integers 0..65535 but the values are "
-            f"{float(array.min()):.6g}..{float(array.max()):.6g}; use .tif for float data"
+            f"{float(array.min()):.6g}..{float(array.max()):.6g}; map a range to 0..255 with "
+            f"--png-range LO HI, or use .tif or .nii.gz for float data"
         )
 
 

@@ -50,6 +50,9 @@ def add_sr_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", help="HR reference image: its autoencoder reconstruction is "
                    "written to --ae-output (the noise floor for hallucination maps)")
     p.add_argument("--ae-output", help="where to write the reference's AE reconstruction")
+    p.add_argument("--png-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="PNG output: map LO..HI to 0..255 (default: a PNG/JPEG input's own bit "
+                   "depth, else the --window; other float results need it)")
 
 
 def add_train_sr_arguments(p: argparse.ArgumentParser) -> None:

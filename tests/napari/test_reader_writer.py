@@ -6,12 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from conftest import TINY
 from pydicom.data import get_testdata_file
 
 from medvae_engine.codec import encode
 from medvae_engine.imaging.io import read_volume, write_volume
+from medvae_engine.imaging.volume import Volume
 from medvae_engine.latents import load_latent
-from medvae_engine.models import load_model
+from medvae_engine.models import AutoencoderKL, load_model
 from napari_medvae._layers import (
     display_geometry,
     latent_to_layer_data,
@@ -109,3 +112,28 @@ def test_bundled_samples_are_real_images_with_geometry(key):
     volume = read_volume(sample_path(key))
     assert volume.array.std() > 0 and min(volume.spacing) > 0
     assert (sample_path(key).parent / "LICENSES.md").read_text().count(SAMPLES[key]) == 1
+
+
+def test_3d_latent_of_a_non_ras_volume_overlays_it_and_round_trips(tmp_path, mri_crop):
+    """3D latents are stored RAS; the layer shows them in the image's voxel order, over the image."""
+    affine = mri_crop.affine.copy()  # the same anatomy stored LPS: flip axes 0 and 1
+    for axis in (0, 1):
+        affine[:3, 3] += affine[:3, axis] * (mri_crop.shape[axis] - 1)
+        affine[:3, axis] *= -1
+    lps = Volume(np.flip(mri_crop.array, (0, 1)).copy(), affine, "mri")
+    torch.manual_seed(0)
+    model = AutoencoderKL(**{**TINY, "spatial_dims": 3}).eval()
+    latent = encode(Volume(lps.array[:30, :38], lps.affine, "mri"), model)  # pads 30, 38 to 32, 40
+    assert latent.orientation == "RAS" and latent.image_orientation == "LPS"
+    data, attributes, _ = latent_to_layer_data(latent, "z")
+    np.testing.assert_array_equal(data, np.flip(latent.array[0], (0, 1)))  # RAS -> LPS order
+    image_scale, image_translate = display_geometry(lps.affine, 3)
+    corner = (np.asarray(attributes["translate"]) - image_translate) / image_scale
+    # latent voxel 0 (LPS order) covers image voxels [f*0 - pad, f - 1 - pad]: the padding that
+    # RAS order puts at the end of axes 0 and 1 comes first in LPS order
+    np.testing.assert_allclose(corner, [1.5 - 2, 1.5 - 2, 1.5], atol=1e-9)
+    np.testing.assert_allclose(attributes["scale"], np.asarray(image_scale) * 4)
+    (written,) = write_image(str(tmp_path / "z.nii.gz"), data, attributes)
+    back = load_latent(written)
+    np.testing.assert_array_equal(back.array, latent.array)
+    np.testing.assert_allclose(back.affine, latent.affine)
