@@ -166,7 +166,7 @@ def _run_sync(steps, show, cancel_event, done, failed) -> None:
 def _threaded(steps, show, cancel_event, done, failed):
     from napari.qt.threading import thread_worker
 
-    @thread_worker(start_thread=False)
+    @thread_worker(start_thread=False, ignore_errors=True)  # errors go to ``failed``, not re-raised
     def work():
         result = yield from steps
         return result
