@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model zoo and which weights are available")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
-        "--download", metavar="NAME", help="fetch an official model's weights (needs internet)"
+        "--download", metavar="NAME",
+        help="fetch an official model's weights into the cache folder (needs the hub; shows progress)"
     )
     p.set_defaults(func=cmd_models)
 

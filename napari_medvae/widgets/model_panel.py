@@ -51,7 +51,8 @@ class ModelWidget(Container):
         self.session = get_session(napari_viewer)
         self.job_state = JobState()
         state = self.session.state
-        self.model_choice = ComboBox(label="model", choices=model_choices(), value=state.choice)
+        self.model_choice = ComboBox(label="model", choices=lambda _: model_choices(),
+                                     value=state.choice)  # relabelled when weights arrive
         self.checkpoint = FileEdit(label="weights / checkpoint", mode="r",
                                    filter="*.safetensors *.ckpt *.pt *.pth")
         self.device = ComboBox(label="device", choices=devices(), value=state.device)
@@ -108,7 +109,10 @@ class ModelWidget(Container):
 
     def _refresh_choices(self) -> None:
         """Relabel the zoo models (their weights may have arrived) and the weights line."""
-        self.model_choice.choices = model_choices()
+        value = self.model_choice.value
+        with self.model_choice.changed.blocked():  # relabelling is not a new choice
+            self.model_choice.reset_choices()
+            self.model_choice.value = value
         self._show_weights()
 
     def download(self) -> Job | None:

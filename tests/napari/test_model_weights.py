@@ -47,7 +47,7 @@ def test_download_button_fetches_the_weights_with_progress(viewer, sync_jobs, sm
     panel.model_choice.value = small_official.name
     assert f"weights: {NOT_AVAILABLE}" in panel.weights.value
     assert NOT_AVAILABLE in choice_text(panel, small_official.name)
-    assert panel.download_button.visible and panel.download_button.enabled
+    assert not panel.download_button.native.isHidden() and panel.download_button.enabled
     panel.download_button.clicked.emit()
     mib = -(-small_checkpoint.stat().st_size // 2**20)
     assert panel.job.state.message == "done" and panel.job_state.total == mib > 1
@@ -91,6 +91,7 @@ def test_open_weights_file_registers_and_every_result_carries_its_sha256(
     encode.preview()
     maps = dock(viewer, "Maps")
     maps.reference.value = "brain"
+    assert errors == [], errors
     maps.test.value = next(layer.name for layer in viewer.layers
                            if layer_kind(layer) == "reconstruction")
     maps.compute()
