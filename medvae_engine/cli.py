@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model zoo and which weights are available")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
-        "--download", metavar="NAME", help="fetch an official model's weights (needs internet)"
+        "--download", metavar="NAME",
+        help="fetch an official model's weights into the cache folder (needs the hub; shows progress)"
     )
     p.add_argument(
         "--inspect", metavar="FILE",
@@ -265,10 +266,10 @@ def _read_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import get_spec, list_models, list_sr_models
-    from .models.loading import download_weights
+    from .models.loading import download_steps
 
     if args.download:
-        path = download_weights(get_spec(args.download))
+        path = _run(f"download {args.download}", download_steps(get_spec(args.download)), unit="B")
         print(f"downloaded {args.download} to {path}")
         return 0
     if args.inspect:
@@ -500,13 +501,14 @@ def _encode_steps(volume, model, args: argparse.Namespace):
     return encode_steps(volume, model, _options(args), normalization=norm)
 
 
-def _run(stage: str, steps):
+def _run(stage: str, steps, unit: str = "step"):
     """Drive a codec generator with a progress bar on stderr when attached to a terminal."""
     from tqdm import tqdm
 
     from .codec import run
 
-    bar = tqdm(desc=stage, unit="step", leave=False, disable=not sys.stderr.isatty())
+    bar = tqdm(desc=stage, unit=unit, unit_scale=unit == "B", leave=False,
+               disable=not sys.stderr.isatty())
 
     def report(p):
         bar.total = p.total

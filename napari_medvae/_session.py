@@ -5,22 +5,25 @@ Kept free of Qt so the model choice, summary and loading are testable without a 
 
 from __future__ import annotations
 
+import threading
 import weakref
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import numpy as np
 from psygnal import evented
 
 from medvae_engine.baselines import get_baseline
-from medvae_engine.codec import fast_precision
+from medvae_engine.codec import Progress, fast_precision, run
 from medvae_engine.errors import ModelError
-from medvae_engine.models import list_models, load_model
+from medvae_engine.models import MODELS, list_models
+from medvae_engine.models.loading import load_model_steps
 
 BASELINE_PREFIX = "baseline:"
 CUSTOM = "custom checkpoint"
 BASELINES = {"bicubic": 2, "trilinear": 3}
 DEFAULT_FACTOR = 4
-NOT_AVAILABLE = "not available yet"
+NOT_AVAILABLE = "not on this machine"
 
 
 @evented
@@ -58,7 +61,12 @@ def default_choice() -> str:
 
 
 def build_model(state: ModelState):
-    """Load the chosen model; ModelError (a notification in the GUI) when it cannot be had.
+    """Load the chosen model; ModelError (a notification in the GUI) when it cannot be had."""
+    return run(build_model_steps(state))
+
+
+def build_model_steps(state: ModelState) -> Generator[Progress, None, object]:
+    """``build_model`` as steps, so a job loads the weights in its worker and can cancel.
 
     ``checkpoint`` is the custom checkpoint, or for a named model an optional weights file that
     replaces the cache lookup.
@@ -70,8 +78,23 @@ def build_model(state: ModelState):
     if choice == CUSTOM:
         if not state.checkpoint:
             raise ModelError("choose a checkpoint file for the custom model")
-        return load_model(state.checkpoint, device=state.device)
-    return load_model(choice, weights=state.checkpoint or None, device=state.device)
+        return (yield from load_model_steps(state.checkpoint, device=state.device))
+    return (yield from load_model_steps(choice, weights=state.checkpoint or None,
+                                        device=state.device))
+
+
+def weights_status(choice: str) -> str:
+    """Where the weights of a zoo model are ("" for baselines and custom checkpoints)."""
+    spec = MODELS.get(choice)
+    if spec is None:
+        return ""
+    if spec.source == "starter":
+        return "weights: shipped with the package" if spec.available else (
+            f"weights: {NOT_AVAILABLE} ({spec.local_path()} missing)")
+    if spec.available:
+        return f"weights: on this machine ({spec.local_path()})"
+    return (f"weights: {NOT_AVAILABLE} ({spec.filename}); Download it or open a copy with "
+            "'Open weights file...'")
 
 
 def summarize(model, image_shape: tuple[int, ...] | None, axis: int | None = None) -> str:
@@ -110,19 +133,42 @@ class Session:
     def __init__(self) -> None:
         self.state = ModelState(choice=default_choice())
         self.model = None
+        self._generation = 0  # counts choice changes, so a late load never installs a stale model
+        self._load_lock = threading.Lock()
         self.state.events.connect(self._forget_on_change)
 
     def _forget_on_change(self, info) -> None:
         if info.signal.name in ("choice", "checkpoint", "device"):
+            self._generation += 1
             self.model = None
             self.state.loaded = ""
 
     def ensure_model(self):
-        """The loaded model, loading the current choice if needed (ModelError when impossible)."""
-        if self.model is None:
-            self.model = build_model(self.state)
-            self.state.loaded = getattr(self.model, "name", self.state.choice)
-        return self.model
+        """The loaded model, loading the current choice if needed (ModelError when impossible).
+
+        Loads in the calling thread: widgets use ``model_steps`` inside their jobs instead.
+        """
+        model = run(self.model_steps())
+        self.state.loaded = getattr(model, "name", self.state.choice)
+        return model
+
+    def model_steps(self) -> Generator[Progress, None, object]:
+        """Steps giving the session's model, loading it where they run (a job's worker thread).
+
+        Jobs that need the model at the same time load it once (the second waits for the first).
+        """
+        with self._load_lock:
+            if self.model is not None:
+                return self.model
+            generation = self._generation
+            model = yield from build_model_steps(self.state)
+            if generation == self._generation:
+                self.adopt(model)
+            return model
+
+    def adopt(self, model) -> None:
+        """Use ``model`` (loaded elsewhere) for the current choice; no events (any thread)."""
+        self.model = model
 
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

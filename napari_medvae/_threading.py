@@ -5,7 +5,8 @@ An engine ``*_steps`` generator yields ``Progress`` and returns its result; `sta
 napari progress bar, hands the result to ``on_done`` in the GUI thread and turns user-facing engine
 errors into notifications. ``on_done`` may return an iterator of GUI steps (one layer each); they
 run one per event-loop turn so adding several large layers never freezes the GUI in one block.
-Cancel stops at the next step and ``on_done`` is never called, so no half-made layers appear.
+Cancel stops at the next step, or inside a model call before its next module (``cancel_scope``),
+and ``on_done`` is never called, so no half-made layers appear.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from psygnal import evented
 
+from medvae_engine.cancel import cancel_scope
 from medvae_engine.codec import Progress
 from medvae_engine.errors import Cancelled, MedVAEError
 
@@ -47,7 +49,7 @@ class Job:
     worker_thread: list = field(default_factory=list)  # ids of the threads that ran steps
 
     def cancel(self) -> None:
-        """Stop at the next progress step; nothing is added."""
+        """Stop at the next progress step or module call; nothing is added."""
         self.cancel_event.set()
         if self.worker is not None:
             self.worker.quit()
@@ -118,7 +120,8 @@ def start_job(
 
     def tracked() -> Generator[Progress, None, object]:
         job.worker_thread.append(threading.get_ident())
-        result = yield from steps
+        with cancel_scope(job.cancel_event):  # cancel also between the modules of one model call
+            result = yield from steps
         return result
 
     if sync_mode():
@@ -163,7 +166,7 @@ def _run_sync(steps, show, cancel_event, done, failed) -> None:
 def _threaded(steps, show, cancel_event, done, failed):
     from napari.qt.threading import thread_worker
 
-    @thread_worker(start_thread=False)
+    @thread_worker(start_thread=False, ignore_errors=True)  # errors go to ``failed``, not re-raised
     def work():
         result = yield from steps
         return result
@@ -172,6 +175,7 @@ def _threaded(steps, show, cancel_event, done, failed):
     worker.yielded.connect(show)
     worker.returned.connect(lambda result: None if cancel_event.is_set() else done(result))
     worker.errored.connect(failed)
+    worker.aborted.connect(steps.close)  # runs the steps' cleanup (temporary files, locks) now
     worker.aborted.connect(lambda: failed(Cancelled("cancelled by the user")))
     worker.start()
     return worker

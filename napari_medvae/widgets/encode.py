@@ -33,6 +33,12 @@ def reconstruct_with_latent(volume, model, options):
     return latent, recon
 
 
+def with_model(session, work):
+    """Steps that get the session's model (loading it here, in the worker) and run ``work(model)``."""
+    model = yield from session.model_steps()
+    return (yield from work(model))
+
+
 class EncodeWidget(Container):
     """Docked encode/reconstruct panel for the chosen image layer."""
 
@@ -68,7 +74,7 @@ class EncodeWidget(Container):
         self.status.value = f"{s.label}: {s.message}{progress}" if s.label else "idle"
 
     def _inputs(self):
-        """(layer, volume, model, options) or None after showing why not."""
+        """(layer, volume, options) or None after showing why not; the model loads in the job."""
         name = self.layer.value
         if name is None or name not in self.viewer.layers:
             show_error("choose an image layer to encode")
@@ -76,20 +82,19 @@ class EncodeWidget(Container):
         layer = self.viewer.layers[name]
         try:
             volume = layer_to_volume(layer)
-            model = self.session.ensure_model()
         except (MedVAEError, ValueError) as e:
             show_error(str(e))
             return None
         options = CodecOptions(axis=slicing_axis(self.viewer, layer),
                                precision=self.session.state.precision)
-        return layer, volume, model, options
+        return layer, volume, options
 
     def run(self, latent: bool = True, recon: bool = True) -> Job | None:
         """Encode (and decode) the whole image in the background."""
         inputs = self._inputs()
         if inputs is None:
             return None
-        layer, volume, model, options = inputs
+        layer, volume, options = inputs
         name = layer.name
         source = {k: v for k, v in layer.metadata.get(META_KEY, {}).items() if k == "source_path"}
 
@@ -102,8 +107,9 @@ class EncodeWidget(Container):
                                                    **source))
             return layers
 
-        steps = (reconstruct_with_latent(volume, model, options) if recon
-                 else encode_steps(volume, model, options))
+        steps = with_model(self.session, lambda model: (
+            reconstruct_with_latent(volume, model, options) if recon
+            else encode_steps(volume, model, options)))
         label = "Reconstruct" if recon else "Encode"
         self.job = start_job(then(steps, to_layers), lambda layers: add_layers(self.viewer, layers),
                              self.job_state, f"{label} {name}")
@@ -114,7 +120,7 @@ class EncodeWidget(Container):
         inputs = self._inputs()
         if inputs is None:
             return None
-        layer, volume, model, options = inputs
+        layer, volume, options = inputs
         if options.axis is not None:
             volume = slab(volume, options.axis, current_index(self.viewer, layer, options.axis))
         name = f"{layer.name} preview"
@@ -128,7 +134,8 @@ class EncodeWidget(Container):
                 self.viewer.layers.remove(name)
             return add_layers(self.viewer, [data])
 
-        steps = then(reconstruct_with_latent(volume, model, options), to_layer)
+        steps = then(with_model(self.session, lambda model: reconstruct_with_latent(
+            volume, model, options)), to_layer)
         self.job = start_job(steps, add, self.job_state, f"Preview {layer.name}")
         return self.job
 

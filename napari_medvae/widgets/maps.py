@@ -20,7 +20,7 @@ from medvae_engine.analysis.hallucination import HALLUCINATED, LABEL_NAMES, LOST
 from medvae_engine.codec import Progress
 from medvae_engine.errors import MedVAEError
 
-from .._layers import add_layers, layer_to_volume, volume_to_layer_data
+from .._layers import META_KEY, add_layers, layer_to_volume, volume_to_layer_data
 from .._readout import MetricsState, boxes_from_shapes, format_readout, readout
 from .._threading import Job, JobState, start_job
 from ._common import NONE, WIDGET_WIDTH, current_index, image_layers, layers_of, slicing_axis
@@ -101,6 +101,7 @@ class MapsWidget(Container):
         k, chosen, opacity = float(self.k.value), list(self.subbands.value), float(self.opacity.value)
 
         base = f"{self.test.value} vs {self.reference.value}"
+        made_by = {k: test.metadata[k] for k in ("model", "weights_sha256") if test.metadata.get(k)}
 
         def steps():  # the maps and their layer data are made in the worker
             yield Progress(0, 1, "maps")
@@ -111,6 +112,8 @@ class MapsWidget(Container):
             if "hallucination" in maps:
                 data.append(self._labels_layer(maps["hallucination"], f"hallucination ({base})",
                                                opacity))
+            for _, attributes, _ in data:  # which model and weights made the compared result
+                attributes["metadata"][META_KEY].update(made_by)
             yield Progress(1, 1, "maps")
             return data
 

@@ -22,6 +22,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_warning
 
+from medvae_engine.codec import Progress
 from medvae_engine.errors import MedVAEError, ModelError
 from medvae_engine.models.zoo import DEFAULT_SR, SR_MODELS
 from medvae_engine.sr.degradations import DEGRADATIONS, lr_scale
@@ -134,18 +135,19 @@ class SuperResolveWidget(Container):
             return None  # nothing chosen (an emptied file field shows the working folder)
         return str(value)
 
-    def _autoencoder(self):
-        if self.autoencoder.value == PIXELS:
+    def _autoencoder_steps(self, choice: str, path: str):
+        """Steps giving the autoencoder; weights load where they run (the job's worker thread)."""
+        if choice == PIXELS:
             return PixelCodec()
-        if self.autoencoder.value == MODEL_PANEL:
-            return self.session.ensure_model()
-        path = self._sr_path()
-        if path is None or not Path(path).is_file():
+        if choice == MODEL_PANEL:
+            return (yield from self.session.model_steps())
+        if not Path(path).is_file():
             raise ModelError(f"{path}: SR model file not found")
         name = (sr_header(path) or {}).get("card", {}).get("autoencoder")
         if not name:  # e.g. a published latent-sr checkpoint: the user picks it in the Model panel
-            return self.session.ensure_model()
+            return (yield from self.session.model_steps())
         if self._own_autoencoder is None or self._own_autoencoder[0] != name:
+            yield Progress(0, 1, "load autoencoder")
             self._own_autoencoder = (name, load_autoencoder(name))
         return self._own_autoencoder[1]
 
@@ -170,7 +172,6 @@ class SuperResolveWidget(Container):
                                 scale=(lr_scale(self.degradation.value, int(self.factor.value))
                                        if self.mode.value == DEGRADE_HR else None))
             lr, reference, made = self._inputs(volume, axis)
-            autoencoder = self._autoencoder()
         except (MedVAEError, ValueError) as e:
             show_error(str(e))
             return None
@@ -193,18 +194,22 @@ class SuperResolveWidget(Container):
                     result["ae"], f"{name} reference AE ({info['model']})", "reconstruction",
                     model=info["model"], weights_sha256=info["weights_sha256"],
                     factor=info["factor"]))
-            return layers, result["ae_mismatch"]
+            return layers, info["model"] if result["ae_mismatch"] else ""
 
-        def add(built: tuple[list[tuple], bool]):
-            layers, mismatch = built
-            if mismatch:
-                show_warning(f"autoencoder {getattr(autoencoder, 'name', '')} is not the one "
-                             f"{sr_path} was trained with")
+        def add(built: tuple[list[tuple], str]):
+            layers, mismatched = built
+            if mismatched:
+                show_warning(f"autoencoder {mismatched} is not the one {sr_path} was trained with")
             return add_layers(self.viewer, layers)
 
-        steps = sr_job_steps(lr, autoencoder, sr_path, options, reference,
-                             reconstruct=bool(self.add_ae.value))
-        self.job = start_job(then(steps, to_layers), add, self.job_state, f"Super-resolve {name}")
+        choice, reconstruct = self.autoencoder.value, bool(self.add_ae.value)
+
+        def steps():
+            autoencoder = yield from self._autoencoder_steps(choice, sr_path)
+            return (yield from sr_job_steps(lr, autoencoder, sr_path, options, reference,
+                                            reconstruct=reconstruct))
+
+        self.job = start_job(then(steps(), to_layers), add, self.job_state, f"Super-resolve {name}")
         return self.job
 
     def _slice_axis(self, layer) -> int | None:
