@@ -6,6 +6,12 @@ cosines of those axes. Layers derived from one image (reconstruction, latent, ma
 direction cosines, so they overlay exactly. The complete 4x4 RAS affine travels in the layer's
 metadata, so writers restore it including direction cosines and the out-of-plane origin of 2D
 images; a layer moved or rescaled in napari is written where it is shown.
+
+Radiological display (see `_radiology`): each layer also gets a napari ``affine`` that only flips
+voxel axes so they grow towards patient Left, Posterior or Inferior; the viewer's axis order (set
+by `_display`) then shows axial, coronal or sagittal views with patient right on screen left. The
+flips are display only: data keep their voxel order and writers use scale, translate and the stored
+affine, never the display one. Images open in their modality's reading window (`_radiology`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import numpy as np
 from medvae_engine.errors import InputError
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.latents import Latent
+
+from ._radiology import anatomical_axes, display_affine, opening_preset, plane_of, preset_limits
 
 META_KEY = "medvae"
 DIVERGING_MAPS = ("difference",)
@@ -53,11 +61,16 @@ def layer_affine(meta: dict[str, Any], scale, translate) -> np.ndarray:
 
 def _base_meta(affine: np.ndarray, ndim: int, kind: str, **extra: Any) -> dict[str, Any]:
     scale, translate = display_geometry(affine, ndim)
+    axes, signs = anatomical_axes(affine, ndim)
     return {
         "kind": kind,
         "affine": np.asarray(affine, np.float64).tolist(),
         "shown_scale": list(scale),
         "shown_translate": list(translate),
+        "ras_axes": axes,
+        "ras_signs": signs,
+        "oriented": extra.get("modality") != "xray",  # projection X-rays carry no patient axes
+        "plane": plane_of(axes),
         **extra,
     }
 
@@ -72,12 +85,18 @@ def volume_to_layer_data(volume: Volume, name: str, kind: str = "image", **extra
         "name": name,
         "scale": meta["shown_scale"],
         "translate": meta["shown_translate"],
+        "affine": display_affine(meta["ras_signs"]),
+        "units": "mm",
         "metadata": {META_KEY: meta},
     }
     if kind == "labels":
         return np.asarray(volume.array).astype(np.uint8), attributes, "labels"
     data = np.asarray(volume.array, np.float32)
-    attributes["contrast_limits"] = _limits(data, extra.get("map"))
+    if extra.get("map"):
+        attributes["contrast_limits"] = _limits(data, extra.get("map"))
+    else:
+        meta["window"] = opening_preset(volume.modality, volume.metadata)
+        attributes["contrast_limits"] = list(preset_limits(meta["window"], data))
     if extra.get("map") in DIVERGING_MAPS:
         attributes["colormap"], attributes["blending"] = diverging_colormap(), "translucent"
     elif extra.get("map"):
@@ -125,6 +144,8 @@ def latent_to_layer_data(latent: Latent, name: str) -> tuple:
         "name": name,
         "scale": [1.0] * lead + meta["shown_scale"],
         "translate": [0.0] * lead + meta["shown_translate"],
+        "affine": display_affine(meta["ras_signs"], lead),
+        "units": "mm",
         "metadata": {META_KEY: meta},
         "colormap": "viridis",
         "contrast_limits": _limits(data, None),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 
+from .._display import install_display as install_display  # re-exported for every panel
 from .._layers import layer_kind
 
 NONE = "(none)"
@@ -43,3 +44,9 @@ def grid_of(viewer):
     """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before)."""
     canvas = getattr(viewer, "canvas", None)
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+def wrapped(label):
+    """A magicgui Label whose text wraps at the panel's width instead of being cut off."""
+    label.native.setWordWrap(True)
+    return label

@@ -1,18 +1,43 @@
-"""Compare: chosen layers side by side in napari's grid (one camera, one slice), optional linked
-contrast limits, one-click 2/3/4 panel layouts and screenshot export."""
+"""Compare: chosen layers side by side in napari's grid (one camera, one slice), each panel captioned
+on the canvas (and in exported screenshots) with PSNR, SSIM and MS-SSIM against the first panel,
+windows linked by default (the viewer's `RadiologicalDisplay`), one-click 2/3/4 panel layouts."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 
-from .._compare import LAYOUTS, CompareState, plan_grid, suggest_panels
+from medvae_engine.codec import Progress
+
+from .._compare import (
+    LAYOUTS,
+    CompareState,
+    format_metrics,
+    panel_caption,
+    panel_metrics,
+    plan_grid,
+    suggest_panels,
+)
 from .._layers import META_KEY
-from ._common import NONE, WIDGET_WIDTH, grid_of, layers_of
+from .._threading import Job, JobState, start_job
+from ._captions import set_caption
+from ._common import (
+    NONE,
+    WIDGET_WIDTH,
+    current_index,
+    grid_of,
+    install_display,
+    layers_of,
+    slicing_axis,
+    wrapped,
+)
+
+METRICS_NOTE = ("PSNR, SSIM, MS-SSIM against panel 1, both mapped to [0, 1] with panel 1's "
+                "[min, max] in its units (the data range, not the display window)")
 
 MAX_PANELS = 4
 
@@ -21,29 +46,35 @@ class CompareWidget(Container):
     """Docked compare panel; the layout lives in `CompareState`."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)
         self.max_width = WIDGET_WIDTH
         self.viewer = napari_viewer
+        self.display = install_display(napari_viewer)
         self.state = CompareState()
-        self._linked: list = []
+        self.job_state = JobState()
+        self.job: Job | None = None
         self.bases = [ComboBox(label=f"panel {i + 1}", choices=self._choices) for i in range(MAX_PANELS)]
         self.overlays = [ComboBox(label=f"  overlay {i + 1}", choices=self._choices)
                          for i in range(MAX_PANELS)]
         self.layout_buttons = {n: PushButton(text=f"{n} panels") for n in LAYOUTS}
         self.off_button = PushButton(text="Grid off")
-        self.link = CheckBox(text="link contrast limits", value=False)
+        self.link = CheckBox(text="link windows (W/L)", value=self.display.state.link_window)
+        self.metrics_button = PushButton(text="Update metrics (this slice)")
+        self.metrics = wrapped(Label(value=""))
         self.path = FileEdit(label="screenshot", mode="w", filter="*.png", value="compare.png")
         self.shot_button = PushButton(text="Save screenshot")
         for base, overlay in zip(self.bases, self.overlays, strict=True):
             self.extend([base, overlay])
-        self.extend([*self.layout_buttons.values(), self.off_button, self.link, self.path,
-                     self.shot_button])
+        self.extend([*self.layout_buttons.values(), self.off_button, self.link,
+                     self.metrics_button, self.metrics, self.path, self.shot_button])
         for n, button in self.layout_buttons.items():
             button.changed.connect(lambda _=None, n=n: self.apply(n))
         self.off_button.changed.connect(self.grid_off)
-        self.link.changed.connect(lambda v: setattr(self.state, "link_contrast", bool(v)))
+        self.link.changed.connect(
+            lambda v: setattr(self.display.state, "link_window", bool(v)))
+        self.display.state.events.link_window.connect(self._show_link)
+        self.metrics_button.changed.connect(self.update_metrics)
         self.shot_button.changed.connect(lambda: self.screenshot(self.path.value))
-        self.state.events.link_contrast.connect(self._relink)
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
 
@@ -78,8 +109,57 @@ class CompareWidget(Container):
         grid.stride, grid.shape, grid.enabled = plan.stride, LAYOUTS[n], True
         self.state.panels, self.state.enabled = list(panels), True
         self._show_panels(panels)
-        self._relink(self.state.link_contrast)
         self.viewer.reset_view()
+        self._caption(panels, {})
+        self.update_metrics()
+
+    def _show_link(self, value: bool) -> None:
+        with self.link.changed.blocked():
+            self.link.value = bool(value)
+
+    def _caption(self, panels: list[tuple[str, str]], scores: dict[str, str]) -> None:
+        """Each panel's caption on its base layer: what it shows, and its scores when known."""
+        for base, overlay in panels:
+            layer = self.viewer.layers[base]
+            text = panel_caption(base, layer.metadata.get(META_KEY, {}), overlay)
+            set_caption(layer, text + (f"\n{scores[base]}" if base in scores else ""))
+
+    def update_metrics(self) -> Job | None:
+        """PSNR, SSIM and MS-SSIM of every image panel against panel 1 (slice on screen, volume)."""
+        panels = list(self.state.panels)
+        if len(panels) < 2 or not self.state.enabled:
+            return None
+        reference = self.viewer.layers[panels[0][0]]
+        tests = [self.viewer.layers[base] for base, _ in panels[1:]
+                 if isinstance(self.viewer.layers[base], Image)
+                 and self.viewer.layers[base].data.shape == reference.data.shape
+                 and self.viewer.layers[base].metadata.get(META_KEY, {}).get("kind") != "map"]
+        if not tests:
+            self.metrics.value = ""
+            return None
+        axis = slicing_axis(self.viewer, reference)
+        index = 0 if axis is None else current_index(self.viewer, reference, axis)
+        ref = np.asarray(reference.data, np.float32)
+        pairs = [(layer.name, np.asarray(layer.data, np.float32)) for layer in tests]
+
+        def steps():
+            yield Progress(0, len(pairs), "metrics")
+            scores = {}
+            for done, (name, data) in enumerate(pairs, 1):
+                scores[name] = format_metrics(panel_metrics(ref, data, axis, index))
+                yield Progress(done, len(pairs), "metrics")
+            return scores
+
+        def show(scores: dict[str, str]) -> None:
+            if self.state.panels != panels:
+                return
+            self._caption(panels, scores)
+            where = "" if axis is None else f" (slice {index} along voxel axis {axis})"
+            self.metrics.value = "\n".join(
+                [METRICS_NOTE + where + ":"] + [f"{name}\n{text}" for name, text in scores.items()])
+
+        self.job = start_job(steps(), show, self.job_state, "Compare metrics")
+        return self.job
 
     def _show_panels(self, panels: list[tuple[str, str]]) -> None:
         """Reflect the applied panels in the combo boxes."""
@@ -96,6 +176,7 @@ class CompareWidget(Container):
         if name not in self.viewer.layers:
             self.viewer.add_image(np.zeros((1,) * ref.ndim, np.float32), name=name, visible=False,
                                   scale=ref.scale, translate=ref.translate,
+                                  affine=ref.affine.affine_matrix, units=ref.units,
                                   metadata={META_KEY: {"kind": "spacer"}})
         return name
 
@@ -105,37 +186,10 @@ class CompareWidget(Container):
         self.state.enabled = False
         for layer in self.viewer.layers:
             layer.visible = layer.metadata.get(META_KEY, {}).get("kind") != "spacer"
-
-    def _relink(self, on: bool) -> None:
-        for layer, callback in self._linked:
-            layer.events.contrast_limits.disconnect(callback)
-        self._linked = []
-        if not on:
-            return
-        layers = [self.viewer.layers[base] for base, _ in self.state.panels
-                  if base in self.viewer.layers]
-        layers = [layer for layer in layers if isinstance(layer, Image)
-                  and layer.metadata.get(META_KEY, {}).get("kind") in (None, "image", "reconstruction",
-                                                                      "sr", "preview")]
-        if not layers:
-            return
-        for layer in layers[1:]:
-            layer.contrast_limits = layers[0].contrast_limits
-
-        def follow(source):
-            def callback(_event=None):
-                for other in layers:
-                    if other is not source and other.contrast_limits != source.contrast_limits:
-                        other.contrast_limits = source.contrast_limits
-            return callback
-
-        for layer in layers:
-            callback = follow(layer)
-            layer.events.contrast_limits.connect(callback)
-            self._linked.append((layer, callback))
+            set_caption(layer, "")
 
     def screenshot(self, path) -> Path | None:
-        """Save the canvas (the whole grid) as PNG."""
+        """Save the canvas (the whole grid, captions and colour bars included) as PNG."""
         path = Path(path)
         try:
             self.viewer.screenshot(path=str(path), canvas_only=True)
