@@ -86,7 +86,7 @@ class RadiologicalDisplay:
         self._linked: list = []
         self._syncing = False
         self._fresh_labels: list = []
-        viewer.scale_bar.visible = True  # in mm: the unit comes from the layers' units
+        viewer.canvas.overlays.scale_bar.visible = True  # in mm: the unit comes from layer units
         self._add_letter_overlays()
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_layers_changed)
@@ -108,7 +108,7 @@ class RadiologicalDisplay:
 
         for edge, position in LETTER_POSITIONS.items():
             self.viewer.canvas.overlays[OVERLAY_PREFIX + edge] = TextOverlay(
-                position=position, gridded=True, font_size=14, box=False, color="yellow")
+                position=position, gridded=True, font_size=14, box=True)
 
     def letter_overlays(self) -> dict:
         """edge -> the canvas text overlay showing its orientation letter."""

@@ -37,8 +37,7 @@ def set_caption(layer, text: str) -> None:
     """Show ``text`` on the layer's panel ('' hides it)."""
     overlay = layer._overlays.get(CAPTION_KEY)
     if overlay is None:
-        layer._overlays[CAPTION_KEY] = CaptionOverlay(text=text, visible=bool(text), font_size=11,
-                                                      color="yellow")
+        layer._overlays[CAPTION_KEY] = CaptionOverlay(text=text, visible=bool(text), font_size=11)
     else:
         overlay.text, overlay.visible = text, bool(text)
 
