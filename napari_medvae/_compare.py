@@ -94,24 +94,23 @@ def panel_caption(name: str, meta: dict, overlay: str = "") -> str:
     return caption + (f"\n+ {overlay}" if overlay else "")
 
 
-def metric_scores(reference: np.ndarray, test: np.ndarray) -> dict[str, float | str]:
-    """PSNR (dB), SSIM and MS-SSIM of ``test`` against ``reference`` after mapping both with the
-    reference's [min, max] to [0, 1] (the engine's convention; not the display window)."""
-    value_range = reference_range(reference)
-    ref, tst = to_unit_range(reference, value_range), to_unit_range(test, value_range)
-    ms = ms_ssim(ref, tst)
-    return {"PSNR dB": psnr(ref, tst), "SSIM": ssim(ref, tst),
+def metric_scores(reference: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    """PSNR (dB), SSIM and MS-SSIM of two images already mapped to [0, 1]."""
+    ms = ms_ssim(reference, test)
+    return {"PSNR dB": psnr(reference, test), "SSIM": ssim(reference, test),
             "MS-SSIM": getattr(ms, "value", float("nan"))}
 
 
 def panel_metrics(reference: np.ndarray, test: np.ndarray, axis: int | None,
                   index: int) -> dict[str, dict]:
-    """Scores of the slice on screen and (for volumes) of the whole volume."""
+    """Scores of the slice on screen and (for volumes) of the whole volume, both images mapped to
+    [0, 1] by the reference volume's [min, max] (the engine's convention; not the display window)."""
+    value_range = reference_range(reference)
+    ref, tst = to_unit_range(reference, value_range), to_unit_range(test, value_range)
     if axis is None:
-        return {"image": metric_scores(reference, test)}
-    return {"slice": metric_scores(np.take(reference, index, axis=axis),
-                                   np.take(test, index, axis=axis)),
-            "volume": metric_scores(reference, test)}
+        return {"image": metric_scores(ref, tst)}
+    return {"slice": metric_scores(np.take(ref, index, axis=axis), np.take(tst, index, axis=axis)),
+            "volume": metric_scores(ref, tst)}
 
 
 def format_metrics(scopes: dict[str, dict]) -> str:
