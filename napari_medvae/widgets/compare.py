@@ -30,8 +30,8 @@ from ._common import (
     WIDGET_WIDTH,
     current_index,
     grid_of,
-    install_display,
     layers_of,
+    medvae_panel,
     slicing_axis,
     wrapped,
 )
@@ -46,10 +46,10 @@ class CompareWidget(Container):
     """Docked compare panel; the layout lives in `CompareState`."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True, scrollable=True)
+        super().__init__(labels=True)
         self.max_width = WIDGET_WIDTH
         self.viewer = napari_viewer
-        self.display = install_display(napari_viewer)
+        self.display = medvae_panel(self, napari_viewer)
         self.state = CompareState()
         self.job_state = JobState()
         self.job: Job | None = None

@@ -23,7 +23,7 @@ from .._layers import (
 )
 from .._session import get_session
 from .._threading import Job, JobState, start_job, then
-from ._common import WIDGET_WIDTH, current_index, image_layers, install_display, slicing_axis
+from ._common import WIDGET_WIDTH, current_index, image_layers, medvae_panel, slicing_axis
 
 
 def reconstruct_with_latent(volume, model, options):
@@ -37,10 +37,10 @@ class EncodeWidget(Container):
     """Docked encode/reconstruct panel for the chosen image layer."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True, scrollable=True)
+        super().__init__(labels=True)
         self.max_width = WIDGET_WIDTH
         self.viewer = napari_viewer
-        install_display(napari_viewer)
+        medvae_panel(self, napari_viewer)
         self.session = get_session(napari_viewer)
         self.job_state = JobState()
         self.job: Job | None = None

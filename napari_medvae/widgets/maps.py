@@ -30,8 +30,8 @@ from ._common import (
     WIDGET_WIDTH,
     current_index,
     image_layers,
-    install_display,
     layers_of,
+    medvae_panel,
     slicing_axis,
     wrapped,
 )
@@ -48,10 +48,10 @@ class MapsWidget(Container):
     """Docked maps and metrics panel."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True, scrollable=True)
+        super().__init__(labels=True)
         self.max_width = WIDGET_WIDTH
         self.viewer = napari_viewer
-        install_display(napari_viewer)
+        medvae_panel(self, napari_viewer)
         self.job_state = JobState()
         self.metrics = MetricsState()
         self.job: Job | None = None

@@ -10,7 +10,7 @@ from medvae_engine.codec import PRECISIONS, Progress
 from .._layers import layer_kind
 from .._session import BASELINE_PREFIX, build_model, get_session, model_choices, summarize
 from .._threading import JobState, start_job
-from ._common import WIDGET_WIDTH, install_display, slicing_axis
+from ._common import WIDGET_WIDTH, medvae_panel, slicing_axis
 
 
 def devices() -> list[str]:
@@ -27,10 +27,10 @@ class ModelWidget(Container):
     """Docked model chooser; the choice lives in the viewer's `ModelState`."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True, scrollable=True)
+        super().__init__(labels=True)
         self.max_width = WIDGET_WIDTH
         self.viewer = napari_viewer
-        install_display(napari_viewer)
+        medvae_panel(self, napari_viewer)
         self.session = get_session(napari_viewer)
         self.job_state = JobState()
         state = self.session.state

@@ -37,7 +37,7 @@ from .._study_view import (
     pair_layer_data,
     submitted_message,
 )
-from ._common import WIDGET_WIDTH, grid_of, install_display
+from ._common import WIDGET_WIDTH, grid_of, medvae_panel
 
 ACTIVE_MARK = "\u25b6 "
 
@@ -46,10 +46,10 @@ class ReaderStudyWidget(Container):
     """Docked reading panel; all reading state lives in the `ReaderSession`."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True, scrollable=True)
+        super().__init__(labels=True)
         self.max_width = WIDGET_WIDTH
         self.viewer = napari_viewer
-        install_display(napari_viewer)
+        medvae_panel(self, napari_viewer)
         self.session: ReaderSession | None = None
         self.controls: ReadingControls | None = None
         self.panes: list = []

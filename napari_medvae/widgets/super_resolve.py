@@ -38,7 +38,7 @@ from .._super_resolve import (
     sr_job_steps,
 )
 from .._threading import Job, JobState, start_job, then
-from ._common import NONE, WIDGET_WIDTH, image_layers, install_display, slicing_axis
+from ._common import NONE, WIDGET_WIDTH, image_layers, medvae_panel, slicing_axis
 
 LR_INPUT = "low-resolution image"
 DEGRADE_HR = "HR image, degraded here"
@@ -51,10 +51,10 @@ class SuperResolveWidget(Container):
     """Docked super-resolution panel."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True, scrollable=True)
+        super().__init__(labels=True)
         self.max_width = WIDGET_WIDTH
         self.viewer = napari_viewer
-        install_display(napari_viewer)
+        medvae_panel(self, napari_viewer)
         self.session = get_session(napari_viewer)
         self.job_state = JobState()
         self.job: Job | None = None

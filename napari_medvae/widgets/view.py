@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
 
-from .._display import LINK_KEY, PRESET_KEYS, PRESETS, VIEW_KEYS, install_display
+from .._display import LINK_KEY, PRESET_KEYS, PRESETS, VIEW_KEYS
 from .._radiology import CT_PRESETS, VIEWS
-from ._common import WIDGET_WIDTH, wrapped
+from ._common import WIDGET_WIDTH, medvae_panel, wrapped
 
 
 def preset_caption(preset: str) -> str:
@@ -24,10 +24,10 @@ class ViewWidget(Container):
     """Docked view panel of the radiological display."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True, scrollable=True)
+        super().__init__(labels=True)
         self.max_width = WIDGET_WIDTH
         self.viewer = napari_viewer
-        self.display = install_display(napari_viewer)
+        self.display = medvae_panel(self, napari_viewer)
         state = self.display.state
         self.view_buttons = {view: PushButton(text=f"{view.capitalize()} ({VIEW_KEYS[view]})")
                              for view in VIEWS}
