@@ -80,8 +80,9 @@ def go_to(viewer, layer, voxel) -> None:
 
 
 def shown_slice(viewer, layer) -> np.ndarray:
-    """The slice as napari lays it out on screen (world grows rightwards and downwards): every
-    voxel centre of the displayed world axes mapped back through the layer's world-to-data."""
+    """The slice as napari lays it out on screen (world grows rightwards and downwards): the voxel
+    centres of the displayed world axes mapped back through the layer's world-to-data (an affine
+    map, so three points give every voxel)."""
     assert tuple(viewer.camera.orientation2d) == ("down", "right")
     rows_dim, cols_dim = viewer.dims.order[-2:]
 
@@ -92,14 +93,16 @@ def shown_slice(viewer, layer) -> np.ndarray:
         return np.linspace(ends[0], ends[1], layer.data.shape[dim])
 
     rows, cols = centres(rows_dim), centres(cols_dim)
-    out = np.zeros((len(rows), len(cols)), np.float32)
     point = np.array(viewer.dims.point, np.float64)
-    for r, y in enumerate(rows):
-        for c, x in enumerate(cols):
-            point[rows_dim], point[cols_dim] = y, x
-            index = np.round(layer.world_to_data(point)).astype(int)
-            out[r, c] = layer.data[tuple(index)]
-    return out
+    point[rows_dim], point[cols_dim] = rows[0], cols[0]
+    origin = np.asarray(layer.world_to_data(point))
+    point[rows_dim] = rows[1]
+    down = np.asarray(layer.world_to_data(point)) - origin
+    point[rows_dim], point[cols_dim] = rows[0], cols[1]
+    right = np.asarray(layer.world_to_data(point)) - origin
+    r, c = np.meshgrid(np.arange(len(rows)), np.arange(len(cols)), indexing="ij")
+    index = origin + r[..., None] * down + c[..., None] * right
+    return np.asarray(layer.data)[tuple(np.round(np.moveaxis(index, -1, 0)).astype(int))]
 
 
 def canvas_image(viewer, layer) -> np.ndarray:
@@ -182,6 +185,25 @@ def test_coronal_and_sagittal_views_on_keys_with_letters(viewer, tmp_path, brain
     QTest.keyClick(canvas, Qt.Key.Key_A, Qt.KeyboardModifier.AltModifier)
     go_to(viewer, layer, ras_voxel_in(stored, brain_ras, (0, 0, z)))
     np.testing.assert_array_equal(shown_slice(viewer, layer), brain_ras.array[::-1, ::-1, z].T)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR2_UNCR.dcm"])
+def test_a_dicom_slice_is_shown_as_a_dicom_viewer_shows_it(viewer, name):
+    """Rows top to bottom and columns left to right as stored: for the axial CT that is patient
+    right on the left and anterior up; for the oblique sagittal shoulder MR, superior up."""
+    import pydicom
+
+    path = get_testdata_file(name)
+    dataset = pydicom.dcmread(path)
+    stored = dataset.pixel_array * float(getattr(dataset, "RescaleSlope", 1)) + float(
+        getattr(dataset, "RescaleIntercept", 0))
+    layer = open_file(viewer, path)
+    np.testing.assert_allclose(shown_slice(viewer, layer), stored, atol=1e-3)
+    letters = install_display(viewer).current_letters()
+    if name == "CT_small.dcm":
+        assert letters == {"top": "A", "bottom": "P", "left": "R", "right": "L"}
+    else:
+        assert letters["top"] == "S" and letters["bottom"] == "I"
 
 
 def test_ct_opens_in_a_soft_tissue_window_and_presets_follow_panel_and_keys(viewer):
@@ -342,3 +364,35 @@ def test_every_panel_docked_fits_a_1920x1080_screen(viewer):
     assert window.minimumSizeHint().height() <= 1080
     assert window.height() <= 1080
     assert all(window.tabifiedDockWidgets(dock) for dock in docks)
+
+
+def test_reader_study_panes_are_radiological_in_a_linked_ct_window(viewer, tmp_path):
+    import shutil
+
+    import pydicom
+
+    from medvae_engine.study import create_study, spec_from_folders
+
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), originals / "ct_small.dcm")
+    spec = spec_from_folders(originals, {"bicubic4": {"codec": "bicubic", "factor": 4}},
+                             name="pilot", seed=1, display="side_by_side")
+    study = create_study(spec, tmp_path / "study")
+    from napari_medvae.widgets.reader_study import ReaderStudyWidget
+
+    panel = ReaderStudyWidget(viewer)  # docked directly: its shortcuts need the real main window
+    viewer.window.add_dock_widget(panel)
+    assert panel.open_session(study, "reader1")
+    left, right = panel.panes
+    assert tuple(left.contrast_limits) == tuple(right.contrast_limits) == (-160.0, 240.0)
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    original = dataset.pixel_array * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept)
+    shown = [shown_slice(viewer, pane) for pane in panel.panes]
+    best = max(shown, key=lambda image: correlation(image, original))
+    assert correlation(best, original) > 0.99  # the original pane, shown as the DICOM viewer does
+    assert install_display(viewer).current_letters() == {"top": "A", "bottom": "P", "left": "R",
+                                                         "right": "L"}
+    left.contrast_limits = [0.0, 80.0]
+    assert tuple(right.contrast_limits) == (0.0, 80.0)  # the two panes share one window
+    panel.close_session()
