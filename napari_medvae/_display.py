@@ -185,6 +185,7 @@ class RadiologicalDisplay:
         self._apply_view()
 
     def _on_layers_changed(self, _event=None) -> None:
+        self._fresh_labels = [layer for layer in self._fresh_labels if layer in self.viewer.layers]
         self.relink()
         self._apply_view()
 
