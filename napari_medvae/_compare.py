@@ -101,16 +101,20 @@ def metric_scores(reference: np.ndarray, test: np.ndarray) -> dict[str, float]:
             "MS-SSIM": getattr(ms, "value", float("nan"))}
 
 
-def panel_metrics(reference: np.ndarray, test: np.ndarray, axis: int | None,
-                  index: int) -> dict[str, dict]:
-    """Scores of the slice on screen and (for volumes) of the whole volume, both images mapped to
-    [0, 1] by the reference volume's [min, max] (the engine's convention; not the display window)."""
+def panel_metrics(reference: np.ndarray, test: np.ndarray, axis: int | None, index: int,
+                  volume: bool = True) -> dict[str, dict]:
+    """Scores of the slice on screen and (for volumes, when asked) of the whole volume, both images
+    mapped to [0, 1] by the reference volume's [min, max] (the engine's convention; not the display
+    window)."""
     value_range = reference_range(reference)
     ref, tst = to_unit_range(reference, value_range), to_unit_range(test, value_range)
     if axis is None:
         return {"image": metric_scores(ref, tst)}
-    return {"slice": metric_scores(np.take(ref, index, axis=axis), np.take(tst, index, axis=axis)),
-            "volume": metric_scores(ref, tst)}
+    scores = {"slice": metric_scores(np.take(ref, index, axis=axis),
+                                     np.take(tst, index, axis=axis))}
+    if volume:
+        scores["volume"] = metric_scores(ref, tst)
+    return scores
 
 
 def format_metrics(scopes: dict[str, dict]) -> str:

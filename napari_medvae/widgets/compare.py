@@ -53,13 +53,16 @@ class CompareWidget(Container):
         self.state = CompareState()
         self.job_state = JobState()
         self.job: Job | None = None
+        self._scored: tuple | None = None  # (panels, axis, index) the captions show
+        self._volume_key: tuple | None = None
+        self._volume_scores: dict[str, dict] = {}
         self.bases = [ComboBox(label=f"panel {i + 1}", choices=self._choices) for i in range(MAX_PANELS)]
         self.overlays = [ComboBox(label=f"  overlay {i + 1}", choices=self._choices)
                          for i in range(MAX_PANELS)]
         self.layout_buttons = {n: PushButton(text=f"{n} panels") for n in LAYOUTS}
         self.off_button = PushButton(text="Grid off")
         self.link = CheckBox(text="link windows (W/L)", value=self.display.state.link_window)
-        self.metrics_button = PushButton(text="Update metrics (this slice)")
+        self.metrics_button = PushButton(text="Update metrics")
         self.metrics = wrapped(Label(value=""))
         self.path = FileEdit(label="screenshot", mode="w", filter="*.png", value="compare.png")
         self.shot_button = PushButton(text="Save screenshot")
@@ -74,6 +77,7 @@ class CompareWidget(Container):
             lambda v: setattr(self.display.state, "link_window", bool(v)))
         self.display.state.events.link_window.connect(self._show_link)
         self.metrics_button.changed.connect(self.update_metrics)
+        self.viewer.dims.events.current_step.connect(self.update_metrics)
         self.shot_button.changed.connect(lambda: self.screenshot(self.path.value))
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
@@ -111,6 +115,7 @@ class CompareWidget(Container):
         self._show_panels(panels)
         self.viewer.reset_view()
         self._caption(panels, {})
+        self._scored = self._volume_key = None
         self.update_metrics()
 
     def _show_link(self, value: bool) -> None:
@@ -124,10 +129,12 @@ class CompareWidget(Container):
             text = panel_caption(base, layer.metadata.get(META_KEY, {}), overlay)
             set_caption(layer, text + (f"\n{scores[base]}" if base in scores else ""))
 
-    def update_metrics(self) -> Job | None:
-        """PSNR, SSIM and MS-SSIM of every image panel against panel 1 (slice on screen, volume)."""
+    def update_metrics(self, _event=None) -> Job | None:
+        """PSNR, SSIM and MS-SSIM of every image panel against panel 1: the slice on screen (again
+        whenever the slice changes) and the volume (once per comparison)."""
         panels = list(self.state.panels)
-        if len(panels) < 2 or not self.state.enabled:
+        if len(panels) < 2 or not self.state.enabled or any(
+                base not in self.viewer.layers for base, _ in panels):
             return None
         reference = self.viewer.layers[panels[0][0]]
         tests = [self.viewer.layers[base] for base, _ in panels[1:]
@@ -139,24 +146,35 @@ class CompareWidget(Container):
             return None
         axis = slicing_axis(self.viewer, reference)
         index = 0 if axis is None else current_index(self.viewer, reference, axis)
+        if (panels, axis, index) == self._scored:
+            return None
+        if self.job is not None and self.job_state.running:
+            self.job.cancel()
         ref = np.asarray(reference.data, np.float32)
         pairs = [(layer.name, np.asarray(layer.data, np.float32)) for layer in tests]
+        known = {name: self._volume_scores[name] for name, _ in pairs
+                 if (panels, axis) == self._volume_key and name in self._volume_scores}
 
         def steps():
             yield Progress(0, len(pairs), "metrics")
             scores = {}
             for done, (name, data) in enumerate(pairs, 1):
-                scores[name] = format_metrics(panel_metrics(ref, data, axis, index))
+                scores[name] = panel_metrics(ref, data, axis, index, volume=name not in known)
+                scores[name].update({"volume": known[name]} if name in known else {})
                 yield Progress(done, len(pairs), "metrics")
             return scores
 
-        def show(scores: dict[str, str]) -> None:
+        def show(scores: dict[str, dict]) -> None:
             if self.state.panels != panels:
                 return
-            self._caption(panels, scores)
+            self._scored = (panels, axis, index)
+            self._volume_key = (panels, axis)
+            self._volume_scores = {name: s["volume"] for name, s in scores.items() if "volume" in s}
+            text = {name: format_metrics(s) for name, s in scores.items()}
+            self._caption(panels, text)
             where = "" if axis is None else f" (slice {index} along voxel axis {axis})"
             self.metrics.value = "\n".join(
-                [METRICS_NOTE + where + ":"] + [f"{name}\n{text}" for name, text in scores.items()])
+                [METRICS_NOTE + where + ":"] + [f"{name}\n{t}" for name, t in text.items()])
 
         self.job = start_job(steps(), show, self.job_state, "Compare metrics")
         return self.job

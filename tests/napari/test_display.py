@@ -340,6 +340,11 @@ def test_compare_panels_are_captioned_with_scores_on_canvas_and_png(viewer, sync
     expected = format_metrics(panel_metrics(image.data, recon.data, axis, index))
     assert lines[1:] == expected.splitlines()
     assert lines[1].startswith("slice: PSNR") and lines[2].startswith("volume: PSNR")
+    go_to(viewer, image, (0, 0, 3) if axis == 2 else (3, 0, 0))  # another slice: scores follow it
+    moved = int(np.round(image.world_to_data(viewer.dims.point)[axis]))
+    assert moved != index
+    now = format_metrics(panel_metrics(image.data, recon.data, axis, moved)).splitlines()
+    assert caption_of(recon).splitlines()[1:] == now and now[0] != lines[1] and now[1] == lines[2]
     assert caption_of(diff) == diff.name and "[a.u.] (" in diff.name and diff.colorbar.visible
     assert "not the display window" in compare.metrics.value
     shot = imread(compare.screenshot(tmp_path / "grid.png"))[..., :3].astype(int)
