@@ -1,4 +1,5 @@
-"""Compare layout as plain data: which layers fill which grid panel, in what layer order.
+"""Compare layout as plain data: which layers fill which grid panel, in what layer order, their
+captions and their scores against the first panel.
 
 napari's grid puts ``stride`` consecutive layers (bottom first) into each viewbox and skips
 viewboxes whose layers are all hidden, so a panel with an overlay is the pair (base, overlay) at
@@ -7,9 +8,13 @@ stride 2; panels without one are paired with a hidden layer the comparison does 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 from psygnal import evented
+
+from medvae_engine.analysis import ms_ssim, psnr, reference_range, ssim, to_unit_range
 
 from ._layers import layer_kind
 
@@ -20,11 +25,10 @@ PANEL_ROLES = ("image", "reconstruction", "sr", "map")
 @evented
 @dataclass
 class CompareState:
-    """Panels as (base, overlay or '') pairs, grid on/off and linked contrast."""
+    """Panels as (base, overlay or '') pairs and grid on/off (window links: `_display`)."""
 
     panels: list = field(default_factory=list)
     enabled: bool = False
-    link_contrast: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,3 +76,58 @@ def suggest_panels(layers, n: int) -> list[tuple[str, str]]:
         index = len(bases) - 1
         panels[index] = (panels[index][0], labels[0])
     return panels[:n]
+
+
+def panel_caption(name: str, meta: dict, overlay: str = "") -> str:
+    """What a compare panel is, on its canvas: Original / model and precision / map and reference."""
+    kind = meta.get("kind")
+    if kind == "image":
+        caption = f"Original: {name}"
+    elif kind in ("reconstruction", "preview"):
+        precision = f", {meta['precision']}" if meta.get("precision") else ""
+        caption = f"Reconstruction: {meta.get('model') or name}{precision}"
+    elif kind == "super-resolution":
+        caption = (f"SR x{meta.get('scale', '?')} {meta.get('sampler', '')}: "
+                   f"{meta.get('model') or name}")
+    else:
+        caption = name  # maps are named "<map> [units] (<test> vs <reference>)"
+    return caption + (f"\n+ {overlay}" if overlay else "")
+
+
+def metric_scores(reference: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    """PSNR (dB), SSIM and MS-SSIM of two images already mapped to [0, 1]."""
+    ms = ms_ssim(reference, test)
+    return {"PSNR dB": psnr(reference, test), "SSIM": ssim(reference, test),
+            "MS-SSIM": getattr(ms, "value", float("nan"))}
+
+
+def panel_metrics(reference: np.ndarray, test: np.ndarray, axis: int | None, index: int,
+                  volume: bool = True) -> dict[str, dict]:
+    """Scores of the slice on screen and (for volumes, when asked) of the whole volume, both images
+    mapped to [0, 1] by the reference volume's [min, max] (the engine's convention; not the display
+    window)."""
+    value_range = reference_range(reference)
+    ref, tst = to_unit_range(reference, value_range), to_unit_range(test, value_range)
+    if axis is None:
+        return {"image": metric_scores(ref, tst)}
+    scores = {"slice": metric_scores(np.take(ref, index, axis=axis),
+                                     np.take(tst, index, axis=axis))}
+    if volume:
+        scores["volume"] = metric_scores(ref, tst)
+    return scores
+
+
+def format_metrics(scopes: dict[str, dict]) -> str:
+    """One line per scope: 'slice: PSNR 31.20 dB, SSIM 0.912, MS-SSIM 0.950'."""
+    lines = []
+    for scope, values in scopes.items():
+        psnr_db, s, ms = values["PSNR dB"], values["SSIM"], values["MS-SSIM"]
+        lines.append(f"{scope}: PSNR {_number(psnr_db)} dB, SSIM {_number(s, 3)}, "
+                     f"MS-SSIM {_number(ms, 3)}")
+    return "\n".join(lines)
+
+
+def _number(value: float, digits: int = 2) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return "inf" if math.isinf(value) else f"{value:.{digits}f}"

@@ -6,6 +6,12 @@ cosines of those axes. Layers derived from one image (reconstruction, latent, ma
 direction cosines, so they overlay exactly. The complete 4x4 RAS affine travels in the layer's
 metadata, so writers restore it including direction cosines and the out-of-plane origin of 2D
 images; a layer moved or rescaled in napari is written where it is shown.
+
+Radiological display (see `_radiology`): each layer also gets a napari ``affine`` that only flips
+voxel axes so they grow towards patient Left, Posterior or Inferior; the viewer's axis order (set
+by `_display`) then shows axial, coronal or sagittal views with patient right on screen left. The
+flips are display only: data keep their voxel order and writers use scale, translate and the stored
+affine, never the display one. Images open in their modality's reading window (`_radiology`).
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ from medvae_engine.errors import InputError
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.latents import Latent
 
+from ._radiology import anatomical_axes, display_affine, opening_preset, plane_of, preset_limits
+
 META_KEY = "medvae"
 DIVERGING_MAPS = ("difference",)
 MAP_PERCENTILE = 99.5
+NAPARI_WORLD = "napari_world"  # Volume metadata flag: geometry taken from a plain napari layer
 PROVENANCE = ("model", "weights_sha256", "factor", "normalization", "source_path")
 
 
@@ -51,33 +60,52 @@ def layer_affine(meta: dict[str, Any], scale, translate) -> np.ndarray:
     return affine
 
 
-def _base_meta(affine: np.ndarray, ndim: int, kind: str, **extra: Any) -> dict[str, Any]:
+def _base_meta(affine: np.ndarray, ndim: int, kind: str, metadata: dict, **extra: Any) -> dict:
     scale, translate = display_geometry(affine, ndim)
-    return {
+    meta = {
         "kind": kind,
         "affine": np.asarray(affine, np.float64).tolist(),
         "shown_scale": list(scale),
         "shown_translate": list(translate),
         **extra,
     }
+    if not metadata.get(NAPARI_WORLD):  # made from a napari layer of unknown anatomy: shown as is
+        axes, signs = anatomical_axes(affine, ndim)
+        meta.update(ras_axes=axes, ras_signs=signs, plane=plane_of(axes),
+                    oriented=extra.get("modality") != "xray")  # X-rays carry no patient axes
+    return meta
+
+
+def _display_affine(meta: dict, lead: int = 0) -> list[list[float]]:
+    """The display flips of a layer (none for layers derived from napari layers of unknown anatomy,
+    which must stay where their source is shown)."""
+    if "ras_signs" not in meta:
+        return np.eye(lead + len(meta["shown_scale"]) + 1).tolist()
+    return display_affine(meta["ras_signs"], lead)
 
 
 def volume_to_layer_data(volume: Volume, name: str, kind: str = "image", **extra: Any) -> tuple:
     """A napari (data, attributes, layer_type) tuple for a Volume; ``kind`` labels its role."""
     meta = _base_meta(
-        volume.affine, volume.ndim, kind, modality=volume.modality,
+        volume.affine, volume.ndim, kind, volume.metadata, modality=volume.modality,
         source_metadata=dict(volume.metadata), **extra,
     )
     attributes: dict[str, Any] = {
         "name": name,
         "scale": meta["shown_scale"],
         "translate": meta["shown_translate"],
+        "affine": _display_affine(meta),
+        "units": "mm",
         "metadata": {META_KEY: meta},
     }
     if kind == "labels":
         return np.asarray(volume.array).astype(np.uint8), attributes, "labels"
     data = np.asarray(volume.array, np.float32)
-    attributes["contrast_limits"] = _limits(data, extra.get("map"))
+    if extra.get("map"):
+        attributes["contrast_limits"] = _limits(data, extra.get("map"))
+    else:
+        meta["window"] = opening_preset(volume.modality, volume.metadata)
+        attributes["contrast_limits"] = list(preset_limits(meta["window"], data))
     if extra.get("map") in DIVERGING_MAPS:
         attributes["colormap"], attributes["blending"] = diverging_colormap(), "translucent"
     elif extra.get("map"):
@@ -118,7 +146,8 @@ def latent_to_layer_data(latent: Latent, name: str) -> tuple:
     """
     spatial = len(latent.image_shape)
     array, affine = latent.in_image_order()
-    meta = _base_meta(affine, spatial, "latent", latent=dataclasses.replace(latent, array=None),
+    meta = _base_meta(affine, spatial, "latent", latent.metadata,
+                      latent=dataclasses.replace(latent, array=None),
                       model=latent.model, weights_sha256=latent.weights_sha256,
                       factors=list(latent.factors), normalization=latent.normalization.to_dict())
     data = array[0] if array.shape[0] == 1 else array
@@ -127,6 +156,8 @@ def latent_to_layer_data(latent: Latent, name: str) -> tuple:
         "name": name,
         "scale": [1.0] * lead + meta["shown_scale"],
         "translate": [0.0] * lead + meta["shown_translate"],
+        "affine": _display_affine(meta, lead),
+        "units": "mm",
         "metadata": {META_KEY: meta},
         "colormap": "viridis",
         "contrast_limits": _limits(data, None),
@@ -158,7 +189,7 @@ def attributes_to_volume(data: np.ndarray, attributes: dict, name: str = "layer"
         for i in range(data.ndim):
             affine[i, i] = 1.0 if scale is None else float(scale[-data.ndim + i])
             affine[i, 3] = 0.0 if translate is None else float(translate[-data.ndim + i])
-        return Volume(data, affine, "other", {"layer": name})
+        return Volume(data, affine, "other", {"layer": name, NAPARI_WORLD: True})
     affine = layer_affine(meta, meta["shown_scale"] if scale is None else scale,
                           meta["shown_translate"] if translate is None else translate)
     metadata = dict(meta.get("source_metadata", {}))

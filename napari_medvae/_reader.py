@@ -19,6 +19,7 @@ from medvae_engine.imaging.dicom import is_dicom_file
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.latents import load_latent, sidecar_path
 
+from ._display import install_on_current_viewer
 from ._layers import latent_to_layer_data, volume_to_layer_data
 
 SUFFIXES = (".nii", ".nii.gz", ".dcm", ".dicom", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -46,6 +47,7 @@ def _files(folder: Path):
 def read_paths(path: str | list[str]) -> list[tuple]:
     """Layer data tuples for every path; unreadable files show an error and add nothing."""
     paths = [path] if isinstance(path, str) else list(path)
+    install_on_current_viewer()  # radiological view, letters, scale bar, window keys
     try:
         return [read_layer_data(Path(p)) for p in paths]
     except MedVAEError as e:

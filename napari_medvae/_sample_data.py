@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._display import install_on_current_viewer
 from ._reader import read_layer_data
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "medvae_engine" / "sample_data"
@@ -23,6 +24,7 @@ def sample_path(key: str) -> Path:
 
 def _loader(key: str):
     def load() -> list[tuple]:
+        install_on_current_viewer()
         return [read_layer_data(sample_path(key))]
 
     load.__doc__ = f"The bundled {key.replace('_', ' ')} sample as an image layer."

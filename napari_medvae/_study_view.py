@@ -12,6 +12,7 @@ from typing import Any
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.study import Question, ReaderSession, SessionError
 
+from ._display import shared_window
 from ._layers import META_KEY, volume_to_layer_data
 
 PANE_KIND = "study"
@@ -62,16 +63,12 @@ def pair_layer_data(session: ReaderSession) -> list[tuple]:
     captions as names, nothing of the source headers, one shared contrast range (the window both
     images were prepared through, so it says nothing about which is the original)."""
     volumes = [read_volume(path) for path in session.current.images]
-    if session.current.window is not None:
-        low, high = session.current.window
-    else:  # a study made before windows were recorded
-        low = min(float(v.array.min()) for v in volumes)
-        high = max(float(v.array.max()) for v in volumes)
+    window = shared_window(volumes)  # the modality's reading window, the same for both panes
     layers = []
     for volume, caption in zip(volumes, session.labels, strict=True):
         data, attributes, kind = volume_to_layer_data(volume, caption, kind=PANE_KIND)
         attributes["metadata"][META_KEY]["source_metadata"] = {}
-        attributes["contrast_limits"] = [low, high if high > low else low + 1.0]
+        attributes["contrast_limits"] = window
         layers.append((data, attributes, kind))
     return layers
 

@@ -146,7 +146,7 @@ def write_outputs(viewer, out: Path, screenshots: bool) -> list[Path]:
         kind = layer_kind(layer)
         if kind in (None, "spacer"):
             continue
-        name = layer.name.split(" (")[0].replace(" ", "_")
+        name = layer.name.split(" (")[0].split(" [")[0].replace(" ", "_")  # no units in names
         attributes = {"metadata": layer.metadata, "scale": layer.scale, "translate": layer.translate}
         written.append(Path(write_layer(str(out / f"{name}.nii.gz"), layer.data, attributes,
                                         labels=kind == "labels")))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 
+from .._display import RadiologicalDisplay, install_display
 from .._layers import layer_kind
 
+PANEL_FLAG = "_medvae_panel"
 NONE = "(none)"
 WIDGET_WIDTH = 420  # px: docked panels leave the canvas most of the window
 
@@ -43,3 +45,39 @@ def grid_of(viewer):
     """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before)."""
     canvas = getattr(viewer, "canvas", None)
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+def wrapped(label):
+    """A magicgui Label whose text wraps at the panel's width instead of being cut off."""
+    label.native.setWordWrap(True)
+    return label
+
+
+def medvae_panel(widget, viewer) -> RadiologicalDisplay:
+    """What every MedVAE panel does first: the viewer's radiological display, and once docked a
+    tab next to the other MedVAE docks (all of them fit a 1920x1080 screen)."""
+    from qtpy.QtCore import QTimer
+
+    setattr(widget.native, PANEL_FLAG, True)
+    QTimer.singleShot(0, lambda: tabify_with_panels(widget.native))
+    return install_display(viewer)
+
+
+def tabify_with_panels(native) -> None:
+    """Tab a docked MedVAE panel together with the MedVAE panels already docked on its side."""
+    from qtpy.QtWidgets import QDockWidget
+
+    try:
+        dock = native.parent()
+        window = dock.parent() if isinstance(dock, QDockWidget) else None
+    except RuntimeError:  # closed before the event loop came round
+        return
+    if window is None or not hasattr(window, "tabifyDockWidget"):
+        return
+    side = window.dockWidgetArea(dock)
+    others = [other for other in window.findChildren(QDockWidget)
+              if other is not dock and not other.isFloating() and other.isVisible()
+              and getattr(other.widget(), PANEL_FLAG, False) and window.dockWidgetArea(other) == side]
+    if others:
+        window.tabifyDockWidget(others[0], dock)
+        dock.raise_()

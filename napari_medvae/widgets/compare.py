@@ -1,18 +1,43 @@
-"""Compare: chosen layers side by side in napari's grid (one camera, one slice), optional linked
-contrast limits, one-click 2/3/4 panel layouts and screenshot export."""
+"""Compare: chosen layers side by side in napari's grid (one camera, one slice), each panel captioned
+on the canvas (and in exported screenshots) with PSNR, SSIM and MS-SSIM against the first panel,
+windows linked by default (the viewer's `RadiologicalDisplay`), one-click 2/3/4 panel layouts."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 
-from .._compare import LAYOUTS, CompareState, plan_grid, suggest_panels
+from medvae_engine.codec import Progress
+
+from .._compare import (
+    LAYOUTS,
+    CompareState,
+    format_metrics,
+    panel_caption,
+    panel_metrics,
+    plan_grid,
+    suggest_panels,
+)
 from .._layers import META_KEY
-from ._common import NONE, WIDGET_WIDTH, grid_of, layers_of
+from .._threading import Job, JobState, start_job
+from ._captions import set_caption
+from ._common import (
+    NONE,
+    WIDGET_WIDTH,
+    current_index,
+    grid_of,
+    layers_of,
+    medvae_panel,
+    slicing_axis,
+    wrapped,
+)
+
+METRICS_NOTE = ("PSNR, SSIM, MS-SSIM against panel 1, both mapped to [0, 1] with panel 1's "
+                "[min, max] in its units (the data range, not the display window)")
 
 MAX_PANELS = 4
 
@@ -24,26 +49,36 @@ class CompareWidget(Container):
         super().__init__(labels=True)
         self.max_width = WIDGET_WIDTH
         self.viewer = napari_viewer
+        self.display = medvae_panel(self, napari_viewer)
         self.state = CompareState()
-        self._linked: list = []
+        self.job_state = JobState()
+        self.job: Job | None = None
+        self._scored: tuple | None = None  # (panels, axis, index) the captions show
+        self._volume_key: tuple | None = None
+        self._volume_scores: dict[str, dict] = {}
         self.bases = [ComboBox(label=f"panel {i + 1}", choices=self._choices) for i in range(MAX_PANELS)]
         self.overlays = [ComboBox(label=f"  overlay {i + 1}", choices=self._choices)
                          for i in range(MAX_PANELS)]
         self.layout_buttons = {n: PushButton(text=f"{n} panels") for n in LAYOUTS}
         self.off_button = PushButton(text="Grid off")
-        self.link = CheckBox(text="link contrast limits", value=False)
+        self.link = CheckBox(text="link windows (W/L)", value=self.display.state.link_window)
+        self.metrics_button = PushButton(text="Update metrics")
+        self.metrics = wrapped(Label(value=""))
         self.path = FileEdit(label="screenshot", mode="w", filter="*.png", value="compare.png")
         self.shot_button = PushButton(text="Save screenshot")
         for base, overlay in zip(self.bases, self.overlays, strict=True):
             self.extend([base, overlay])
-        self.extend([*self.layout_buttons.values(), self.off_button, self.link, self.path,
-                     self.shot_button])
+        self.extend([*self.layout_buttons.values(), self.off_button, self.link,
+                     self.metrics_button, self.metrics, self.path, self.shot_button])
         for n, button in self.layout_buttons.items():
             button.changed.connect(lambda _=None, n=n: self.apply(n))
         self.off_button.changed.connect(self.grid_off)
-        self.link.changed.connect(lambda v: setattr(self.state, "link_contrast", bool(v)))
+        self.link.changed.connect(
+            lambda v: setattr(self.display.state, "link_window", bool(v)))
+        self.display.state.events.link_window.connect(self._show_link)
+        self.metrics_button.changed.connect(self.update_metrics)
+        self.viewer.dims.events.current_step.connect(self.update_metrics)
         self.shot_button.changed.connect(lambda: self.screenshot(self.path.value))
-        self.state.events.link_contrast.connect(self._relink)
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
 
@@ -78,8 +113,71 @@ class CompareWidget(Container):
         grid.stride, grid.shape, grid.enabled = plan.stride, LAYOUTS[n], True
         self.state.panels, self.state.enabled = list(panels), True
         self._show_panels(panels)
-        self._relink(self.state.link_contrast)
         self.viewer.reset_view()
+        self._caption(panels, {})
+        self._scored = self._volume_key = None
+        self.update_metrics()
+
+    def _show_link(self, value: bool) -> None:
+        with self.link.changed.blocked():
+            self.link.value = bool(value)
+
+    def _caption(self, panels: list[tuple[str, str]], scores: dict[str, str]) -> None:
+        """Each panel's caption on its base layer: what it shows, and its scores when known."""
+        for base, overlay in panels:
+            layer = self.viewer.layers[base]
+            text = panel_caption(base, layer.metadata.get(META_KEY, {}), overlay)
+            set_caption(layer, text + (f"\n{scores[base]}" if base in scores else ""))
+
+    def update_metrics(self, _event=None) -> Job | None:
+        """PSNR, SSIM and MS-SSIM of every image panel against panel 1: the slice on screen (again
+        whenever the slice changes) and the volume (once per comparison)."""
+        panels = list(self.state.panels)
+        if len(panels) < 2 or not self.state.enabled or any(
+                base not in self.viewer.layers for base, _ in panels):
+            return None
+        reference = self.viewer.layers[panels[0][0]]
+        tests = [self.viewer.layers[base] for base, _ in panels[1:]
+                 if isinstance(self.viewer.layers[base], Image)
+                 and self.viewer.layers[base].data.shape == reference.data.shape
+                 and self.viewer.layers[base].metadata.get(META_KEY, {}).get("kind") != "map"]
+        if not tests:
+            self.metrics.value = ""
+            return None
+        axis = slicing_axis(self.viewer, reference)
+        index = 0 if axis is None else current_index(self.viewer, reference, axis)
+        if (panels, axis, index) == self._scored:
+            return None
+        if self.job is not None and self.job_state.running:
+            self.job.cancel()
+        ref = np.asarray(reference.data, np.float32)
+        pairs = [(layer.name, np.asarray(layer.data, np.float32)) for layer in tests]
+        known = {name: self._volume_scores[name] for name, _ in pairs
+                 if (panels, axis) == self._volume_key and name in self._volume_scores}
+
+        def steps():
+            yield Progress(0, len(pairs), "metrics")
+            scores = {}
+            for done, (name, data) in enumerate(pairs, 1):
+                scores[name] = panel_metrics(ref, data, axis, index, volume=name not in known)
+                scores[name].update({"volume": known[name]} if name in known else {})
+                yield Progress(done, len(pairs), "metrics")
+            return scores
+
+        def show(scores: dict[str, dict]) -> None:
+            if self.state.panels != panels:
+                return
+            self._scored = (panels, axis, index)
+            self._volume_key = (panels, axis)
+            self._volume_scores = {name: s["volume"] for name, s in scores.items() if "volume" in s}
+            text = {name: format_metrics(s) for name, s in scores.items()}
+            self._caption(panels, text)
+            where = "" if axis is None else f" (slice {index} along voxel axis {axis})"
+            self.metrics.value = "\n".join(
+                [METRICS_NOTE + where + ":"] + [f"{name}\n{t}" for name, t in text.items()])
+
+        self.job = start_job(steps(), show, self.job_state, "Compare metrics")
+        return self.job
 
     def _show_panels(self, panels: list[tuple[str, str]]) -> None:
         """Reflect the applied panels in the combo boxes."""
@@ -96,6 +194,7 @@ class CompareWidget(Container):
         if name not in self.viewer.layers:
             self.viewer.add_image(np.zeros((1,) * ref.ndim, np.float32), name=name, visible=False,
                                   scale=ref.scale, translate=ref.translate,
+                                  affine=ref.affine.affine_matrix, units=ref.units,
                                   metadata={META_KEY: {"kind": "spacer"}})
         return name
 
@@ -105,37 +204,10 @@ class CompareWidget(Container):
         self.state.enabled = False
         for layer in self.viewer.layers:
             layer.visible = layer.metadata.get(META_KEY, {}).get("kind") != "spacer"
-
-    def _relink(self, on: bool) -> None:
-        for layer, callback in self._linked:
-            layer.events.contrast_limits.disconnect(callback)
-        self._linked = []
-        if not on:
-            return
-        layers = [self.viewer.layers[base] for base, _ in self.state.panels
-                  if base in self.viewer.layers]
-        layers = [layer for layer in layers if isinstance(layer, Image)
-                  and layer.metadata.get(META_KEY, {}).get("kind") in (None, "image", "reconstruction",
-                                                                      "sr", "preview")]
-        if not layers:
-            return
-        for layer in layers[1:]:
-            layer.contrast_limits = layers[0].contrast_limits
-
-        def follow(source):
-            def callback(_event=None):
-                for other in layers:
-                    if other is not source and other.contrast_limits != source.contrast_limits:
-                        other.contrast_limits = source.contrast_limits
-            return callback
-
-        for layer in layers:
-            callback = follow(layer)
-            layer.events.contrast_limits.connect(callback)
-            self._linked.append((layer, callback))
+            set_caption(layer, "")
 
     def screenshot(self, path) -> Path | None:
-        """Save the canvas (the whole grid) as PNG."""
+        """Save the canvas (the whole grid, captions and colour bars included) as PNG."""
         path = Path(path)
         try:
             self.viewer.screenshot(path=str(path), canvas_only=True)

@@ -23,7 +23,7 @@ from .._layers import (
 )
 from .._session import get_session
 from .._threading import Job, JobState, start_job, then
-from ._common import WIDGET_WIDTH, current_index, image_layers, slicing_axis
+from ._common import WIDGET_WIDTH, current_index, image_layers, medvae_panel, slicing_axis
 
 
 def reconstruct_with_latent(volume, model, options):
@@ -46,6 +46,7 @@ class EncodeWidget(Container):
         super().__init__(labels=True)
         self.max_width = WIDGET_WIDTH
         self.viewer = napari_viewer
+        medvae_panel(self, napari_viewer)
         self.session = get_session(napari_viewer)
         self.job_state = JobState()
         self.job: Job | None = None
@@ -102,9 +103,9 @@ class EncodeWidget(Container):
             z, rec = result if recon else (result, None)
             layers = [latent_to_layer_data(z, f"{name} latent")]
             if rec is not None:
-                title = f"{name} reconstruction ({z.model})"
+                title = f"{name} reconstruction ({z.model}, {options.precision})"
                 layers.append(volume_to_layer_data(rec, title, "reconstruction", **provenance(z),
-                                                   **source))
+                                                   precision=options.precision, **source))
             return layers
 
         steps = with_model(self.session, lambda model: (
@@ -127,7 +128,8 @@ class EncodeWidget(Container):
 
         def to_layer(result) -> tuple:
             z, rec = result
-            return volume_to_layer_data(rec, name, "preview", **provenance(z))
+            return volume_to_layer_data(rec, name, "preview", **provenance(z),
+                                        precision=options.precision)
 
         def add(data: tuple):
             if name in self.viewer.layers:

@@ -25,7 +25,7 @@ from .._session import (
     weights_status,
 )
 from .._threading import Job, JobState, start_job
-from ._common import WIDGET_WIDTH, slicing_axis
+from ._common import WIDGET_WIDTH, medvae_panel, slicing_axis
 
 MIB = 1 << 20
 WEIGHTS_FILTER = "Checkpoints (*.ckpt *.pt *.pth *.safetensors)"
@@ -48,6 +48,7 @@ class ModelWidget(Container):
         super().__init__(labels=True)
         self.max_width = WIDGET_WIDTH
         self.viewer = napari_viewer
+        medvae_panel(self, napari_viewer)
         self.session = get_session(napari_viewer)
         self.job_state = JobState()
         state = self.session.state

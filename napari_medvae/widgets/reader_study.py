@@ -38,7 +38,7 @@ from .._study_view import (
     pair_layer_data,
     submitted_message,
 )
-from ._common import WIDGET_WIDTH, grid_of
+from ._common import WIDGET_WIDTH, grid_of, medvae_panel
 
 ACTIVE_MARK = "\u25b6 "
 
@@ -50,6 +50,7 @@ class ReaderStudyWidget(Container):
         super().__init__(labels=True)
         self.max_width = WIDGET_WIDTH
         self.viewer = napari_viewer
+        medvae_panel(self, napari_viewer)
         self.session: ReaderSession | None = None
         self.controls: ReadingControls | None = None
         self.panes: list = []

@@ -39,7 +39,7 @@ from .._super_resolve import (
     sr_job_steps,
 )
 from .._threading import Job, JobState, start_job, then
-from ._common import NONE, WIDGET_WIDTH, image_layers, slicing_axis
+from ._common import NONE, WIDGET_WIDTH, image_layers, medvae_panel, slicing_axis
 
 LR_INPUT = "low-resolution image"
 DEGRADE_HR = "HR image, degraded here"
@@ -55,6 +55,7 @@ class SuperResolveWidget(Container):
         super().__init__(labels=True)
         self.max_width = WIDGET_WIDTH
         self.viewer = napari_viewer
+        medvae_panel(self, napari_viewer)
         self.session = get_session(napari_viewer)
         self.job_state = JobState()
         self.job: Job | None = None

@@ -18,7 +18,8 @@ def test_manifest_is_discovered_with_every_contribution():
     contributions = manifest.contributions
     assert {s.key for s in contributions.sample_data} == set(SAMPLES)
     assert {w.display_name for w in contributions.widgets} == {
-        "Model", "Encode / Reconstruct", "Super-resolve", "Maps", "Compare", "Reader study"}
+        "Model", "Encode / Reconstruct", "Super-resolve", "Maps", "Compare", "Reader study",
+        "View"}
     assert len(contributions.readers) == 1 and len(contributions.writers) == 3
     assert contributions.menus
 

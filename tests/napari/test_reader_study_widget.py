@@ -239,7 +239,8 @@ def test_pair_shown_side_by_side_in_a_linked_grid_without_method_names(viewer, w
             for layer in panes:
                 np.testing.assert_allclose(layer.scale, scale, rtol=1e-5)
                 np.testing.assert_allclose(layer.translate, translate, atol=1e-4)
-            assert tuple(panes[0].contrast_limits) == tuple(panes[1].contrast_limits) == (low, high)
+            # one display window for both panes (the reading window), so contrast gives nothing away
+            assert tuple(panes[0].contrast_limits) == tuple(panes[1].contrast_limits)
             if original.modality == "ct":  # bone above +1000 HU is clipped in both panes
                 assert (low, high) == (-1000.0, 1000.0) and original.array.max() > high
                 for layer in panes:

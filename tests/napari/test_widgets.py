@@ -48,7 +48,8 @@ def test_model_widget_lists_starters_and_summarises_a_checkpoint(viewer, sync_jo
     widget.load()
     summary = widget.summary.value
     assert "factor 4" in summary and "compression 16x" in summary
-    assert f"latent shape (1, {mri_crop.shape[0]}, 10, 9)" in summary  # napari slices axis 0
+    # axial display: napari slices the crop's S-I voxel axis (the last one of an RAS volume)
+    assert f"latent shape (1, 8, 10, {mri_crop.shape[2]})" in summary
 
 
 def test_reconstruct_adds_aligned_latent_and_reconstruction(viewer, sync_jobs, mri_crop,
@@ -56,7 +57,7 @@ def test_reconstruct_adds_aligned_latent_and_reconstruction(viewer, sync_jobs, m
     image, widget = reconstruct(viewer, mri_crop, tiny_model_path)
     latent = viewer.layers[f"{image.name} latent"]
     recon = next(layer for layer in viewer.layers if layer_kind(layer) == "reconstruction")
-    axis = 0  # napari slices the first axis by default
+    axis = 2  # axial display: napari slices the RAS volume's S-I axis
     factors = np.array([1 if i == axis else 4 for i in range(3)])
     np.testing.assert_allclose(latent.scale, np.asarray(image.scale) * factors)
     np.testing.assert_allclose(latent.translate,
@@ -74,18 +75,19 @@ def test_reconstruct_adds_aligned_latent_and_reconstruction(viewer, sync_jobs, m
 def test_preview_reconstructs_the_slice_on_screen(viewer, sync_jobs, mri_crop, tiny_model_path):
     image = add_volume(viewer, mri_crop)
     use_model(viewer, tiny_model_path)
-    viewer.dims.set_current_step(0, 7)
-    widget = EncodeWidget(viewer)
+    widget = EncodeWidget(viewer)  # docking a panel shows the axial view: slices along axis 2
+    assert tuple(viewer.dims.order) == (2, 1, 0)
+    viewer.dims.set_point(2, image.data_to_world((0, 0, 7))[2])  # voxel slice 7 (S-I is flipped)
     widget.layer.value = image.name
     widget.preview()
     preview = viewer.layers[f"{image.name} preview"]
-    assert preview.data.shape == (1, *mri_crop.shape[1:])
-    np.testing.assert_allclose(preview.translate[0], image.translate[0] + 7 * image.scale[0])
+    assert preview.data.shape == (*mri_crop.shape[:2], 1)
+    np.testing.assert_allclose(preview.translate[2], image.translate[2] + 7 * image.scale[2])
     widget.preview()  # a second preview replaces the first
     assert sum(layer_kind(layer) == "preview" for layer in viewer.layers) == 1
     widget.run(latent=True, recon=False)  # Encode only: just the latent layer
     assert [layer_kind(layer) for layer in viewer.layers] == ["image", "preview", "latent"]
-    assert viewer.layers[-1].data.shape == (32, 10, 9)
+    assert viewer.layers[-1].data.shape == (8, 10, 36)  # 2D model on axial slices
 
 
 def test_maps_and_metrics(viewer, sync_jobs, mri_crop):
@@ -101,7 +103,7 @@ def test_maps_and_metrics(viewer, sync_jobs, mri_crop):
     widget.reference.value, widget.test.value, widget.ae.value = image.name, "sr", "ae"
     widget.subbands.value = ["HH1", "LL3"]
     widget.compute()
-    made = {layer.name.split(" (")[0]: layer for layer in viewer.layers if "vs" in layer.name}
+    made = {layer.name.split(" ")[0]: layer for layer in viewer.layers if "vs" in layer.name}
     assert set(made) == {"difference", "abs_error", "subband_HH1", "subband_LL3", "hallucination"}
     diff = made["difference"]
     assert diff.contrast_limits[0] == -diff.contrast_limits[1] < 0  # centred on 0
