@@ -408,6 +408,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     check_output(args.output, args.format)
     volume = _read(args.input, args)
     model = _load_model(args, volume.ndim)
+    _announce_long_run(model, volume, args)
     latent = _run("encode", _encode_steps(volume, model, args))
     recon = _run("decode", decode_steps(latent, model, _options(args)))
     metrics = None
@@ -487,6 +488,15 @@ def _options(args: argparse.Namespace):
         )
     except ValueError as e:
         raise InputError(str(e)) from None
+
+
+def _announce_long_run(model, volume, args: argparse.Namespace) -> None:
+    """Say how long a reconstruction will take when the prediction is over a minute."""
+    from .estimate import LONG_RUN_SECONDS, estimate_reconstruction
+
+    estimate = estimate_reconstruction(model, volume, _options(args))
+    if estimate is not None and estimate.seconds > LONG_RUN_SECONDS:
+        print(f"note: {args.input}: {estimate.describe()}", file=sys.stderr)
 
 
 def _encode_steps(volume, model, args: argparse.Namespace):

@@ -1,0 +1,106 @@
+"""How long a reconstruction will take, predicted before it runs.
+
+The work is counted exactly: the codec's own plan (slices, 2D tiles or 3D windows) and the FLOPs of
+one encode + decode of each unit, counted by torch's FLOP counter on a copy of the model on the meta
+device (no memory, no compute; global attention's quadratic cost included). The machine's speed is
+measured by a short matrix-multiply probe in the run's precision, scaled by the fraction of that peak
+the autoencoder reaches (``MODEL_EFFICIENCY``, measured here; docs/benchmarks.md). A prediction,
+not a promise: on a busy machine it is good to a factor of about two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .codec import DEFAULT_TILE, WHOLE_IMAGE_LIMIT, CodecOptions, slice_axis
+from .imaging.volume import Volume
+from .models.autoencoder import AutoencoderKL
+from .windows import count_windows
+
+# Encode + decode of the KL autoencoder against the matmul probe's FLOP rate on this CPU
+# (convolutions via oneDNN, GroupNorm and chunked attention included): the starter ran at 0.6-1.0
+# times the probe's rate from 256^2 to 1024^2 (docs/benchmarks.md, "Expected run time").
+MODEL_EFFICIENCY = 1.0
+LONG_RUN_SECONDS = 60.0  # `medvae reconstruct` announces runs predicted to take longer
+PROBE_SIDE = 512
+PROBE_SECONDS = 0.2
+_PROBE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """Predicted cost of one reconstruction."""
+
+    units: int  # model calls: slices, tiles or windows
+    unit_shape: tuple[int, ...]  # spatial shape of one call's input
+    flops: float  # encode + decode, all units
+    gflops_per_s: float  # expected model throughput on this machine
+    seconds: float
+
+    def describe(self) -> str:
+        """One line for the user: time, work and speed."""
+        minutes = self.seconds / 60
+        when = f"{minutes:.0f} min" if minutes >= 2 else f"{self.seconds:.0f} s"
+        shape = "x".join(map(str, self.unit_shape))
+        return (f"expected run time about {when}: {self.units} x {shape} "
+                f"({self.flops / 1e12:.1f} TFLOP at about {self.gflops_per_s:.0f} GFLOP/s here)")
+
+
+def reconstruction_plan(model, volume: Volume, options: CodecOptions) -> tuple[int, tuple[int, ...]]:
+    """(number of model calls, input shape of one call) that ``reconstruct`` will run, as the codec
+    plans it: 2D slices whole or in tiles, 3D volumes whole or in windows."""
+    f = int(model.factor)
+    if model.spatial_dims == 2:
+        axis = slice_axis(volume, options.axis) if volume.ndim == 3 else None
+        n = 1 if axis is None else volume.shape[axis]
+        plane = [s for i, s in enumerate(volume.shape) if i != axis]
+        h, w = (-(-s // f) * f for s in plane)
+        tile = options.tile or (DEFAULT_TILE if h * w > WHOLE_IMAGE_LIMIT else None)
+        if tile is None:
+            return n, (h, w)
+        side = max(f, tile // f * f)
+        return n * count_windows((h, w), (side, side), options.overlap, f), (min(side, h), min(side, w))
+    padded = tuple(-(-s // f) * f for s in volume.shape)
+    side = max(f, options.roi // f * f)
+    if all(s <= side for s in padded):
+        return 1, tuple(padded)
+    window = tuple(min(side, s) for s in padded)
+    return count_windows(padded, window, options.overlap, f), window
+
+
+def model_flops(model, shape: tuple[int, ...]) -> float:
+    """FLOPs of encode + decode of one (1, C, *shape) input, counted on a meta-device copy."""
+    with torch.device("meta"):
+        twin = AutoencoderKL(**model.config)
+    x = torch.empty(1, model.in_channels, *shape, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        twin.decode(twin.encode(x))
+    return float(counter.get_total_flops())
+
+
+def probe_gflops(precision: str = "fp32") -> float:
+    """Matrix-multiply GFLOP/s of this machine, now, in ``precision`` (a ~0.2 s probe)."""
+    dtype = _PROBE_DTYPES.get(precision, torch.float32)
+    a = torch.randn(PROBE_SIDE, PROBE_SIDE).to(dtype)
+    b = torch.randn(PROBE_SIDE, PROBE_SIDE).to(dtype)
+    a @ b  # warm-up
+    runs, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < PROBE_SECONDS:
+        a @ b
+        runs += 1
+    return 2 * PROBE_SIDE**3 * runs / elapsed / 1e9
+
+
+def estimate_reconstruction(model, volume: Volume, options: CodecOptions) -> Estimate | None:
+    """Predicted cost of ``reconstruct(volume, model, options)`` on the CPU; None for models whose
+    architecture this cannot count (baselines, diffusers VAEs) or runs on an accelerator."""
+    if not isinstance(model, AutoencoderKL) or any(p.device.type != "cpu" for p in model.parameters()):
+        return None
+    units, shape = reconstruction_plan(model, volume, options)
+    flops = units * model_flops(model, shape)
+    rate = probe_gflops(options.precision) * MODEL_EFFICIENCY
+    return Estimate(units, shape, flops, rate, flops / (rate * 1e9))
