@@ -87,7 +87,7 @@ def run_encode_bench(args: argparse.Namespace) -> int:
 
 def write_slices(folder: Path, count: int, side: int) -> Path:
     """``count`` real ``side``^2 crops of the radiograph at a grid of offsets, as 2D NIfTI files."""
-    image = np.asarray(nib.load(RADIOGRAPH).dataobj, dtype=np.float32)
+    image = np.asarray(nib.load(RADIOGRAPH).dataobj, dtype=np.float32).squeeze()
     rows = int(np.ceil(np.sqrt(count)))
     ys = np.linspace(0, image.shape[0] - side, rows).astype(int)
     xs = np.linspace(0, image.shape[1] - side, rows).astype(int)
