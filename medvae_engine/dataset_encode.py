@@ -15,6 +15,9 @@ Resume. The sidecar records the input's `source_record`: its size and sha256 (fo
 the total size and a sha256 over each file's relative path, size and sha256). A latent is kept only
 when that record, the model name, the weights sha256 and the ``projected`` flag all match this run.
 
+Batches. A thread hashes and reads the next inputs while the model runs; consecutive 2D inputs of
+one padded slice shape share the 2D model's batches of ``batch_size`` slices (see `Encoder`).
+
 Failures. An input that cannot be read or encoded is recorded (path, one-line error) and the rest go
 on; the caller writes them with `write_failures`. Under torchrun each rank encodes
 ``inputs[rank::world]`` and `gather` brings every rank's counts and failures to rank 0.

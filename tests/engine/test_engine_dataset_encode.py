@@ -20,7 +20,7 @@ from conftest import tiny_model
 from pydicom.data import get_testdata_file
 
 from medvae_engine.cli import main
-from medvae_engine.codec import CodecOptions, encode
+from medvae_engine.codec import CodecOptions, encode, run
 from medvae_engine.dataset_encode import Encoder, encode_dataset, find_inputs
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.latents import load_latent, sidecar_path
@@ -321,3 +321,31 @@ def test_prefetched_failure_is_recorded_and_the_batch_encoded(tmp_path):
         got = load_latent(tmp_path / "out" / path.name.replace(".nii.gz", ".latent.nii.gz")).array
         want = encode(read_volume(path), model, CodecOptions(batch_size=1)).array
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.ptp(want))
+
+
+def test_failed_batch_is_retried_one_input_at_a_time(tmp_path):
+    """A model call over a whole batch fails (as when a batch does not fit in memory): each input
+    of the batch is encoded alone instead, to the same latents, and none is recorded as failed."""
+    paths = _mni_slices(tmp_path / "data", 4)
+    jobs = [(i, tmp_path / "out" / i.latent) for i in find_inputs([tmp_path / "data"])]
+    model, calls = tiny_model(2), []
+
+    class SmallBatchesOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+            self.factor, self.spatial_dims, self.in_channels = 4, 2, 1
+
+        def encode(self, x, **kw):
+            calls.append(len(x))
+            if len(x) > 1:
+                raise RuntimeError("not enough memory")
+            return model.encode(x, **kw)
+
+    fussy = SmallBatchesOnly()
+    encoder = Encoder(lambda ndim: fussy, CodecOptions(batch_size=4))
+    summary = run(encode_dataset(jobs, lambda item: read_volume(item.path), encoder))
+    assert calls == [4, 1, 1, 1, 1] and summary.encoded == 4 and summary.failures == []
+    for path in paths:
+        got = load_latent(tmp_path / "out" / path.name.replace(".nii.gz", ".latent.nii.gz")).array
+        np.testing.assert_array_equal(got, encode(read_volume(path), model).array)
