@@ -31,7 +31,8 @@ WARMUP_BELOW_FLOPS = (
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """`medvae bench speed|quality|sr|efficiency`."""
+    """`medvae bench speed|quality|sr|efficiency|encode`."""
+    from .bench_encode import add_encode_bench_arguments
     from .cad.cli_cad import add_efficiency_arguments, run_efficiency
     from .quality import add_quality_arguments, run_quality
     from .sr.report import add_sr_report_arguments, run_sr_report
@@ -50,6 +51,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     p = kinds.add_parser("efficiency", help="CAD models on images vs latents: latency, batch, storage")
     add_efficiency_arguments(p)
     p.set_defaults(func=run_efficiency)
+    p = kinds.add_parser("encode", help="dataset encoding of real 2D slices: one at a time vs "
+                         "--batch-size with prefetch (images/s)")
+    add_encode_bench_arguments(p)
 
 
 def add_speed_arguments(p: argparse.ArgumentParser) -> None:

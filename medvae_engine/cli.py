@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         help="image files, DICOM series folders, dataset folders (walked recursively; latents "
-        "mirror their paths, resume skips unchanged inputs, failures go to failures.csv) or a CSV",
+        "mirror their paths, resume skips unchanged inputs, failures go to failures.csv) or a CSV; "
+        "a 2D model takes 2D images of one size --batch-size at a time while the next files are read",
     )
     _output(p, "latent file (.nii.gz) or folder")
     _model_args(p)
@@ -318,8 +319,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from .codec import model_name, project_latent, run
+    from .codec import model_name, run
     from .dataset_encode import (
+        Encoder,
         encode_dataset,
         find_inputs,
         gather,
@@ -328,6 +330,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         shard,
         write_failures,
     )
+    from .imaging.normalization import fit_normalization
     from .models import weights_sha256
 
     inputs = find_inputs(args.inputs)
@@ -345,11 +348,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
             models[key] = _load_model(args, ndim)
         return models[key]
 
-    def encode(item):
-        volume = _read(item.path, args)
-        model = model_for(volume.ndim)
-        latent = _run("encode", _encode_steps(volume, model, args))
-        return project_latent(latent, model) if args.projected else latent
+    def normalization(volume):  # --window, else None: fitted to each image
+        return fit_normalization(volume.array, volume.modality, window=args.window)
+
+    encoder = Encoder(model_for, _options(args), normalization if args.window else lambda v: None,
+                      args.projected, lambda steps: _run("encode", steps))
 
     def identity(ndim: int) -> tuple[str, str | None]:
         model = model_for(ndim)
@@ -367,8 +370,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     jobs = [(i, out / i.latent if many or out.is_dir() else out) for i in inputs[rank::world]]
     if many and rank == 0:
         write_failures(out, [])  # a failures list from an earlier run no longer holds
-    mine = run(encode_dataset(jobs, encode, identity if many else None,
-                              projected=args.projected, keep_going=many), report)
+    mine = run(encode_dataset(jobs, lambda item: _read(item.path, args), encoder,
+                              identity if many else None, keep_going=many), report)
     summary = gather(mine, world)
     if not many:
         return 0

@@ -120,12 +120,85 @@ def encode_steps(
 ) -> Generator[Progress, None, Latent]:
     """Normalise, pad, run the encoder slice-wise or windowed, and describe how to undo it."""
     opts = options or CodecOptions()
+    if model.spatial_dims == 2:
+        job = prepare_slices(volume, model, opts, normalization=normalization, modality=modality)
+        (latent,) = yield from encode_slices_steps([job], model, opts)
+        return latent
     source = volume.metadata.get("source_path", "input")
     check_finite(volume.array, source)
     modality = modality or volume.modality
     norm = normalization or fit_normalization(volume.array, modality)
     x = norm.forward(volume.array)
     f = int(model.factor)
+    if volume.ndim != 3:
+        raise InputError(f"{source}: a 2D image cannot go through the 3D model {model_name(model)}")
+    image_orientation = axcodes(volume.affine)  # None: no direction to orient by
+    orientation = MODEL_ORIENTATION if image_orientation else None
+    if orientation:
+        x = reorient(x, image_orientation, orientation)
+    padded_x = pad_to_multiple(x, f, axes=(0, 1, 2))
+    t = torch.from_numpy(padded_x)[None, None]
+    z = yield from _volume(t, _encoder(model, opts), opts, f, 1.0 / f, "encode")
+    return _latent(volume, model, norm, modality, z[0], padded_x.shape, (f, f, f), None,
+                   orientation, image_orientation)
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceJob:
+    """A 2D model's input made ready: normalised slices padded to the factor, (S, H, W), and how
+    to turn their latents (S, C, h, w) into the image's Latent."""
+
+    stack: np.ndarray
+    finish: Callable[[np.ndarray], Latent]
+
+
+def prepare_slices(
+    volume: Volume,
+    model,
+    options: CodecOptions | None = None,
+    *,
+    normalization: Normalization | None = None,
+    modality: str | None = None,
+) -> SliceJob:
+    """Normalise and pad a 2D image, or a volume's slices along the slice axis, for a 2D model."""
+    opts = options or CodecOptions()
+    check_finite(volume.array, volume.metadata.get("source_path", "input"))
+    modality = modality or volume.modality
+    norm = normalization or fit_normalization(volume.array, modality)
+    x = norm.forward(volume.array)
+    f = int(model.factor)
+    axis = slice_axis(volume, opts.axis) if volume.ndim == 3 else None
+    stack = x[None] if axis is None else np.moveaxis(x, axis, 0)
+
+    def finish(z: np.ndarray) -> Latent:
+        array = z.transpose(1, 0, 2, 3)  # (C, S, h, w)
+        array = array[:, 0] if axis is None else np.moveaxis(array, 1, axis + 1)
+        factors = tuple(1 if i == axis else f for i in range(volume.ndim))
+        padded = _padded_shape(volume.shape, f, axis)
+        return _latent(volume, model, norm, modality, array, padded, factors, axis, None, None)
+
+    return SliceJob(pad_to_multiple(stack, f, axes=(1, 2)), finish)
+
+
+def encode_slices_steps(
+    jobs: list[SliceJob], model, options: CodecOptions | None = None
+) -> Generator[Progress, None, list[Latent]]:
+    """Encode the slices of several prepared 2D inputs of one padded slice shape together, in
+    batches of ``batch_size`` slices; each input's Latent is what it gets on its own (the model
+    sees the same slices; only the batch they share changes)."""
+    opts = options or CodecOptions()
+    if len({j.stack.shape[1:] for j in jobs}) != 1:
+        raise ValueError("inputs encoded together need one padded slice shape")
+    f = int(model.factor)
+    stack = jobs[0].stack if len(jobs) == 1 else np.concatenate([j.stack for j in jobs])
+    z = yield from _slices(stack, _encoder(model, opts), opts, f, 1.0 / f, "encode")
+    ends = np.cumsum([len(j.stack) for j in jobs])
+    return [j.finish(z[end - len(j.stack) : end]) for j, end in zip(jobs, ends)]
+
+
+def _encoder(model, opts: CodecOptions) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's encoder on a (B, 1, ...) batch: channels repeated, options' precision and
+    device, the mean or (seeded) posterior samples."""
     generator = torch.Generator().manual_seed(opts.seed)
 
     def enc(t: torch.Tensor) -> torch.Tensor:
@@ -135,29 +208,11 @@ def encode_steps(
                 t.to(model_device(model)), sample=opts.sample, generator=generator
             ).float()
 
-    orientation = image_orientation = None  # 2D models: the image's own voxel order
-    if model.spatial_dims == 2:
-        axis = slice_axis(volume, opts.axis) if volume.ndim == 3 else None
-        stack = x[None] if axis is None else np.moveaxis(x, axis, 0)
-        stack = pad_to_multiple(stack, f, axes=(1, 2))
-        z = yield from _slices(stack, enc, opts, f, 1.0 / f, "encode")
-        array = z.transpose(1, 0, 2, 3)  # (C, S, h, w)
-        array = array[:, 0] if axis is None else np.moveaxis(array, 1, axis + 1)
-        factors = tuple(1 if i == axis else f for i in range(volume.ndim))
-        padded = _padded_shape(volume.shape, f, axis)
-    else:
-        if volume.ndim != 3:
-            raise InputError(
-                f"{source}: a 2D image cannot go through the 3D model {model_name(model)}"
-            )
-        image_orientation = axcodes(volume.affine)  # None: no direction to orient by
-        orientation = MODEL_ORIENTATION if image_orientation else None
-        if orientation:
-            x = reorient(x, image_orientation, orientation)
-        padded_x = pad_to_multiple(x, f, axes=(0, 1, 2))
-        t = torch.from_numpy(padded_x)[None, None]
-        z = yield from _volume(t, enc, opts, f, 1.0 / f, "encode")
-        array, axis, factors, padded = z[0], None, (f, f, f), padded_x.shape
+    return enc
+
+
+def _latent(volume, model, norm, modality, array, padded, factors, axis, orientation,
+            image_orientation) -> Latent:
     return Latent(
         array=np.ascontiguousarray(array, dtype=np.float32),
         image_shape=volume.shape,

@@ -15,6 +15,9 @@ Resume. The sidecar records the input's `source_record`: its size and sha256 (fo
 the total size and a sha256 over each file's relative path, size and sha256). A latent is kept only
 when that record, the model name, the weights sha256 and the ``projected`` flag all match this run.
 
+Batches. A thread hashes and reads the next inputs while the model runs; consecutive 2D inputs of
+one padded slice shape share the 2D model's batches of ``batch_size`` slices (see `Encoder`).
+
 Failures. An input that cannot be read or encoded is recorded (path, one-line error) and the rest go
 on; the caller writes them with `write_failures`. Under torchrun each rank encodes
 ``inputs[rank::world]`` and `gather` brings every rank's counts and failures to rank 0.
@@ -27,17 +30,32 @@ import dataclasses
 import datetime
 import hashlib
 import io
+import itertools
 import json
 import os
+import queue
+import threading
 from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pydicom
 import torch.distributed as dist
 
+from .codec import (
+    CodecOptions,
+    SliceJob,
+    encode_slices_steps,
+    encode_steps,
+    prepare_slices,
+    project_latent,
+    run,
+)
 from .errors import Cancelled, InputError, MedVAEError, ModelError, OutputError
 from .imaging.atomic import atomic_write_text, first_line, full_suffix
 from .imaging.io import READ_SUFFIXES, file_format
+from .imaging.normalization import Normalization
+from .imaging.volume import Volume
 from .latents import Latent, save_latent, sidecar_path
 from .models.checkpoints import file_sha256
 
@@ -145,44 +163,195 @@ def _record(item: DatasetInput) -> dict:
             "files": len(item.files)}
 
 
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+    """How a run turns images into latents: the model for an image's ndim, the codec options, the
+    normalisation (None: fitted to each image), the projected flag and what drives codec steps."""
+
+    model_for: Callable[[int], Any]
+    options: CodecOptions
+    normalization: Callable[[Volume], Normalization | None] = lambda volume: None
+    projected: bool = False
+    drive: Callable[[Any], Any] = run
+
+    def prepare(self, volume: Volume) -> _Prepared:
+        """Normalised, padded 2D slices keyed by model and slice shape (they can share batches
+        with other inputs of the same key); a 3D model's volume, or sampling, goes alone."""
+        model = self.model_for(volume.ndim)
+        if model.spatial_dims != 2 or self.options.sample:  # samples are seeded per input
+            return _Prepared(model, volume, None, None)
+        job = prepare_slices(volume, model, self.options, normalization=self.normalization(volume))
+        return _Prepared(model, volume, job, (id(model), job.stack.shape[1:]))
+
+    def encode(self, prepared: Sequence[_Prepared]) -> list[Latent]:
+        """Latents of inputs with one key (one batch of slices), or of one input going alone."""
+        first = prepared[0]
+        if first.job is None:
+            steps = encode_steps(first.volume, first.model, self.options,
+                                 normalization=self.normalization(first.volume))
+            latents = [self.drive(steps)]
+        else:
+            latents = self.drive(encode_slices_steps([p.job for p in prepared], first.model,
+                                                     self.options))
+        if self.projected:
+            latents = [project_latent(z, first.model) for z in latents]
+        return latents
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    model: Any
+    volume: Volume
+    job: SliceJob | None  # None: encoded on its own
+    key: tuple | None
+
+    @property
+    def slices(self) -> int:
+        return 1 if self.job is None else len(self.job.stack)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fetched:
+    """What the reader found for one input: its source record, the (ndim, model, weights sha256)
+    of a matching earlier latent, the image (not read when an earlier latent may be kept), or
+    the error that stopped it."""
+
+    item: DatasetInput
+    target: Path
+    record: dict | None = None
+    previous: tuple | None = None
+    volume: Volume | None = None
+    error: BaseException | None = None
+
+
 def encode_dataset(
     jobs: Sequence[tuple[DatasetInput, Path]],
-    encode: Callable[[DatasetInput], Latent],
+    read: Callable[[DatasetInput], Volume],
+    encoder: Encoder,
     identity: Callable[[int], tuple[str, str | None]] | None = None,
     *,
-    projected: bool = False,
     keep_going: bool = True,
+    prefetch: int = 2,
 ) -> Generator[Progress, None, Summary]:
     """Encode each (input, target latent path), yielding progress; returns the counts and failures.
 
-    ``encode`` reads and encodes one input. With ``identity`` (image ndim -> model name and weights
+    A reader thread hashes and ``read``s up to ``prefetch`` inputs ahead of the model (0: no
+    thread); 2D inputs of one padded slice shape go through the model together, up to the
+    options' ``batch_size`` slices a call. With ``identity`` (image ndim -> model name and weights
     sha256 of the model this run uses for it) a target whose sidecar matches the input, model and
-    ``projected`` is skipped. Without ``keep_going`` the first failure is raised.
+    ``projected`` is skipped. Without ``keep_going`` the first failure is raised. Closing the
+    generator stops the reader thread.
     """
-    summary = Summary(total=len(jobs))
-    for i, (item, target) in enumerate(jobs, 1):
+    summary, counter = Summary(total=len(jobs)), itertools.count(1)
+    batch = max(1, encoder.options.batch_size)
+    pending: list[tuple[_Fetched, _Prepared]] = []
+
+    def failed(f: _Fetched, e: Exception) -> Progress:
+        if not keep_going:
+            raise e
+        message = _one_line(e, f.item.path)
+        summary.failures.append((str(f.item.path), message))
+        return Progress(next(counter), len(jobs), f.item, f.target, "failed", error=message)
+
+    def flush() -> Generator[Progress, None, None]:
+        group, pending[:] = list(pending), []
         try:
-            record = source_record(item)  # before reading: a later change means encoding again
-            if identity is not None and _already_encoded(target, record, identity, projected):
-                summary.skipped += 1
-                yield Progress(i, len(jobs), item, target, "skipped")
-                continue
-            latent = encode(item)
-            latent.source = record
+            results = list(zip(group, encoder.encode([p for _, p in group])))
         except _ABORTS:
             raise
         except Exception as e:
-            if not keep_going:
+            if len(group) == 1:
+                yield failed(group[0][0], e)
+                return
+            results = []  # find which input fails: each alone
+            for f, p in group:
+                try:
+                    results.append(((f, p), encoder.encode([p])[0]))
+                except _ABORTS:
+                    raise
+                except Exception as one:
+                    yield failed(f, one)
+        for (f, _), latent in results:
+            latent.source = f.record
+            _remove(sidecar_path(f.target))  # never a new latent beside an old sidecar
+            save_latent(latent, f.target)
+            summary.encoded += 1
+            yield Progress(next(counter), len(jobs), f.item, f.target, "encoded", latent=latent)
+
+    fetched = _read_ahead(jobs, read, encoder.projected if identity else None, prefetch)
+    try:
+        for f in fetched:
+            try:
+                if f.error is not None:
+                    raise f.error
+                if f.previous is not None and f.previous[1:] == identity(f.previous[0]):
+                    summary.skipped += 1
+                    yield Progress(next(counter), len(jobs), f.item, f.target, "skipped")
+                    continue
+                prepared = encoder.prepare(f.volume if f.volume is not None else read(f.item))
+            except _ABORTS:
                 raise
-            message = _one_line(e, item.path)
-            summary.failures.append((str(item.path), message))
-            yield Progress(i, len(jobs), item, target, "failed", error=message)
-            continue
-        _remove(sidecar_path(target))  # never a new latent beside an old sidecar
-        save_latent(latent, target)
-        summary.encoded += 1
-        yield Progress(i, len(jobs), item, target, "encoded", latent=latent)
+            except Exception as e:
+                yield failed(f, e)
+                continue
+            if pending and (prepared.key is None or prepared.key != pending[0][1].key):
+                yield from flush()
+            pending.append((f, prepared))
+            if prepared.key is None or sum(p.slices for _, p in pending) >= batch:
+                yield from flush()
+        if pending:
+            yield from flush()
+    finally:
+        fetched.close()
     return summary
+
+
+def _read_ahead(
+    jobs: Sequence[tuple[DatasetInput, Path]],
+    read: Callable[[DatasetInput], Volume],
+    projected: bool | None,
+    depth: int,
+) -> Generator[_Fetched, None, None]:
+    """Each job's `_Fetched`, in order, read by a thread up to ``depth`` inputs ahead (0: here).
+
+    ``projected`` None: no resume check. Closing the generator stops and joins the thread.
+    """
+    def fetch(item: DatasetInput, target: Path) -> _Fetched:
+        try:
+            record = source_record(item)  # before reading: a later change means encoding again
+            previous = None if projected is None else _previous(target, record, projected)
+            volume = read(item) if previous is None else None
+            return _Fetched(item, target, record, previous, volume)
+        except BaseException as e:  # handed to the consumer, which records or raises it
+            return _Fetched(item, target, error=e)
+
+    if depth < 1:
+        for item, target in jobs:
+            yield fetch(item, target)
+        return
+    ready: queue.Queue[_Fetched] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        for item, target in jobs:
+            f = fetch(item, target)
+            while not stop.is_set():
+                try:
+                    ready.put(f, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+
+    reader = threading.Thread(target=work, name="medvae-dataset-reader", daemon=True)
+    reader.start()
+    try:
+        for _ in jobs:
+            yield ready.get()
+    finally:
+        stop.set()
+        reader.join()
 
 
 def write_failures(out: Path, failures: Sequence[tuple[str, str]]) -> Path:
@@ -314,19 +483,20 @@ def _relative(path: Path, root: Path) -> PurePosixPath:
 # -- resume and failures -------------------------------------------------------------------------
 
 
-def _already_encoded(target: Path, record: dict, identity, projected: bool) -> bool:
-    """True when ``target`` and its sidecar hold this input's latent from this run's model."""
+def _previous(target: Path, record: dict, projected: bool) -> tuple | None:
+    """(image ndim, model, weights sha256) of the latent at ``target`` when its sidecar records
+    this input and this ``projected`` flag; None when it must be encoded (again)."""
     side = sidecar_path(target)
     if not (target.is_file() and side.is_file()):
-        return False
+        return None
     try:
         meta = json.loads(side.read_text())
         old, ndim = meta["source"], len(meta["image_shape"])
     except Exception:
-        return False  # no sidecar we can trust: encode again
+        return None  # no sidecar we can trust: encode again
     if old != record or bool(meta.get("projected")) != projected:
-        return False
-    return (meta.get("model"), meta.get("weights_sha256")) == identity(ndim)
+        return None
+    return ndim, meta.get("model"), meta.get("weights_sha256")
 
 
 def _remove(path: Path) -> None:

@@ -71,3 +71,33 @@ def test_shipped_starters_beat_interpolation_on_held_out_real_images():
     vol = quality_report(["starter_4_1_3d"], ["builtin:nibabel/anatomical"], None,
                          "fp32")["images"][0]["methods"]
     assert vol["starter_4_1_3d"]["psnr_db"] > vol["trilinear"]["psnr_db"]
+
+
+def test_encode_bench_compares_ways_on_real_slices(tmp_path, capsys):
+    out = tmp_path / "encode.json"
+    code = main(["bench", "encode", "--count", "3", "--side", "64", "--batch-size", "2",
+                 "-o", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    ways = {w["way"]: w for w in result["ways"]}
+    assert list(ways) == ["one at a time", "one at a time + prefetch", "batched + prefetch"]
+    assert ways["batched + prefetch"]["batch_size"] == 2 and ways["one at a time"]["prefetch"] == 0
+    for way in ways.values():  # every way encoded the same real crops to the same latents
+        assert way["images_per_s"] > 0 and way["max_latent_diff_vs_one_at_a_time"] < 1e-4
+        assert abs(way["ratio"] - way["images_per_s"] / ways["one at a time"]["images_per_s"]) < 0.01
+    assert "images/s" in capsys.readouterr().out
+
+
+def test_encode_bench_slices_are_distinct_real_crops(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from medvae_engine.bench_encode import RADIOGRAPH, write_slices
+
+    folder = write_slices(tmp_path / "s", 4, 256)
+    image = np.asarray(nib.load(RADIOGRAPH).dataobj, dtype=np.float32).squeeze()
+    crops = [np.asarray(nib.load(p).dataobj) for p in sorted(folder.iterdir())]
+    assert [c.shape for c in crops] == [(256, 256)] * 4
+    np.testing.assert_array_equal(crops[0], image[:256, :256])  # the top-left crop, unchanged
+    np.testing.assert_array_equal(crops[3], image[-256:, -256:])  # the bottom-right one
+    assert len({c.tobytes() for c in crops}) == 4

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +20,8 @@ from conftest import tiny_model
 from pydicom.data import get_testdata_file
 
 from medvae_engine.cli import main
+from medvae_engine.codec import CodecOptions, encode, run
+from medvae_engine.dataset_encode import Encoder, encode_dataset, find_inputs
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.latents import load_latent, sidecar_path
 from medvae_engine.models import save_model
@@ -201,3 +204,148 @@ def test_torchrun_failures_of_every_rank_are_recorded(tmp_path, tiny_2d_path):
     with open(out / "failures.csv", newline="") as f:
         failed = [row[0] for row in list(csv.reader(f))[1:]]
     assert failed == [str(data / "a_bad" / "scan.nii.gz"), str(data / "b_bad" / "scan.nii.gz")]
+
+
+# -- batches across files and the reader thread ---------------------------------------------------
+
+MNI = SAMPLES / "mri_brain_mni152.nii.gz"
+
+
+def _mni_slices(folder: Path, count: int) -> list[Path]:
+    """Real 2D slices of the bundled MNI152 brain, written as 2D NIfTI files (112 x 136)."""
+    img = nib.load(MNI)
+    vol = np.asarray(img.dataobj, dtype=np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in np.linspace(30, 80, count).astype(int):
+        path = folder / f"slice{k:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(vol[:, :, k], img.affine), path)
+        paths.append(path)
+    return paths
+
+
+def test_batches_across_files_give_one_at_a_time_latents(tmp_path, capsys, monkeypatch):
+    """Real slices, a block of the MNI152 volume (same slice shape), pydicom's MR_small/CT_small and the
+    bundled 2D samples through starter_4_1_2d: batched latents equal each file's own encode."""
+    from medvae_engine.models.autoencoder import AutoencoderKL
+
+    data = tmp_path / "data"
+    inputs = _mni_slices(data / "slices", 6)
+    img = nib.load(MNI)  # a 12-slice block of the volume: a 2D model sees slices of (112, 136)
+    inputs.append(data / "volume" / "mni.nii.gz")
+    inputs[-1].parent.mkdir()
+    nib.save(img.slicer[:, :, 40:52], inputs[-1])
+    inputs.append(_copy(Path(get_testdata_file("MR_small.dcm")), data / "dicom" / "mr.dcm"))
+    inputs.append(_copy(Path(get_testdata_file("CT_small.dcm")), data / "dicom2" / "ct.dcm"))
+    inputs += [_copy(CT, data / "samples" / "ct.nii.gz"), _copy(MR, data / "samples" / "mr.nii.gz")]
+    batches = []
+    encode = AutoencoderKL.encode
+
+    def counting(self, x, *a, **kw):
+        batches.append(tuple(x.shape))
+        return encode(self, x, *a, **kw)
+
+    monkeypatch.setattr(AutoencoderKL, "encode", counting)
+    out = tmp_path / "latents"
+    code, stdout, err = _cli(capsys, "encode", data, "-m", "starter_4_1_2d", "--batch-size", "8",
+                             "-o", out)
+    assert code == 0, err
+    assert f"encoded {len(inputs)}, skipped 0" in stdout
+    # sorted: MR_small, then CT_small with ct_small.nii.gz (both 128^2) in one call, mr_small;
+    # then the six slice files with the volume's first two slices, and the volume's other slices
+    assert batches[:4] == [(1, 1, 64, 64), (2, 1, 128, 128), (1, 1, 64, 64), (8, 1, 112, 136)]
+    assert sum(b[0] for b in batches[3:]) == 6 + 12
+    batches.clear()
+    latents = {i.path: i.latent for i in find_inputs([data])}
+    for src in inputs:
+        src = src.parent if src.suffix == ".dcm" else src  # a folder of DICOM files: a series
+        ref = tmp_path / "ref" / "one.latent.nii.gz"
+        code, _, err = _cli(capsys, "encode", src, "-m", "starter_4_1_2d", "--batch-size", "1",
+                            "-o", ref)
+        assert code == 0, err
+        want, got = load_latent(ref).array, load_latent(out / latents[src]).array
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.ptp(want), err_msg=str(src))
+    assert {b[0] for b in batches} == {1}  # the references really were one slice at a time
+
+
+def _reader_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "medvae-dataset-reader" and t.is_alive()]
+
+
+def test_reader_thread_reads_ahead_and_stops_when_the_generator_is_closed(tmp_path):
+    """Files are read by the reader thread while the model runs; closing the generator after the
+    first latent (as a cancel does) leaves no reader thread alive and no further latent written."""
+    paths = _mni_slices(tmp_path / "data", 8)
+    jobs = [(i, tmp_path / "out" / i.latent) for i in find_inputs([tmp_path / "data"])]
+    model = tiny_model(2)
+    readers = []
+
+    def read(item):
+        readers.append(threading.current_thread().name)
+        return read_volume(item.path)
+
+    encoder = Encoder(lambda ndim: model, CodecOptions(batch_size=1))
+    steps = encode_dataset(jobs, read, encoder, prefetch=2)
+    first = next(steps)
+    assert first.status == "encoded" and first.target.is_file()
+    assert len(_reader_threads()) == 1  # still reading ahead
+    steps.close()
+    assert _reader_threads() == []
+    assert set(readers) == {"medvae-dataset-reader"} and len(readers) <= 1 + 1 + 2  # bounded
+    assert sorted((tmp_path / "out").glob("*.latent.nii.gz")) == [first.target]
+    np.testing.assert_array_equal(load_latent(first.target).array,
+                                  encode(read_volume(paths[0]), model).array)
+
+
+def test_prefetched_failure_is_recorded_and_the_batch_encoded(tmp_path):
+    """A truncated file read ahead by the thread among real slices batched 4 at a time: recorded
+    with its one-line error; every other slice's latent equals its own one-at-a-time encode."""
+    paths = _mni_slices(tmp_path / "data", 6)
+    paths[2].write_bytes(paths[2].read_bytes()[:300])
+    jobs = [(i, tmp_path / "out" / i.latent) for i in find_inputs([tmp_path / "data"])]
+    model = tiny_model(2)
+    encoder = Encoder(lambda ndim: model, CodecOptions(batch_size=4))
+    steps = encode_dataset(jobs, lambda item: read_volume(item.path), encoder, lambda n: ("x", None))
+    statuses = []
+    try:
+        while True:
+            statuses.append(next(steps).status)
+    except StopIteration as stop:
+        summary = stop.value
+    assert sorted(statuses) == ["encoded"] * 5 + ["failed"]
+    assert summary.encoded == 5 and [f[0] for f in summary.failures] == [str(paths[2])]
+    assert str(paths[2]) in summary.failures[0][1] and "\n" not in summary.failures[0][1]
+    assert _reader_threads() == []
+    for path in paths[:2] + paths[3:]:
+        got = load_latent(tmp_path / "out" / path.name.replace(".nii.gz", ".latent.nii.gz")).array
+        want = encode(read_volume(path), model, CodecOptions(batch_size=1)).array
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.ptp(want))
+
+
+def test_failed_batch_is_retried_one_input_at_a_time(tmp_path):
+    """A model call over a whole batch fails (as when a batch does not fit in memory): each input
+    of the batch is encoded alone instead, to the same latents, and none is recorded as failed."""
+    paths = _mni_slices(tmp_path / "data", 4)
+    jobs = [(i, tmp_path / "out" / i.latent) for i in find_inputs([tmp_path / "data"])]
+    model, calls = tiny_model(2), []
+
+    class SmallBatchesOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+            self.factor, self.spatial_dims, self.in_channels = 4, 2, 1
+
+        def encode(self, x, **kw):
+            calls.append(len(x))
+            if len(x) > 1:
+                raise RuntimeError("not enough memory")
+            return model.encode(x, **kw)
+
+    fussy = SmallBatchesOnly()
+    encoder = Encoder(lambda ndim: fussy, CodecOptions(batch_size=4))
+    summary = run(encode_dataset(jobs, lambda item: read_volume(item.path), encoder))
+    assert calls == [4, 1, 1, 1, 1] and summary.encoded == 4 and summary.failures == []
+    for path in paths:
+        got = load_latent(tmp_path / "out" / path.name.replace(".nii.gz", ".latent.nii.gz")).array
+        np.testing.assert_array_equal(got, encode(read_volume(path), model).array)
