@@ -97,8 +97,11 @@ def probe_gflops(precision: str = "fp32") -> float:
 
 def estimate_reconstruction(model, volume: Volume, options: CodecOptions) -> Estimate | None:
     """Predicted cost of ``reconstruct(volume, model, options)`` on the CPU; None for models whose
-    architecture this cannot count (baselines, diffusers VAEs) or runs on an accelerator."""
+    architecture this cannot count (baselines, diffusers VAEs), runs on an accelerator, or cannot
+    take this volume (the codec then says why)."""
     if not isinstance(model, AutoencoderKL) or any(p.device.type != "cpu" for p in model.parameters()):
+        return None
+    if volume.ndim not in (2, 3) or (model.spatial_dims == 3 and volume.ndim != 3):
         return None
     units, shape = reconstruction_plan(model, volume, options)
     flops = units * model_flops(model, shape)
