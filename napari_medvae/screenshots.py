@@ -201,9 +201,11 @@ def shot_study(viewer, panels: dict, path: Path, scratch: Path) -> dict:
     reader.act("choose", 4)  # the first answer, +1 (key 4), as on the keyboard
     settle()
     panes = [layer for layer in viewer.layers if layer.visible]
-    return {"path": save_window(viewer, path), "canvas": canvas_box(viewer),
-            "panes": [layer.name for layer in panes], "grid": list(grid_of(viewer).shape),
-            "grid_enabled": bool(grid_of(viewer).enabled), "position": reader.position.value}
+    record = {"path": save_window(viewer, path), "canvas": canvas_box(viewer),
+              "panes": [layer.name for layer in panes], "grid": list(grid_of(viewer).shape),
+              "grid_enabled": bool(grid_of(viewer).enabled), "position": reader.position.value}
+    reader.close_session()  # before the scratch study folder goes
+    return record
 
 
 def _extent(viewer, layer) -> list[list[float]]:
