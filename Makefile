@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: install test demo lint bench starter-weights xvfb clean
+.PHONY: install test demo screenshots lint bench starter-weights xvfb clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP) xvfb
 
 demo: $(STAMP) xvfb
 	$(PY) -m napari_medvae.demo --out demo_out
+
+# The README's screenshots (docs/images), made by the real plugin in a virtual X server.
+screenshots: $(STAMP) xvfb
+	$(PY) -m napari_medvae.screenshots docs/images
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check medvae_engine napari_medvae tests scripts

@@ -177,10 +177,12 @@ class RadiologicalDisplay:
     def _on_inserted(self, event) -> None:
         layer = event.value
         self._adopt(layer)
-        if self.state.link_window and is_intensity(layer):
-            peers = [other for other in self._group(layer) if other is not layer]
-            if peers:
-                layer.contrast_limits = list(peers[0].contrast_limits)
+        peers = [other for other in self._group(layer) if other is not layer] if (
+            self.state.link_window and is_intensity(layer)) else []
+        if peers:
+            layer.contrast_limits = list(peers[0].contrast_limits)
+        elif is_intensity(layer) and medvae_meta(layer).get("window") in PRESETS:
+            self.state.preset = medvae_meta(layer)["window"]  # the View panel names what is shown
         self.relink()
         self._apply_view()
 

@@ -6,11 +6,15 @@ with its own text. Registering its visual uses napari's private overlay table: k
 
 from __future__ import annotations
 
+import textwrap
+
 from napari._vispy.overlays.text import VispyLayerNameOverlay
 from napari._vispy.utils.visual import overlay_to_visual
 from napari.components.overlays import LayerNameOverlay
 
 CAPTION_KEY = "medvae_caption"
+CAPTION_COLUMNS = 30  # characters per drawn line in a panel's corner
+CLEAR_OF_LETTER = 20  # a caption with longer lines starts one line down, below the top letter
 
 
 class CaptionOverlay(LayerNameOverlay):
@@ -26,11 +30,26 @@ class VispyCaptionOverlay(VispyLayerNameOverlay):
         self.overlay.events.text.connect(self._on_text_change)
 
     def _on_text_change(self) -> None:
-        self.node.text = self.overlay.text
+        self.node.text = wrap_caption(self.overlay.text)
         self._on_position_change()
 
 
 overlay_to_visual.setdefault(CaptionOverlay, VispyCaptionOverlay)
+
+
+def wrap_caption(text: str, columns: int = CAPTION_COLUMNS) -> str:
+    """The caption as drawn: long lines broken at spaces (a map's "(test vs reference)" part on
+    lines of its own), starting below the top orientation letter when it would reach it."""
+    lines = []
+    for line in text.splitlines():
+        if len(line) > columns and " (" in line:
+            head, tail = line.split(" (", 1)
+            lines += [*textwrap.wrap(head, columns), *textwrap.wrap("(" + tail, columns)]
+        else:
+            lines += textwrap.wrap(line, columns) or [""]
+    if max(map(len, lines), default=0) > CLEAR_OF_LETTER:
+        lines.insert(0, "")
+    return "\n".join(lines)
 
 
 def set_caption(layer, text: str) -> None:

@@ -38,6 +38,7 @@ from .._study_view import (
     pair_layer_data,
     submitted_message,
 )
+from ._captions import set_caption
 from ._common import WIDGET_WIDTH, grid_of, medvae_panel
 
 ACTIVE_MARK = "\u25b6 "
@@ -227,6 +228,9 @@ class ReaderStudyWidget(Container):
         for position, (data, attributes, _) in enumerate(pair_layer_data(self.session)):
             layer = self.viewer.add_image(data, **attributes)
             self.viewer.layers.move(self.viewer.layers.index(layer), position)
+            # the neutral caption on the pane itself; 'Image A', not a bare 'A' beside the
+            # orientation letter A (anterior)
+            set_caption(layer, f"Image {layer.name}" if len(layer.name) == 1 else layer.name)
             self.panes.append(layer)
         grid = grid_of(self.viewer)
         grid.stride, grid.shape, grid.enabled = 1, (1, 2), True

@@ -31,7 +31,7 @@ class ViewWidget(Container):
         state = self.display.state
         self.view_buttons = {view: PushButton(text=f"{view.capitalize()} ({VIEW_KEYS[view]})")
                              for view in VIEWS}
-        self.preset = ComboBox(label="window", value=PRESETS[0],
+        self.preset = ComboBox(label="window", value=state.preset or PRESETS[0],
                                choices=[(preset_caption(p), p) for p in PRESETS])
         self.apply_button = PushButton(text="Apply window")
         self.link = CheckBox(text=f"link windows of compared images ({LINK_KEY})",

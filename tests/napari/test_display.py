@@ -16,6 +16,7 @@ from medvae_engine.imaging.io import read_volume, write_volume
 from medvae_engine.imaging.volume import Volume
 from napari_medvae._display import install_display
 from napari_medvae._layers import layer_kind, volume_to_layer_data
+from napari_medvae._radiology import PERCENTILE_PRESET
 from napari_medvae._sample_data import sample_path
 from napari_medvae._writer import write_image
 from napari_medvae.widgets._captions import caption_of
@@ -400,4 +401,35 @@ def test_reader_study_panes_are_radiological_in_a_linked_ct_window(viewer, tmp_p
                                                          "right": "L"}
     left.contrast_limits = [0.0, 80.0]
     assert tuple(right.contrast_limits) == (0.0, 80.0)  # the two panes share one window
+    panel.close_session()
+
+
+def test_the_view_panel_names_the_window_an_image_opened_in(viewer):
+    _, early = viewer.window.add_plugin_dock_widget(PLUGIN, "View")
+    layer = open_file(viewer, get_testdata_file("CT_small.dcm"))
+    assert tuple(layer.contrast_limits) == (-160.0, 240.0)  # abdomen W 400 / L 40 HU
+    assert early.preset.value == "abdomen"  # not the brain window it does not show
+    install_display(viewer).state.preset = ""
+    viewer.layers.clear()
+    open_file(viewer, get_testdata_file("MR_small.dcm"))
+    assert early.preset.value == PERCENTILE_PRESET
+    viewer.window.remove_dock_widget("all")
+    _, late = viewer.window.add_plugin_dock_widget(PLUGIN, "View")  # docked after the image opened
+    assert late.preset.value == PERCENTILE_PRESET
+
+
+def test_reader_study_panes_are_captioned_a_and_b_on_the_canvas(viewer, tmp_path):
+    import shutil
+
+    from medvae_engine.study import create_study, spec_from_folders
+
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), originals / "ct_small.dcm")
+    spec = spec_from_folders(originals, {"bicubic4": {"codec": "bicubic", "factor": 4}},
+                             name="pilot", seed=1, display="blinded_ab")
+    study = create_study(spec, tmp_path / "study")
+    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Reader study")
+    assert panel.open_session(study, "reader1")
+    assert [caption_of(pane) for pane in panel.panes] == ["Image A", "Image B"]
     panel.close_session()

@@ -118,3 +118,15 @@ def test_compare_captions_and_scores():
     assert text.splitlines()[0].startswith("slice: PSNR") and "MS-SSIM" in text.splitlines()[1]
     thin = panel_metrics(reference[:4], test[:4], 0, 2)  # MS-SSIM needs every side > 10 voxels
     assert "MS-SSIM n/a" in format_metrics(thin).splitlines()[1]
+
+
+def test_long_captions_are_drawn_on_short_lines_without_losing_words():
+    from napari_medvae.widgets._captions import CAPTION_COLUMNS, wrap_caption
+
+    caption = ("difference [HU] (CT_small reconstruction (starter_4_1_2d, bf16) vs CT_small)\n"
+               "slice: PSNR 35.80 dB, SSIM 0.894, MS-SSIM 0.950")
+    drawn = wrap_caption(caption).splitlines()
+    assert drawn[0] == "" and drawn[1] == "difference [HU]" and drawn[2].startswith("(CT_small")
+    assert max(len(line) for line in drawn) <= CAPTION_COLUMNS
+    assert " ".join(drawn).split() == caption.split()
+    assert wrap_caption("Original: CT_small") == "Original: CT_small"
