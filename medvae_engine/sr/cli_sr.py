@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import InputError, MedVAEError, ModelError
 from ..models.zoo import DEFAULT_SR
@@ -46,6 +47,9 @@ def add_sr_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", help="HR reference image: its autoencoder reconstruction is "
                    "written to --ae-output (the noise floor for hallucination maps)")
     p.add_argument("--ae-output", help="where to write the reference's AE reconstruction")
+    p.add_argument("--samples", type=int, metavar="N",
+                   help="draw N >= 2 samples (seeds SEED..SEED+N-1): write their mean as OUTPUT "
+                   "and their per-voxel SD (the uncertainty map) as OUTPUT-stem.sd.nii.gz")
 
 
 def add_train_sr_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,12 +71,16 @@ def run_sr(args: argparse.Namespace) -> int:
     from .pipeline import (
         SROptions,
         reconstruct_reference_steps,
+        super_resolve_samples_steps,
         super_resolve_steps,
     )
     from .unet import load_sr_model
 
     if bool(args.reference) != bool(args.ae_output):
         raise InputError("--reference and --ae-output go together")
+    if args.samples is not None and args.samples < 2:
+        raise InputError(f"--samples {args.samples}: the uncertainty map needs at least 2 samples "
+                         "(omit --samples for one)")
     try:
         options = SROptions(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
                             scale=args.scale, axis=args.axis, batch_size=args.batch_size,
@@ -84,8 +92,13 @@ def run_sr(args: argparse.Namespace) -> int:
     volume = _read(args.input, args)
     norm = (fit_normalization(volume.array, volume.modality, window=args.window)
             if args.window else None)
-    result = _run("super-resolve", super_resolve_steps(volume, autoencoder, sr_model, options,
-                                                       normalization=norm))
+    sd = None
+    if args.samples:
+        result, sd = _run("super-resolve", super_resolve_samples_steps(
+            volume, autoencoder, sr_model, options, args.samples, normalization=norm))
+    else:
+        result = _run("super-resolve", super_resolve_steps(volume, autoencoder, sr_model, options,
+                                                           normalization=norm))
     ae = None
     if args.reference:
         reference = _read(args.reference, args)
@@ -94,11 +107,23 @@ def run_sr(args: argparse.Namespace) -> int:
                              f"the SR output's {result.shape}")
         ae = _run("reconstruct", reconstruct_reference_steps(reference, autoencoder, options))
     written = [write_volume(result, args.output)]
+    if sd is not None:
+        written.append(write_volume(sd, sd_path(args.output)))
     if ae is not None:
         written.append(write_volume(ae, args.ae_output))
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def sd_path(output: str | Path) -> Path:
+    """Where the uncertainty map of ``output`` goes: its stem (format suffix removed) + .sd.nii.gz."""
+    from ..imaging.atomic import full_suffix
+
+    output = Path(output)
+    suffix = full_suffix(output)
+    stem = output.name[: len(output.name) - len(suffix)] if suffix else output.name
+    return output.with_name(stem + ".sd.nii.gz")
 
 
 def _autoencoder(args: argparse.Namespace, sr_model):
