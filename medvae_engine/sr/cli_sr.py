@@ -19,8 +19,8 @@ def add_sr_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="LR image file or DICOM series folder (2D image or volume)")
     p.add_argument("-o", "--output", required=True, help="SR image file (.nii.gz, .mha, .png, ...)")
     p.add_argument("--sr-model", default=DEFAULT_SR,
-                   help=f"SR UNet: a shipped name (default {DEFAULT_SR}), a .safetensors from "
-                   "'medvae train-sr' or a latent-sr .ckpt")
+                   help=f"SR UNet: a shipped name (default {DEFAULT_SR}), a .safetensors or "
+                   "diffusers folder from 'medvae train-sr', or a latent-sr .ckpt")
     p.add_argument("-m", "--model", help="autoencoder: zoo name, checkpoint, diffusers VAE folder "
                    "or 'pixels' (default: the one named in the SR model's card)")
     p.add_argument("--weights", help="weights file for a named autoencoder")
