@@ -23,6 +23,7 @@ from medvae_engine.sr.pipeline import (
     SROptions,
     model_scale,
     reconstruct_reference_steps,
+    super_resolve_samples_steps,
     super_resolve_steps,
 )
 from medvae_engine.sr.unet import load_sr_model
@@ -107,10 +108,11 @@ def describe_sr_model(path: str | Path | None) -> str:
 
 
 def sr_job_steps(lr: Volume, autoencoder, sr_path: str, options: SROptions,
-                 reference: Volume | None = None, reconstruct: bool = False,
+                 reference: Volume | None = None, reconstruct: bool = False, samples: int = 1,
                  ) -> Generator[Progress, None, dict]:
-    """Load the SR model, super-resolve ``lr``, and optionally reconstruct ``reference`` with
-    the autoencoder; returns the volumes and provenance for the layers."""
+    """Load the SR model, super-resolve ``lr`` (``samples`` >= 2: their mean and per-voxel SD,
+    the uncertainty map), and optionally reconstruct ``reference`` with the autoencoder; returns
+    the volumes and provenance for the layers."""
     sr_model = load_sr_model(sr_path)
     scale = model_scale(sr_model, options)
     if reference is not None:
@@ -123,7 +125,11 @@ def sr_job_steps(lr: Volume, autoencoder, sr_path: str, options: SROptions,
     if options.scale is not None and card_scale is not None and int(card_scale) != scale:
         raise ModelError(f"{sr_path}: the SR model was trained for x{card_scale}, "
                          f"the degradation gives x{scale}")
-    sr = yield from super_resolve_steps(lr, autoencoder, sr_model, options)
+    sd = None
+    if samples >= 2:
+        sr, sd = yield from super_resolve_samples_steps(lr, autoencoder, sr_model, options, samples)
+    else:
+        sr = yield from super_resolve_steps(lr, autoencoder, sr_model, options)
     ae = None
     if reconstruct and reference is not None:
         ae = yield from reconstruct_reference_steps(reference, autoencoder, options)
@@ -140,6 +146,7 @@ def sr_job_steps(lr: Volume, autoencoder, sr_path: str, options: SROptions,
         "model": getattr(autoencoder, "name", ""),
         "weights_sha256": ae_sha,
         "factor": int(autoencoder.factor),
+        "samples": int(samples),
     }
     mismatch = bool(expected_ae and ae_sha and ae_sha != expected_ae)
-    return {"sr": sr, "ae": ae, "provenance": provenance, "ae_mismatch": mismatch}
+    return {"sr": sr, "sd": sd, "ae": ae, "provenance": provenance, "ae_mismatch": mismatch}

@@ -22,8 +22,8 @@ def add_sr_arguments(p: argparse.ArgumentParser) -> None:
                    " or, with --format dicom, a new DICOM series folder")
     format_arg(p)
     p.add_argument("--sr-model", default=DEFAULT_SR,
-                   help=f"SR UNet: a shipped name (default {DEFAULT_SR}), a .safetensors from "
-                   "'medvae train-sr' or a latent-sr .ckpt")
+                   help=f"SR UNet: a shipped name (default {DEFAULT_SR}), a .safetensors or "
+                   "diffusers folder from 'medvae train-sr', or a latent-sr .ckpt")
     p.add_argument("-m", "--model", help="autoencoder: zoo name, checkpoint, diffusers VAE folder "
                    "or 'pixels' (default: the one named in the SR model's card)")
     p.add_argument("--weights", help="weights file for a named autoencoder")
@@ -53,6 +53,9 @@ def add_sr_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--png-range", type=float, nargs=2, metavar=("LO", "HI"),
                    help="PNG output: map LO..HI to 0..255 (default: a PNG/JPEG input's own bit "
                    "depth, else the --window; other float results need it)")
+    p.add_argument("--samples", type=int, metavar="N",
+                   help="draw N >= 2 samples (seeds SEED..SEED+N-1): write their mean as OUTPUT "
+                   "and their per-voxel SD (the uncertainty map) as OUTPUT-stem.sd.nii.gz")
 
 
 def add_train_sr_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,11 +72,12 @@ def add_train_sr_arguments(p: argparse.ArgumentParser) -> None:
 def run_sr(args: argparse.Namespace) -> int:
     """Super-resolve one input (and reconstruct the reference); MedVAEError for the CLI to print."""
     from ..cli import _read, _run, write_image
-    from ..imaging.io import check_output
+    from ..imaging.io import check_output, write_volume
     from ..imaging.normalization import fit_normalization
     from .pipeline import (
         SROptions,
         reconstruct_reference_steps,
+        super_resolve_samples_steps,
         super_resolve_steps,
     )
     from .unet import load_sr_model
@@ -82,6 +86,9 @@ def run_sr(args: argparse.Namespace) -> int:
         raise InputError("--reference and --ae-output go together")
     for target in filter(None, (args.output, args.ae_output)):
         check_output(target, args.format)
+    if args.samples is not None and args.samples < 2:
+        raise InputError(f"--samples {args.samples}: the uncertainty map needs at least 2 samples "
+                         "(omit --samples for one)")
     try:
         options = SROptions(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
                             scale=args.scale, axis=args.axis, batch_size=args.batch_size,
@@ -93,8 +100,13 @@ def run_sr(args: argparse.Namespace) -> int:
     volume = _read(args.input, args)
     norm = (fit_normalization(volume.array, volume.modality, window=args.window)
             if args.window else None)
-    result = _run("super-resolve", super_resolve_steps(volume, autoencoder, sr_model, options,
-                                                       normalization=norm))
+    sd = None
+    if args.samples:
+        result, sd = _run("super-resolve", super_resolve_samples_steps(
+            volume, autoencoder, sr_model, options, args.samples, normalization=norm))
+    else:
+        result = _run("super-resolve", super_resolve_steps(volume, autoencoder, sr_model, options,
+                                                           normalization=norm))
     ae = None
     if args.reference:
         reference = _read(args.reference, args)
@@ -104,12 +116,24 @@ def run_sr(args: argparse.Namespace) -> int:
         ae = _run("reconstruct", reconstruct_reference_steps(reference, autoencoder, options))
     label = f"MedVAE SR x{result.metadata.get('sr_scale', '')} {Path(args.sr_model).stem}"
     written = [write_image(result, args.output, args, label)]
+    if sd is not None:  # the uncertainty map stays in float NIfTI, beside the output
+        written.append(write_volume(sd, sd_path(args.output)))
     if ae is not None:
         written.append(write_image(ae, args.ae_output, args,
                                    f"MedVAE reconstruction {getattr(autoencoder, 'name', '')}"))
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def sd_path(output: str | Path) -> Path:
+    """Where the uncertainty map of ``output`` goes: its stem (format suffix removed) + .sd.nii.gz."""
+    from ..imaging.atomic import full_suffix
+
+    output = Path(output)
+    suffix = full_suffix(output)
+    stem = output.name[: len(output.name) - len(suffix)] if suffix else output.name
+    return output.with_name(stem + ".sd.nii.gz")
 
 
 def _autoencoder(args: argparse.Namespace, sr_model):

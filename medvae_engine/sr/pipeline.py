@@ -132,16 +132,42 @@ def condition(z_lr: torch.Tensor, hr_size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(z_lr, size=hr_size, mode="bilinear", align_corners=False)
 
 
+def upsample_bicubic(lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, h, w) images bicubic-resized to ``size`` with PIL (the bench's bicubic baseline)."""
+    from .degradations import resize
+
+    return torch.from_numpy(np.stack([resize(x[0].float().cpu().numpy(), size, "bicubic")
+                                      for x in lr]))[:, None]
+
+
+def condition_latents(autoencoder: nn.Module, lr: torch.Tensor, scale: int,
+                      conditioning: str) -> torch.Tensor:
+    """The condition latent at the HR latent size for (B, 1, h, w) model-space LR images:
+    ``latent`` (latent-sr) encodes the LR image and bilinearly upsamples its latent, ``pixel``
+    (the MedVAE paper) bicubic-upsamples the LR image to the HR size and encodes that."""
+    hr = tuple(s * scale for s in lr.shape[-2:])
+    if conditioning == "pixel":
+        return encode_images(autoencoder, upsample_bicubic(lr, hr))
+    z_lr = encode_images(autoencoder, lr)
+    return condition(z_lr, tuple(s // int(autoencoder.factor) for s in hr))
+
+
 def sample_latents_steps(sr_model: SRDenoiser, cond: torch.Tensor, sampler: str, steps: int,
                          generators: list[torch.Generator], eta: float = 0.0):
-    """Sample HR latents for a batch of conditions; one noise generator per batch item."""
+    """Sample HR latents for a batch of condition latents; one noise generator per batch item.
+
+    The diffusion runs in the model's normalised space; the result is mapped back to latents.
+    """
     schedule = cosine_schedule(sr_model.train_steps)
+    model_cond = sr_model.normalize_condition(cond)
 
     def predict(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return sr_model(z, cond, t).float()
+        return sr_model(z, model_cond, t).float()
 
-    return sample_steps(sampler, predict, tuple(cond.shape), schedule, sr_model.objective, steps,
-                        generators, eta=eta, table=sr_model.latent_sr_alphas, device=cond.device)
+    x = yield from sample_steps(sampler, predict, tuple(cond.shape), schedule, sr_model.objective,
+                                steps, generators, eta=eta, table=sr_model.latent_sr_alphas,
+                                device=cond.device)
+    return sr_model.from_target(x, cond)
 
 
 def super_resolve_images_steps(lr: torch.Tensor, autoencoder: nn.Module, sr_model: SRDenoiser,
@@ -152,9 +178,8 @@ def super_resolve_images_steps(lr: torch.Tensor, autoencoder: nn.Module, sr_mode
     m = lr_multiple(int(autoencoder.factor), scale, sr_model.multiple)
     padded = F.pad(lr, (0, (-w) % m, 0, (-h) % m), mode="replicate") if (h % m or w % m) else lr
     with torch.no_grad():
-        z_lr = encode_images(autoencoder, padded)
-        hr_size = tuple(s * scale // int(autoencoder.factor) for s in padded.shape[-2:])
-        cond = condition(z_lr, hr_size).to(model_device(sr_model))
+        cond = condition_latents(autoencoder, padded, scale, sr_model.conditioning)
+        cond = cond.to(model_device(sr_model))
         z_hr = yield from sample_latents_steps(sr_model, cond, sampler, steps, generators, eta)
         y = decode_latents(autoencoder, z_hr)
     return y[..., : scale * h, : scale * w]
@@ -215,6 +240,39 @@ def super_resolve_steps(volume: Volume, autoencoder: nn.Module, sr_model: SRDeno
                     model=getattr(autoencoder, "name", ""))
     return Volume(norm.inverse(out), hr_affine(volume.affine, in_plane, scale), volume.modality,
                   metadata)
+
+
+def super_resolve_samples_steps(volume: Volume, autoencoder: nn.Module, sr_model: SRDenoiser,
+                                options: SROptions | None = None, samples: int = 2, *,
+                                normalization: Normalization | None = None
+                                ) -> Generator[Progress, None, tuple[Volume, Volume]]:
+    """``samples`` (>= 2) draws with seeds seed, seed + 1, ...: (their mean, their per-voxel
+    standard deviation with ddof 1), both in the input's units on the output grid; the SD is
+    where the model is unsure, usable without a high-resolution truth."""
+    opts = options or SROptions()
+    if samples < 2:
+        raise InputError(f"--samples {samples}: the uncertainty map needs at least 2 samples "
+                         "(omit --samples for one)")
+    draws = []
+    for i in range(samples):
+        work = super_resolve_steps(volume, autoencoder, sr_model,
+                                   dataclasses.replace(opts, seed=opts.seed + i),
+                                   normalization=normalization)
+        try:
+            while True:
+                p = next(work)
+                yield Progress(i * p.total + p.done, samples * p.total,
+                               f"super-resolve sample {i + 1}/{samples}")
+        except StopIteration as stop:
+            draws.append(stop.value)
+    stack = np.stack([d.array.astype(np.float64) for d in draws])
+    first = draws[0]
+    mean = Volume(stack.mean(0).astype(np.float32), first.affine, first.modality,
+                  {**first.metadata, "sr_samples": samples})
+    sd_meta = {**first.metadata, "sr_samples": samples, "quantity": "sr_sd",
+               "units": "input intensity units (per-voxel SD over samples)"}
+    sd = Volume(stack.std(0, ddof=1).astype(np.float32), first.affine, first.modality, sd_meta)
+    return mean, sd
 
 
 def _progress(work, offset: int, total: int):

@@ -32,6 +32,9 @@ def add_sr_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", default="ddpm:1000", help="reference sampler as SAMPLER:STEPS")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--samples", type=int, default=4,
+                   help="fast-sampler draws (seeds SEED..SEED+N-1) whose mean and per-pixel SD "
+                   "score the uncertainty map against the real error (0: skip)")
     p.add_argument("--sr-out", help="output stem (default docs/model_cards/<SR model name>): "
                    "writes STEM.json, STEM.md and STEM_<image>.png")
 
@@ -50,7 +53,9 @@ def run_sr_report(args: argparse.Namespace) -> int:
         samplers.append((name, int(steps)))
     sr_model = load_sr_model(args.sr_model)
     name = args.sr_model if args.sr_model in SR_MODELS else Path(sr_model.weights_path).stem
-    report = sr_report(sr_model, args.images, samplers, args.seed, args.precision)
+    if args.samples == 1 or args.samples < 0:
+        raise InputError(f"--samples {args.samples}: use 0 (skip) or at least 2")
+    report = sr_report(sr_model, args.images, samplers, args.seed, args.precision, args.samples)
     report["sr_model"] = name
     stem = Path(args.sr_out or f"docs/model_cards/{name}")
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -64,9 +69,34 @@ def run_sr_report(args: argparse.Namespace) -> int:
     return 0
 
 
+HF_BINS, HF_TOP = 10, 3  # radial spectrum bins; the top ones scored as high frequencies
+SD_DECILE = 0.9
+
+
+def high_frequency_error(test: np.ndarray, reference: np.ndarray) -> float:
+    """Mean |log10 P_test - log10 P_HR| over the top three of ten radial spectrum bins: how far
+    the fine-detail energy is from the truth (too little, as blur, or too much, as noise)."""
+    from ..analysis.spectrum import radial_spectrum
+
+    diff = radial_spectrum(test, HF_BINS) - radial_spectrum(reference, HF_BINS)
+    return float(np.mean(np.abs(diff[-HF_TOP:])))
+
+
+def uncertainty_scores(sd: np.ndarray, error: np.ndarray, hallucinated: np.ndarray) -> dict:
+    """How well a per-pixel SD map predicts the real error: Spearman correlation of SD with
+    |SR - HR|, and the hallucinated-pixel rate among the top decile of SD against the rest."""
+    from scipy.stats import spearmanr
+
+    top = sd >= np.quantile(sd, SD_DECILE)
+    return {"spearman_sd_abs_error": float(spearmanr(sd.ravel(), error.ravel()).statistic),
+            "hallucination_rate_top_decile_sd": float(hallucinated[top].mean()),
+            "hallucination_rate_rest": float(hallucinated[~top].mean())}
+
+
 def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed: int,
-              precision: str) -> dict:
-    """Scores, hallucination rates and timings per image, and their means."""
+              precision: str, samples: int = 0) -> dict:
+    """Scores, high-frequency spectrum errors, hallucination rates and timings per image, their
+    means, and (``samples`` >= 2) how well the SD over fast-sampler draws predicts the error."""
     from ..analysis.hallucination import hallucination
     from ..analysis.metrics import to_unit_range
     from ..codec import CodecOptions, run
@@ -102,21 +132,43 @@ def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed
             sr = run(super_resolve_steps(lr, autoencoder, sr_model, options, normalization=norm))
             seconds[f"SR {name}-{steps}"] = time.perf_counter() - t0
             outputs[f"SR {name}-{steps}"] = sr.array
+        uncertainty = None
+        if samples >= 2:
+            fast_name, fast_steps = samplers[0]
+            draws = [outputs[f"SR {fast_name}-{fast_steps}"]]
+            for i in range(1, samples):
+                options = SROptions(sampler=fast_name, steps=fast_steps, seed=seed + i,
+                                    precision=precision)
+                draws.append(run(super_resolve_steps(lr, autoencoder, sr_model, options,
+                                                     normalization=norm)).array)
+            stack = np.stack([d.astype(np.float64) for d in draws])
+            outputs[f"SR {fast_name}-{fast_steps} mean of {samples}"] = stack.mean(0)
+            uncertainty = stack.std(0, ddof=1)
         unit = {k: to_unit_range(v, value_range) for k, v in outputs.items()}
         reference = to_unit_range(hr.array, value_range)
         methods = {k: scores(hr.array, v, value_range) for k, v in outputs.items()}
-        for key, t in seconds.items():
+        for key in outputs:
+            methods[key]["hf_spectrum_error"] = high_frequency_error(unit[key], reference)
+            if key == "AE ceiling":
+                continue
             found = hallucination(reference, unit[key], unit["AE ceiling"])
-            methods[key] |= {"seconds": t, **{k: v for k, v in found.scalars().items()
-                                               if k in ("tau", "hallucination_rate", "loss_rate")}}
+            methods[key] |= {k: v for k, v in found.scalars().items()
+                             if k in ("tau", "hallucination_rate", "loss_rate")}
             methods[key]["_labels"] = found.labels
+            if key in seconds:
+                methods[key]["seconds"] = seconds[key]
+        extra = {}
+        if uncertainty is not None:
+            key = f"SR {samplers[0][0]}-{samplers[0][1]} mean of {samples}"
+            extra["uncertainty"] = uncertainty_scores(
+                uncertainty, np.abs(unit[key] - reference), methods[key]["_labels"] == 1)
         rows.append({"image": ref, "label": Path(ref.split("/")[-1]).name.split(".")[0],
-                     "shape": [h, w], "modality": hr.modality, "methods": methods,
+                     "shape": [h, w], "modality": hr.modality, "methods": methods, **extra,
                      "_original": np.clip(hr.array, *value_range),
                      "_outputs": {k: np.clip(v, *value_range) for k, v in outputs.items()}})
     return {"date": time.strftime("%Y-%m-%d"), "precision": precision, "seed": seed,
             "degradation": degradation, "samplers": [f"{n}-{s}" for n, s in samplers],
-            "images": rows, "summary": summary(rows, samplers)}
+            "samples": samples, "images": rows, "summary": summary(rows, samplers)}
 
 
 def degrade_in_model_space(hr, degradation: dict):
@@ -138,13 +190,27 @@ def summary(rows: list[dict], samplers: list[tuple[str, int]]) -> dict:
     names = list(rows[0]["methods"])
     means = {n: {k: float(np.mean([r["methods"][n][k] for r in rows]))
                  for k in rows[0]["methods"][n] if not k.startswith("_")} for n in names}
+    fast_psnr, bicubic = means[fast]["psnr_db"], means["bicubic"]["psnr_db"]
+    targets = {
+        "psnr_within_1_5_db_of_bicubic": fast_psnr >= bicubic - 1.5,
+        "hf_spectrum_closer_than_bicubic":
+            means[fast]["hf_spectrum_error"] < means["bicubic"]["hf_spectrum_error"],
+        "fast_within_0_3_db_of_full": all(abs(r["methods"][full]["psnr_db"]
+                                              - r["methods"][fast]["psnr_db"]) <= 0.3 for r in rows),
+    }
+    unsure = [r["uncertainty"] for r in rows if "uncertainty" in r]
+    if unsure:
+        means_unc = {k: float(np.mean([u[k] for u in unsure])) for k in unsure[0]}
+    else:
+        means_unc = None
     speedups = [r["methods"][full]["seconds"] / r["methods"][fast]["seconds"] for r in rows]
     gaps = [r["methods"][full]["psnr_db"] - r["methods"][fast]["psnr_db"] for r in rows]
     ceiling = {r["label"]: all(r["methods"]["AE ceiling"]["psnr_db"] > r["methods"][k]["psnr_db"]
                                for k in (fast, full)) for r in rows}
+    targets["fast_15x_faster_than_full"] = float(np.mean(speedups)) >= 15
     return {"mean": means, "speedup_fast_vs_full": float(np.mean(speedups)),
             "speedup_per_image": speedups, "psnr_full_minus_fast_db": gaps,
-            "ceiling_holds": ceiling}
+            "ceiling_holds": ceiling, "targets": targets, "uncertainty": means_unc}
 
 
 def card_markdown(report: dict, card: dict) -> str:
@@ -173,12 +239,29 @@ def card_markdown(report: dict, card: dict) -> str:
         lines.append(f"| {r['label']} {tuple(r['shape'])} {r['modality']} | "
                      + " | ".join(table_cell(r["methods"][n]) for n in names) + " |")
     lines.append("| **mean** | " + " | ".join(table_cell(s["mean"][n]) for n in names) + " |")
-    lines += ["", "| image | sampler | seconds | hallucinated | lost |", "|---|---|---|---|---|"]
+    lines += ["", "High-frequency spectrum error (mean |log10 P - log10 P_HR| over the top 3 of 10 "
+              "radial bins; lower is closer to the HR detail energy), hallucinated / lost voxel "
+              "rates against the AE noise floor (k = 2), seconds end to end:", "",
+              "| image | method | HF spectrum error | hallucinated | lost | seconds |",
+              "|---|---|---|---|---|---|"]
     for r in report["images"]:
-        for n in (fast, full):
+        for n in names:
             m = r["methods"][n]
-            lines.append(f"| {r['label']} | {n[3:]} | {m['seconds']:.1f} | "
-                         f"{100 * m['hallucination_rate']:.2f}% | {100 * m['loss_rate']:.2f}% |")
+            rates = (f"{100 * m['hallucination_rate']:.2f}% | {100 * m['loss_rate']:.2f}%"
+                     if "hallucination_rate" in m else "(noise floor) | -")
+            secs = f"{m['seconds']:.1f}" if "seconds" in m else "-"
+            lines.append(f"| {r['label']} | {n} | {m['hf_spectrum_error']:.3f} | {rates} | "
+                         f"{secs} |")
+    if s.get("uncertainty"):
+        lines += ["", f"Uncertainty map (per-pixel SD over {report['samples']} {fast[3:]} "
+                  "draws, seeds from the bench seed) against the real error of their mean:", "",
+                  "| image | Spearman(SD, abs error) | hallucinated in top SD decile | "
+                  "hallucinated elsewhere |", "|---|---|---|---|"]
+        for r in report["images"]:
+            u = r["uncertainty"]
+            lines.append(f"| {r['label']} | {u['spearman_sd_abs_error']:.3f} | "
+                         f"{100 * u['hallucination_rate_top_decile_sd']:.2f}% | "
+                         f"{100 * u['hallucination_rate_rest']:.2f}% |")
     lines += ["", "## Findings", "",
               f"- {fast[3:]} against {full[3:]}: {s['speedup_fast_vs_full']:.1f}x faster (per image "
               + ", ".join(f"{x:.1f}x" for x in s["speedup_per_image"]) + "), PSNR difference "
@@ -189,7 +272,11 @@ def card_markdown(report: dict, card: dict) -> str:
               + ".",
               f"- Mean PSNR: SR {s['mean'][fast]['psnr_db']:.2f} dB, bicubic "
               f"{s['mean']['bicubic']['psnr_db']:.2f} dB, AE ceiling "
-              f"{s['mean']['AE ceiling']['psnr_db']:.2f} dB.", ""]
+              f"{s['mean']['AE ceiling']['psnr_db']:.2f} dB.",
+              f"- Mean HF spectrum error: SR {s['mean'][fast]['hf_spectrum_error']:.3f}, bicubic "
+              f"{s['mean']['bicubic']['hf_spectrum_error']:.3f}.",
+              "- Targets: " + ", ".join(f"{k.replace('_', ' ')}: {'met' if v else 'MISSED'}"
+                                        for k, v in s["targets"].items()) + ".", ""]
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
-"""Samplers from noise to an HR latent: ancestral DDPM, DDIM (eta), rectified-flow Euler and the
-latent-sr published sampler.
+"""Samplers from noise to an HR latent: ancestral DDPM, DDIM (eta) and rectified-flow Euler through
+diffusers' schedulers, and the latent-sr published sampler (ours, for their released weights).
 
 Every sampler is a generator yielding the number of model calls done and returning the latent;
 ``predict(z, t)`` is the conditioned model (DDPM-convention integer timesteps for diffusion, times
@@ -44,48 +44,75 @@ def noise_like(shape: tuple[int, ...], generator: Generators, like: torch.Tensor
     return n.to(like.device if like is not None else device)
 
 
-def spaced_timesteps(steps: int, train_steps: int) -> torch.Tensor:
-    """``steps`` timesteps from T-1 downwards, evenly spaced ("trailing": the first is T-1)."""
-    if not 1 <= steps <= train_steps:
-        raise ValueError(f"steps must be between 1 and {train_steps}, got {steps}")
-    grid = torch.arange(train_steps, 0, -train_steps / steps, dtype=torch.float64)[:steps]
-    return grid.round().long() - 1
+PREDICTION_TYPES = {"x0": "sample", "epsilon": "epsilon", "v": "v_prediction"}  # ours -> diffusers
+
+
+def diffusers_scheduler(sampler: str, schedule: Schedule, objective: str, steps: int):
+    """The diffusers scheduler for ``sampler`` on our schedule (betas passed as trained_betas):
+    DDPMScheduler (posterior variance) or DDIMScheduler, both with trailing timestep spacing (the
+    first step at T-1, the last one reaching the clean end when ``steps`` divides T)."""
+    from diffusers import DDIMScheduler, DDPMScheduler  # heavy: imported on use
+
+    _check_diffusion(objective, sampler)
+    if not 1 <= steps <= schedule.steps:
+        raise ValueError(f"steps must be between 1 and {schedule.steps}, got {steps}")
+    common = {"num_train_timesteps": schedule.steps, "trained_betas": schedule.betas.numpy(),
+              "prediction_type": PREDICTION_TYPES[objective], "clip_sample": False,
+              "timestep_spacing": "trailing"}
+    if sampler == "ddpm":
+        scheduler = DDPMScheduler(variance_type="fixed_small", **common)
+    else:
+        scheduler = DDIMScheduler(set_alpha_to_one=True, steps_offset=0, **common)
+    scheduler.set_timesteps(steps)
+    return scheduler
 
 
 def ddim_steps(predict: Predict, shape: tuple[int, ...], schedule: Schedule, objective: str,
                steps: int, generator: Generators, eta: float = 0.0,
                device: torch.device | str = "cpu") -> Steps:
-    """DDIM with stochasticity ``eta`` (0: deterministic, 1: ancestral DDPM on the sub-sequence)."""
-    _check_diffusion(objective, "ddim" if eta != 1 else "ddpm")
-    ts = spaced_timesteps(steps, schedule.steps)
+    """DDIM through diffusers' DDIMScheduler with stochasticity ``eta`` (0: deterministic).
+
+    Returns the last step's x0 estimate, which is the last step's output whenever that step
+    reaches the clean end and the clean end otherwise (step counts that do not divide T).
+    """
+    scheduler = diffusers_scheduler("ddim", schedule, objective, steps)
     z = noise_like(shape, generator, device=device)
-    for i, t in enumerate(ts):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else torch.tensor(-1)
-        ab, ab_prev = schedule.at(t).float(), schedule.at(t_prev).float()
-        x0, eps = to_x0_eps(objective, predict(z, t), z, ab)
-        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
-        direction = (1 - ab_prev - sigma**2).clamp(min=0).sqrt()
-        z = ab_prev.sqrt() * x0 + direction * eps
-        if sigma > 0:
-            z = z + sigma * noise_like(shape, generator, like=z)
+    for i, t in enumerate(scheduler.timesteps):
+        noise = noise_like(shape, generator, like=z) if eta > 0 else None
+        out = scheduler.step(predict(z, t), t, z, eta=eta, variance_noise=noise)
+        z = out.prev_sample
         yield i + 1
-    return z
+    return out.pred_original_sample
 
 
 def ddpm_steps(predict: Predict, shape: tuple[int, ...], schedule: Schedule, objective: str,
                steps: int, generator: Generators, device: torch.device | str = "cpu") -> Steps:
-    """Ancestral DDPM: the posterior q(z_prev | z_t, x0) sampled at every (possibly skipped) step."""
-    return ddim_steps(predict, shape, schedule, objective, steps, generator, 1.0, device)
+    """Ancestral DDPM through diffusers' DDPMScheduler: the posterior q(z_prev | z_t, x0) sampled
+    at every (possibly skipped) step; returns the last step's x0 estimate (= its mean)."""
+    scheduler = diffusers_scheduler("ddpm", schedule, objective, steps)
+    z = noise_like(shape, generator, device=device)
+    for i, t in enumerate(scheduler.timesteps):
+        out = scheduler.step(predict(z, t), t, z, generator=generator)
+        z = out.prev_sample
+        yield i + 1
+    return out.pred_original_sample
 
 
 def flow_steps(predict: Predict, shape: tuple[int, ...], steps: int, generator: Generators,
                device: torch.device | str = "cpu") -> Steps:
-    """Euler integration of the rectified-flow velocity from noise (t = 0) to data (t = 1)."""
+    """Euler integration of the rectified-flow velocity from noise (t = 0) to data (t = 1) through
+    diffusers' FlowMatchEulerDiscreteScheduler (its sigma is our 1 - t and its velocity our
+    negated one), at the times i / steps."""
+    from diffusers import FlowMatchEulerDiscreteScheduler  # heavy: imported on use
+
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    scheduler.set_timesteps(sigmas=[1 - i / steps for i in range(steps)])
     z = noise_like(shape, generator, device=device)
-    for i in range(steps):
-        z = z + predict(z, torch.tensor(i / steps, dtype=torch.float64)) / steps
+    for i, timestep in enumerate(scheduler.timesteps):
+        velocity = predict(z, torch.tensor(i / steps, dtype=torch.float64))
+        z = scheduler.step(-velocity, timestep, z).prev_sample
         yield i + 1
     return z
 

@@ -11,6 +11,7 @@ and to the autoencoder ceiling (the HR latent decoded).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -25,6 +26,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
@@ -59,6 +61,7 @@ from .pipeline import (
     encode_images,
     load_autoencoder,
     sample_latents_steps,
+    upsample_bicubic,
 )
 from .samplers import run_sampler
 from .schedules import cosine_schedule
@@ -66,6 +69,7 @@ from .unet import SRDenoiser, load_sr_model, save_sr_model, unet_config
 
 METRICS = "metrics.csv"
 MODEL_FILE = "sr_model.safetensors"
+MODEL_FOLDER = "sr_model"  # the same model as a diffusers folder
 LOG_COLUMNS = ("step", "time_s", "loss", "lr", "val_psnr_sr", "val_psnr_bicubic", "val_psnr_ae")
 ENCODE_BATCH = 8
 
@@ -99,6 +103,9 @@ class SRModelSection:
     loss: Literal["l1", "l2"] = "l1"
     train_steps: int = 1000  # diffusion timesteps of the cosine schedule
     init: str | None = None  # SR model file to fine-tune (ours or a latent-sr .ckpt)
+    conditioning: Literal["latent", "pixel"] = "latent"  # LR latent upsampled / LR upsampled, encoded
+    residual: bool = False  # generate HR latent minus condition latent (zero = the condition)
+    normalize_latents: bool = True  # per-channel shift/scale measured on the training latents
 
 
 @dataclasses.dataclass
@@ -108,6 +115,7 @@ class SROptimSection:
     weight_decay: float = 0.01
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float | None = 1.0
+    ema_decay: float = 0.999  # EMA of the weights (warm-up min(decay, (1+n)/(10+n))); 0: off
 
 
 @dataclasses.dataclass
@@ -195,7 +203,8 @@ def crop_multiple(factor: int, scale: int, unet_multiple: int) -> int:
     return math.lcm(factor * unet_multiple, factor * scale)
 
 
-def build_sr_model(config: SRTrainConfig, latent_channels: int, factor: int) -> SRDenoiser:
+def build_sr_model(config: SRTrainConfig, latent_channels: int, factor: int,
+                   latent_norm: dict | None = None) -> SRDenoiser:
     """A new UNet of the configured preset (or the ``model.init`` file to fine-tune)."""
     m = config.model
     if m.init:
@@ -208,7 +217,35 @@ def build_sr_model(config: SRTrainConfig, latent_channels: int, factor: int) -> 
                                    ("attention", m.attention)) if v is not None}
     overrides["sample_size"] = max(1, config.data.hr_size // factor)
     kwargs = unet_config(latent_channels, m.preset, **overrides)
-    return SRDenoiser(kwargs, m.objective, "ddpm", m.train_steps)
+    return SRDenoiser(kwargs, m.objective, "ddpm", m.train_steps, conditioning=m.conditioning,
+                      residual=m.residual, latent_norm=latent_norm)
+
+
+def cached_condition(cache: dict, conditioning: str, index=None, prefix: str = "") -> torch.Tensor:
+    """Condition latents of cached crops: the LR latent bilinearly upsampled (``latent``) or the
+    encoded bicubic-upsampled LR image (``pixel``)."""
+    def pick(key: str) -> torch.Tensor:
+        x = cache[prefix + key]
+        return x if index is None else x[index]
+
+    if conditioning == "pixel":
+        return pick("up_latents")
+    return condition(pick("lr_latents"), tuple(cache[prefix + "hr_latents"].shape[-2:]))
+
+
+def measure_latent_norm(config: SRTrainConfig, cache: dict) -> dict:
+    """Per-channel mean and SD of the condition latents and of the generated target over all
+    training crops (the diffusion schedule assumes zero-mean unit-variance data)."""
+    m = config.model
+    cond = cached_condition(cache, m.conditioning)
+    target = cache["hr_latents"] - cond if m.residual else cache["hr_latents"]
+
+    def stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+        x = x.double().transpose(0, 1).reshape(x.shape[1], -1)
+        return x.mean(1).tolist(), x.std(1).clamp(min=1e-6).tolist()
+
+    (cs, cc), (ts, tc) = stats(cond), stats(target)
+    return {"cond_shift": cs, "cond_scale": cc, "target_shift": ts, "target_scale": tc}
 
 
 # ----------------------------------------------------------------------------- latent cache
@@ -222,7 +259,7 @@ def cache_key(config: SRTrainConfig, autoencoder, sources: list[str]) -> str:
         "sources": sources, "axes": config.data.axes, "hr_size": config.data.hr_size,
         "crops": config.data.crops, "val_images": config.validation.images,
         "degradation": dataclasses.asdict(config.degradation), "seed": config.seed,
-        "version": __version__,
+        "version": __version__, "layout": 2,  # 2: also the encoded bicubic-upsampled LR crops
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -249,6 +286,15 @@ def _degrade_all(hr: torch.Tensor, config: SRTrainConfig) -> torch.Tensor:
     return torch.from_numpy(np.stack(lows))[:, None]
 
 
+def _encode_upsampled(autoencoder, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Latents of the LR images bicubic-upsampled to the HR size (the ``pixel`` condition)."""
+    out = []
+    for start in range(0, lr.shape[0], ENCODE_BATCH):
+        out.append(_encode_all(autoencoder, upsample_bicubic(lr[start : start + ENCODE_BATCH],
+                                                             size)))
+    return torch.cat(out)
+
+
 def build_latent_cache(config: SRTrainConfig, autoencoder, multiple: int) -> dict:
     """Draw, degrade and encode the training and validation crops once."""
     train_refs = [r for s in config.data.train for r in expand_source(s, config)]
@@ -261,8 +307,9 @@ def build_latent_cache(config: SRTrainConfig, autoencoder, multiple: int) -> dic
         crop=[side, side], patch=side, augment=AugmentSection()))  # HR crops as they are
     crops = PatchDataset(train, sampler_config, multiple, 1, config.data.crops, 2)
     hr = torch.stack([crops[i] for i in range(config.data.crops)])
-    cache = {"hr_latents": _encode_all(autoencoder, hr),
-             "lr_latents": _encode_all(autoencoder, _degrade_all(hr, config))}
+    lr = _degrade_all(hr, config)
+    cache = {"hr_latents": _encode_all(autoencoder, hr), "lr_latents": _encode_all(autoencoder, lr),
+             "up_latents": _encode_upsampled(autoencoder, lr, tuple(hr.shape[-2:]))}
     # held-out crops drawn like training crops (flat crops redrawn), from images at least a crop
     # wide: a centred crop of a CT is mostly uniform tissue and says little about SR
     val_arrays = [load_image(r) for r in val_refs]
@@ -276,7 +323,8 @@ def build_latent_cache(config: SRTrainConfig, autoencoder, multiple: int) -> dic
         val_lr = _degrade_all(val_hr, config)
         val_z_hr = _encode_all(autoencoder, val_hr)
         cache.update(val_hr=val_hr, val_lr=val_lr, val_lr_latents=_encode_all(autoencoder, val_lr),
-                     val_ae=_decode_all(autoencoder, val_z_hr))
+                     val_up_latents=_encode_upsampled(autoencoder, val_lr, tuple(val_hr.shape[-2:])),
+                     val_hr_latents=val_z_hr, val_ae=_decode_all(autoencoder, val_z_hr))
     cache["labels"] = [r.label for r in train_refs] + ["val:" + r.label for r in val_refs]
     return cache
 
@@ -327,8 +375,9 @@ def draw_batch(config: SRTrainConfig, cache: dict, step: int, rank: int, world: 
     n = cache["hr_latents"].shape[0]
     index = np.random.default_rng([config.seed, step]).integers(n, size=b * world)
     index = torch.from_numpy(index[rank * b : (rank + 1) * b])
-    x0 = cache["hr_latents"][index]
-    cond = condition(cache["lr_latents"][index], tuple(x0.shape[-2:]))
+    cond_latent = cached_condition(cache, model.conditioning, index)
+    x0 = model.to_target(cache["hr_latents"][index], cond_latent)
+    cond = model.normalize_condition(cond_latent)
     ts, noises = [], []
     for i in range(rank * b, (rank + 1) * b):
         g = torch.Generator().manual_seed(int(np.random.default_rng([config.seed, step, i, 7])
@@ -374,7 +423,7 @@ def _train(config: SRTrainConfig, env: Distributed, resume: bool, stop_at: int |
         raise ConfigError(f"model.autoencoder {config.model.autoencoder}: SR trains on 2D "
                           "autoencoders")
     factor = int(autoencoder.factor)
-    model = build_sr_model(config, int(autoencoder.latent_channels), factor).to(env.device)
+    model = build_sr_model(config, int(autoencoder.latent_channels), factor)
     multiple = crop_multiple(factor, lr_scale(config.degradation.kind, config.degradation.scale),
                              model.multiple)
     if config.data.hr_size % multiple or config.data.hr_size % config.degradation.scale:
@@ -382,12 +431,16 @@ def _train(config: SRTrainConfig, env: Distributed, resume: bool, stop_at: int |
                           f"(autoencoder factor {factor}, scale {config.degradation.scale}, "
                           f"UNet depth)")
     cache = latent_cache(config, env, autoencoder, multiple, out)
+    if config.model.normalize_latents and not config.model.init:
+        model.latent_norm = measure_latent_norm(config, cache)
+    model = model.to(env.device)
+    ema = EMA(model, config.optim.ema_decay)
     schedule = cosine_schedule(model.train_steps)
     o = config.optim
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas),
                             weight_decay=o.weight_decay)
     scaler = torch.amp.GradScaler(env.device.type, enabled=config.run.precision == "fp16")
-    start = _restore(ckpt_path, model, opt, scaler) if resume else 0
+    start = _restore(ckpt_path, model, opt, scaler, ema) if resume else 0
     net = model
     if env.world > 1:
         ids = [env.device.index] if env.device.type == "cuda" else None
@@ -412,24 +465,27 @@ def _train(config: SRTrainConfig, env: Distributed, resume: bool, stop_at: int |
             torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         scaler.step(opt)
         scaler.update()
+        ema.update(model)
         window.append(loss.item())
         done = step + 1
         row: dict[str, float] = {}
         if env.main and (done % config.run.val_every == 0 or done == config.run.steps):
-            row.update(validate(model, autoencoder, cache, config))
+            with ema.applied(model):
+                row.update(validate(model, autoencoder, cache, config))
         if env.main and (done % config.run.log_every == 0 or done == config.run.steps or row):
             row.update(loss=float(np.mean(window)), lr=lr)
             log.write(done, time.monotonic() - t0, row)
             window = []
         if done % config.run.checkpoint_every == 0 or done == config.run.steps or done == stop_at:
             if env.main:
-                _save_checkpoint(ckpt_path, done, model, opt, scaler)
+                _save_checkpoint(ckpt_path, done, model, opt, scaler, ema)
             env.barrier()
         yield {"step": done, "steps": config.run.steps, **row}
         if stop_at is not None and done >= stop_at:
             return
     if env.main:
-        export(model, config, out, autoencoder, cache, log)
+        with ema.applied(model):
+            export(model, config, out, autoencoder, cache, log)
     env.barrier()
 
 
@@ -439,10 +495,9 @@ def validate(model: SRDenoiser, autoencoder, cache: dict, config: SRTrainConfig)
     if "val_hr" not in cache:
         return {}
     model.eval()
-    hr, lr, z_lr = cache["val_hr"], cache["val_lr"], cache["val_lr_latents"]
+    hr, lr = cache["val_hr"], cache["val_lr"]
     device = next(model.parameters()).device
-    size = tuple(s // int(autoencoder.factor) for s in hr.shape[-2:])
-    cond = condition(z_lr, size).to(device)
+    cond = cached_condition(cache, model.conditioning, prefix="val_").to(device)
     generators = [torch.Generator().manual_seed(config.seed + i) for i in range(hr.shape[0])]
     v = config.validation
     z = run_sampler(sample_latents_steps(model, cond, v.sampler, v.steps, generators))
@@ -460,13 +515,44 @@ def _unit(x: torch.Tensor) -> np.ndarray:
     return ((x[0].float().numpy() + 1) / 2).clip(0, 1)
 
 
-def _save_checkpoint(path: Path, step: int, model: SRDenoiser, opt, scaler) -> None:
+class EMA:
+    """Exponential moving average of the weights, used for validation and export."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.updates = 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if v.is_floating_point():
+                    self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                else:
+                    self.shadow[k].copy_(v)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module):
+        """The EMA weights inside the block, the training weights restored after it."""
+        live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(live)
+
+
+def _save_checkpoint(path: Path, step: int, model: SRDenoiser, opt, scaler, ema: EMA) -> None:
     state = {"kind": "sr", "step": step, "model": model.state_dict(), "opt": opt.state_dict(),
-             "scaler": scaler.state_dict(), "rng": _rng_states()}
+             "scaler": scaler.state_dict(), "rng": _rng_states(),
+             "ema": ema.shadow, "ema_updates": ema.updates,
+             "latent_norm": json.dumps(model.latent_norm)}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def _restore(path: Path, model: SRDenoiser, opt, scaler) -> int:
+def _restore(path: Path, model: SRDenoiser, opt, scaler, ema: EMA) -> int:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -480,13 +566,19 @@ def _restore(path: Path, model: SRDenoiser, opt, scaler) -> int:
                           f"({str(e).splitlines()[0][:160]})") from None
     opt.load_state_dict(state["opt"])
     scaler.load_state_dict(state["scaler"])
+    if "ema" in state:
+        ema.shadow = state["ema"]
+        ema.updates = int(state["ema_updates"])
+    if "latent_norm" in state:
+        model.latent_norm = json.loads(state["latent_norm"])
     _set_rng_states(state["rng"])
     return int(state["step"])
 
 
 def export(model: SRDenoiser, config: SRTrainConfig, out: Path, autoencoder, cache: dict,
            log: MetricsLog) -> Path:
-    """The trained UNet as safetensors (config + card in the header) and model_card.json."""
+    """The trained UNet (EMA weights) as safetensors (config + card in the header), as a diffusers
+    folder, and model_card.json."""
     card = {
         "name": out.name,
         "kind": "latent-diffusion super-resolution",
@@ -505,6 +597,7 @@ def export(model: SRDenoiser, config: SRTrainConfig, out: Path, autoencoder, cac
     }
     model.card = card
     path = save_sr_model(model, out / MODEL_FILE, card)
+    save_sr_model(model, out / MODEL_FOLDER, card)
     atomic_write_text(out / "model_card.json", json.dumps(card, indent=2))
     return path
 

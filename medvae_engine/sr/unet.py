@@ -28,6 +28,7 @@ PRESETS = {
              "head_dim": 8},
 }
 CONVENTIONS = ("ddpm", "flipped")  # flipped: latent-sr's model timestep T-1-t
+CONDITIONINGS = ("latent", "pixel")  # LR encoded then latent upsampled / LR upsampled then encoded
 
 
 def unet_config(latent_channels: int, preset: str = "latent_sr", **overrides) -> dict:
@@ -68,28 +69,66 @@ def build_unet(config: dict) -> nn.Module:
         raise ModelError(f"invalid UNet configuration ({str(e).splitlines()[0][:200]})") from None
 
 
-class SRDenoiser(nn.Module):
-    """UNet plus how to call it: objective, timestep convention and training step count.
+def identity_norm(channels: int) -> dict:
+    """Per-channel (shift, scale) pairs that leave latents as they are (published checkpoints)."""
+    return {"cond_shift": [0.0] * channels, "cond_scale": [1.0] * channels,
+            "target_shift": [0.0] * channels, "target_scale": [1.0] * channels}
 
-    ``forward(z, cond, t)`` takes DDPM-convention timesteps (integers, 0 = cleanest) for diffusion
-    objectives and times in [0, 1] (1 = data) for flow; the model sees them in its own convention.
+
+class SRDenoiser(nn.Module):
+    """UNet plus how to call it: objective, timestep convention, training step count, how the
+    condition is made (``conditioning``), whether it predicts the residual over the condition and
+    the per-channel latent shift/scale measured on the training latents.
+
+    ``forward(z, cond, t)`` works in the model's normalised space (``normalize_condition``,
+    ``to_target``, ``from_target`` map to and from latents) and takes DDPM-convention timesteps
+    (integers, 0 = cleanest) for diffusion objectives and times in [0, 1] (1 = data) for flow; the
+    model sees them in its own convention.
     """
 
     def __init__(self, unet_kwargs: dict, objective: str = "x0", convention: str = "ddpm",
-                 train_steps: int = TRAIN_STEPS, card: dict | None = None):
+                 train_steps: int = TRAIN_STEPS, card: dict | None = None,
+                 conditioning: str = "latent", residual: bool = False,
+                 latent_norm: dict | None = None):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ModelError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         if convention not in CONVENTIONS:
             raise ModelError(f"timestep convention must be one of {CONVENTIONS}, got {convention!r}")
+        if conditioning not in CONDITIONINGS:
+            raise ModelError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
         self.unet = build_unet(unet_kwargs)
         self.unet_kwargs = dict(unet_kwargs)
         self.objective = objective
         self.convention = convention
         self.train_steps = int(train_steps)
+        self.conditioning = conditioning
+        self.residual = bool(residual)
+        self.latent_norm = {k: [float(x) for x in v] for k, v in
+                            (latent_norm or identity_norm(self.latent_channels)).items()}
+        if any(len(v) != self.latent_channels for v in self.latent_norm.values()):
+            raise ModelError(f"latent_norm needs {self.latent_channels} values per entry")
         self.card = dict(card or {})
         self.latent_sr_alphas: torch.Tensor | None = None  # a published checkpoint's own table
         self.weights_path: str | None = None
+
+    def _stat(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(self.latent_norm[key], dtype=like.dtype, device=like.device
+                            ).reshape(1, -1, 1, 1)
+
+    def normalize_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        """Condition latent -> the UNet's condition channels (per-channel standardised)."""
+        return (cond - self._stat("cond_shift", cond)) / self._stat("cond_scale", cond)
+
+    def to_target(self, z_hr: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """HR latent -> what the diffusion generates (the residual over ``cond`` if residual)."""
+        x = z_hr - cond.to(z_hr) if self.residual else z_hr
+        return (x - self._stat("target_shift", x)) / self._stat("target_scale", x)
+
+    def from_target(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``to_target``: a generated sample -> HR latent."""
+        z = x * self._stat("target_scale", x) + self._stat("target_shift", x)
+        return z + cond.to(z) if self.residual else z
 
     @property
     def latent_channels(self) -> int:
@@ -114,13 +153,31 @@ class SRDenoiser(nn.Module):
 
     def sr_config(self) -> dict:
         return {"unet": self.unet_kwargs, "objective": self.objective,
-                "convention": self.convention, "train_steps": self.train_steps}
+                "convention": self.convention, "train_steps": self.train_steps,
+                "conditioning": self.conditioning, "residual": self.residual,
+                "latent_norm": self.latent_norm}
+
+
+def denoiser_from_config(config: dict, card: dict | None = None) -> SRDenoiser:
+    """An SRDenoiser from its ``sr_config`` (older files without the new keys load as latent-sr:
+    latent conditioning, no residual, identity normalisation)."""
+    return SRDenoiser(config["unet"], config["objective"], config["convention"],
+                      config["train_steps"], card, config.get("conditioning", "latent"),
+                      config.get("residual", False), config.get("latent_norm"))
+
+
+SR_CONFIG_FILE = "sr_config.json"
+CARD_FILE = "model_card.json"
+FOLDER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 def save_sr_model(model: SRDenoiser, path: str | Path, card: dict | None = None,
                   half: bool = False) -> Path:
     """Write the UNet weights as safetensors with the SR config and card in the header
-    (``half``: fp16 storage, loaded back into fp32)."""
+    (``half``: fp16 storage, loaded back into fp32); a path without the .safetensors suffix is
+    written as a diffusers folder (``save_sr_folder``)."""
+    if Path(path).suffix != ".safetensors":
+        return save_sr_folder(model, path, card)
     tensors = {k: v.detach().to("cpu", torch.float16 if half and v.is_floating_point() else None)
                .contiguous() for k, v in model.unet.state_dict().items()}
     meta = {"sr_config": json.dumps(model.sr_config()),
@@ -129,14 +186,61 @@ def save_sr_model(model: SRDenoiser, path: str | Path, card: dict | None = None,
     return Path(path)
 
 
+def save_sr_folder(model: SRDenoiser, folder: str | Path, card: dict | None = None) -> Path:
+    """A diffusers folder: ``UNet2DModel.save_pretrained`` (config.json + safetensors weights)
+    plus our sr_config.json (objective, timesteps, conditioning, residual, latent shift/scale)
+    and model_card.json; written beside, then moved into place."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.unet.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / SR_CONFIG_FILE).write_text(json.dumps(model.sr_config(), indent=2))
+        (tmp / CARD_FILE).write_text(json.dumps(card if card is not None else model.card,
+                                                indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return folder
+
+
+def load_sr_folder(folder: Path) -> SRDenoiser:
+    """An SR model from a diffusers folder written by ``save_sr_folder``."""
+    from safetensors.torch import load_file
+
+    try:
+        config = json.loads((folder / SR_CONFIG_FILE).read_text())
+        card = json.loads((folder / CARD_FILE).read_text()) if (folder / CARD_FILE).is_file() \
+            else {}
+        sd = load_file(str(folder / FOLDER_WEIGHTS))
+    except FileNotFoundError as e:
+        raise ModelError(f"{folder}: not an SR model folder (missing {Path(e.filename).name})"
+                         ) from None
+    except Exception as e:
+        raise ModelError(f"{folder}: unreadable SR model folder ({str(e)[:160]})") from None
+    model = denoiser_from_config(config, card)
+    load_unet_weights(model, sd, str(folder))
+    return model
+
+
 def load_sr_model(name_or_path: str | Path, device: str = "cpu") -> SRDenoiser:
-    """An SR model in eval mode: a shipped name (``starter_sr_x4``), our safetensors, or a
-    published latent-sr Lightning checkpoint."""
+    """An SR model in eval mode: a shipped name (``starter_sr_x4``), our safetensors, our
+    diffusers folder, or a published latent-sr Lightning checkpoint."""
     from ..models.checkpoints import file_sha256
     from ..models.zoo import SR_MODELS
 
     spec = SR_MODELS.get(str(name_or_path))
     path = spec.local_path() if spec else Path(name_or_path).expanduser()
+    if not spec and path.is_dir():
+        model = load_sr_folder(path)
+        model.weights_path = str(path)
+        return model.to(device).eval()
     if not path.is_file():
         what = f"the weights of {spec.name} are missing (run 'make starter-weights')" if spec \
             else "SR model file not found"
@@ -157,8 +261,7 @@ def load_sr_model(name_or_path: str | Path, device: str = "cpu") -> SRDenoiser:
         if "sr_config" not in meta:
             raise ModelError(f"{path}: not an SR model (no sr_config in the header)")
         config = json.loads(meta["sr_config"])
-        model = SRDenoiser(config["unet"], config["objective"], config["convention"],
-                           config["train_steps"], json.loads(meta.get("card", "{}")))
+        model = denoiser_from_config(config, json.loads(meta.get("card", "{}")))
         load_unet_weights(model, sd, str(path))
     model.weights_path = str(path)
     return model.to(device).eval()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -29,7 +30,7 @@ from medvae_engine.sr.degradations import DEGRADATIONS, lr_scale
 from medvae_engine.sr.pipeline import PIXELS, PixelCodec, SROptions, load_autoencoder
 from medvae_engine.sr.samplers import DEFAULT_STEPS, SAMPLERS
 
-from .._layers import META_KEY, add_layers, layer_to_volume, volume_to_layer_data
+from .._layers import META_KEY, add_layers, layer_kind, layer_to_volume, volume_to_layer_data
 from .._session import get_session
 from .._super_resolve import (
     NO_SR_MODEL,
@@ -78,6 +79,9 @@ class SuperResolveWidget(Container):
         self.steps = SpinBox(label="steps", value=DEFAULT_STEPS["ddim"], min=1, max=1000)
         self.eta = FloatSpinBox(label="eta (DDIM)", value=0.0, min=0.0, max=1.0, step=0.1)
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.samples = SpinBox(label="samples", value=1, min=1, max=64,
+                               tooltip="2 or more: the mean of that many seeds plus their "
+                               "per-voxel SD as an uncertainty overlay")
         self.axis = ComboBox(label="slice axis",
                              choices=[("as displayed", AS_DISPLAYED), ("0", 0), ("1", 1), ("2", 2)],
                              value=AS_DISPLAYED)
@@ -87,7 +91,7 @@ class SuperResolveWidget(Container):
         self.status = Label(label="", value="idle")
         self.extend([self.layer, self.mode, self.degradation, self.factor, self.reference,
                      self.autoencoder, self.sr_model, self.model_info, self.sampler, self.steps,
-                     self.eta, self.seed, self.axis, self.add_ae, self.run_button,
+                     self.eta, self.seed, self.samples, self.axis, self.add_ae, self.run_button,
                      self.cancel_button, self.status])
         self._sr_model_changed()
         self.mode.changed.connect(self._show_mode)
@@ -178,9 +182,12 @@ class SuperResolveWidget(Container):
             return None
         source = {k: v for k, v in layer.metadata.get(META_KEY, {}).items() if k == "source_path"}
 
-        def to_layers(result: dict) -> tuple[list[tuple], bool]:  # in the worker thread
+        def to_layers(result: dict) -> tuple[list[tuple], str]:  # in the worker thread
             info = result["provenance"]
             tag = f"x{info['scale']} {info['sampler']} seed {info['seed']}"
+            if info["samples"] > 1:
+                last = info["seed"] + info["samples"] - 1
+                tag = f"x{info['scale']} {info['sampler']} mean of seeds {info['seed']}-{last}"
             layers = []
             if made:
                 layers.append(volume_to_layer_data(lr, f"{name} LR ({made})", "low-resolution"))
@@ -190,6 +197,8 @@ class SuperResolveWidget(Container):
             layers.append(volume_to_layer_data(result["sr"], f"{name} SR ({tag})",
                                                "super-resolution", input_layer=name,
                                                degradation=made or None, **info, **source))
+            if result["sd"] is not None:
+                layers.append(uncertainty_layer_data(result["sd"], name, tag, info))
             if result["ae"] is not None:
                 layers.append(volume_to_layer_data(
                     result["ae"], f"{name} reference AE ({info['model']})", "reconstruction",
@@ -201,14 +210,15 @@ class SuperResolveWidget(Container):
             layers, mismatched = built
             if mismatched:
                 show_warning(f"autoencoder {mismatched} is not the one {sr_path} was trained with")
-            return add_layers(self.viewer, layers)
+            return with_colorbars(add_layers(self.viewer, layers))
 
         choice, reconstruct = self.autoencoder.value, bool(self.add_ae.value)
+        samples = int(self.samples.value)
 
         def steps():
             autoencoder = yield from self._autoencoder_steps(choice, sr_path)
             return (yield from sr_job_steps(lr, autoencoder, sr_path, options, reference,
-                                            reconstruct=reconstruct))
+                                            reconstruct=reconstruct, samples=samples))
 
         self.job = start_job(then(steps(), to_layers), add, self.job_state, f"Super-resolve {name}")
         return self.job
@@ -235,3 +245,28 @@ class SuperResolveWidget(Container):
         """Stop the running job; nothing is added."""
         if self.job is not None:
             self.job.cancel()
+
+
+def uncertainty_layer_data(sd, name: str, tag: str, info: dict) -> tuple:
+    """The per-voxel SD over the samples as an overlay (magma, additive, 0..p99.5), with its
+    units in the name and metadata; ``with_colorbars`` shows its colour bar."""
+    units = sd.metadata.get("units", "input intensity units")
+    data, attributes, kind = volume_to_layer_data(
+        sd, f"{name} SR uncertainty (SD over {info['samples']} samples, {sd_unit(sd)})",
+        "uncertainty", units=units, **info)
+    attributes.update(colormap="magma", blending="additive", opacity=0.7,
+                      contrast_limits=[0.0, float(np.percentile(data, 99.5)) or 1.0])
+    return data, attributes, kind
+
+
+def sd_unit(sd) -> str:
+    """Short units for the layer name: HU for CT, else the input's intensity units."""
+    return "HU" if sd.modality == "ct" else "intensity units"
+
+
+def with_colorbars(steps):
+    """Re-yield added layers, switching the colour bar on for uncertainty overlays."""
+    for layer in steps:
+        if layer_kind(layer) == "uncertainty":
+            layer.colorbar.visible = True
+        yield layer

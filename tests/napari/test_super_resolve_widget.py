@@ -310,3 +310,37 @@ def test_the_shipped_starter_sr_model_is_preselected_with_its_own_autoencoder(vi
     assert sr.data.shape == (64, 64) and np.isfinite(sr.data).all() and np.ptp(sr.data) > 0
     meta = sr.metadata["medvae"]
     assert meta["model"] == starter.autoencoder and meta["sr_model_sha256"] == starter.sha256
+
+
+def test_samples_add_the_mean_and_an_uncertainty_overlay_with_a_colour_bar(
+        viewer, sync_jobs, errors, mr_small, sr_model_path, tiny_model_path):
+    """samples = 3, docked from the manifest: the SR layer is the mean of the seeds 2, 3, 4 and an
+    overlay holds their per-voxel SD (ddof 1) with its colour bar shown and units named; both
+    are compared with three single-sample runs of the same panel."""
+    lr = add_volume(viewer, crop(mr_small, slice(8, 40), slice(16, 48)), "mr")
+    state = get_session(viewer).state
+    state.choice, state.checkpoint = CUSTOM, str(tiny_model_path)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medvae", "Super-resolve")
+    widget.reset_choices()
+    widget.layer.value = lr.name
+    widget.sr_model.value = sr_model_path
+    widget.steps.value = 2
+    singles = []
+    for seed in (2, 3, 4):
+        widget.seed.value = seed
+        widget.run()
+        singles.append(sr_layers(viewer)[-1].data.astype(np.float64))
+    widget.seed.value, widget.samples.value = 2, 3
+    widget.run()
+    assert not errors
+    mean = sr_layers(viewer)[-1]
+    (sd,) = [layer for layer in viewer.layers if layer_kind(layer) == "uncertainty"]
+    np.testing.assert_allclose(mean.data, np.mean(singles, 0), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(sd.data, np.std(singles, 0, ddof=1), rtol=1e-4, atol=1e-3)
+    assert sd.data.max() > 0
+    assert sd.colorbar.visible and not mean.colorbar.visible
+    assert "SD over 3 samples" in sd.name and "intensity units" in sd.name
+    assert "units" in sd.metadata["medvae"] and sd.metadata["medvae"]["samples"] == 3
+    np.testing.assert_allclose(sd.scale, mean.scale)
+    np.testing.assert_allclose(sd.translate, mean.translate)
+    assert sd.blending == "additive" and sd.colormap.name == "magma"

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from reference_samplers import ddim_reference, flow_reference, spaced_timesteps
 
 from medvae_engine.sr.objectives import (
     diffuse,
@@ -15,7 +16,7 @@ from medvae_engine.sr.objectives import (
     flow_target,
     to_x0_eps,
 )
-from medvae_engine.sr.samplers import run_sampler, sample_steps, spaced_timesteps
+from medvae_engine.sr.samplers import diffusers_scheduler, run_sampler, sample_steps
 from medvae_engine.sr.schedules import cosine_schedule, latent_sr_table
 
 torch.set_num_threads(1)
@@ -116,12 +117,73 @@ def test_latent_sr_table_is_flipped_and_uncapped():
     assert torch.allclose(table[50:].double(), sched.alphas_cumprod.flip(0)[50:], rtol=1e-5)
 
 
-def test_spaced_timesteps():
-    assert spaced_timesteps(1000, 1000).tolist() == list(range(999, -1, -1))
-    ts = spaced_timesteps(4, 1000).tolist()
-    assert ts == [999, 749, 499, 249]
+def test_diffusers_trailing_timesteps():
+    for sampler in ("ddim", "ddpm"):
+        assert diffusers_scheduler(sampler, cosine_schedule(), "x0", 1000).timesteps.tolist() == \
+            list(range(999, -1, -1))
+        assert diffusers_scheduler(sampler, cosine_schedule(), "x0", 4).timesteps.tolist() == \
+            [999, 749, 499, 249]
     with pytest.raises(ValueError):
-        spaced_timesteps(0, 1000)
+        diffusers_scheduler("ddim", cosine_schedule(), "x0", 0)
+
+
+def test_diffusers_cosine_matches_our_schedule():
+    """diffusers' own squaredcos_cap_v2 betas (independent code) give our cumulative levels."""
+    from diffusers import DDPMScheduler
+
+    theirs = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    assert torch.allclose(theirs.alphas_cumprod.double(), cosine_schedule().alphas_cumprod,
+                          rtol=1e-4, atol=1e-7)
+
+
+def recording(model, seen: list):
+    """The model, recording every (state, time) it is called with: the sampler's trajectory."""
+
+    def predict(z, t):
+        seen.append((z.clone(), float(t)))
+        return model(z, t)
+
+    return predict
+
+
+def toy_model(z, t):
+    """A smooth, non-perfect predictor (the trajectory then depends on every update)."""
+    return 0.6 * torch.tanh(z) + 0.1 * float(t) / 1000
+
+
+@pytest.mark.parametrize("sampler,objective,eta,steps", [
+    ("ddim", "x0", 0.0, 50), ("ddim", "epsilon", 0.0, 20), ("ddim", "v", 0.0, 10),
+    ("ddim", "x0", 0.7, 25), ("ddpm", "x0", 1.0, 1000), ("ddpm", "v", 1.0, 100),
+    ("ddpm", "epsilon", 1.0, 7)])
+def test_diffusers_samplers_equal_reference_step_for_step(sampler, objective, eta, steps):
+    """Our paper-written DDIM/DDPM (tests/sr/reference_samplers.py) and the package's sampling
+    through diffusers visit the same states at the same timesteps and end at the same latent."""
+    schedule = cosine_schedule()
+    ours, theirs = [], []
+    out = run_sampler(sample_steps(sampler, recording(toy_model, theirs), SHAPE, schedule,
+                                   objective, steps, torch.Generator().manual_seed(4), eta=eta))
+    ref = ddim_reference(recording(toy_model, ours), SHAPE, schedule, objective, steps,
+                         torch.Generator().manual_seed(4), eta=eta)
+    assert [t for _, t in ours] == [t for _, t in theirs]
+    for (a, _), (b, _) in zip(ours, theirs):
+        assert torch.allclose(a, b, atol=2e-3, rtol=1e-3), float((a - b).abs().max())
+    assert torch.allclose(out, ref, atol=2e-3, rtol=1e-3)
+
+
+def test_diffusers_flow_equals_reference_euler():
+    ours, theirs = [], []
+
+    def velocity(z, t):
+        return 0.5 - 0.8 * z
+
+    out = run_sampler(sample_steps("flow", recording(velocity, theirs), SHAPE, cosine_schedule(),
+                                   "flow", 9, torch.Generator().manual_seed(2)))
+    ref = flow_reference(recording(velocity, ours), SHAPE, 9, torch.Generator().manual_seed(2))
+    assert [t for _, t in ours] == [t for _, t in theirs]
+    for (a, _), (b, _) in zip(ours, theirs):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert spaced_timesteps(4, 1000).tolist() == [999, 749, 499, 249]
 
 
 def test_latent_sr_sampler_walks_only_the_first_entries():
