@@ -48,8 +48,14 @@ def grid_of(viewer):
 
 
 def wrapped(label):
-    """A magicgui Label whose text wraps at the panel's width instead of being cut off."""
+    """A magicgui Label whose text wraps at the panel's width and takes the height it needs
+    (a wrapped QLabel otherwise keeps its one-line height and clips the rest)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QSizePolicy
+
     label.native.setWordWrap(True)
+    label.native.setAlignment(Qt.AlignLeft | Qt.AlignTop)
+    label.native.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.MinimumExpanding)
     return label
 
 

@@ -25,7 +25,7 @@ from .._session import (
     weights_status,
 )
 from .._threading import Job, JobState, start_job
-from ._common import WIDGET_WIDTH, medvae_panel, slicing_axis
+from ._common import WIDGET_WIDTH, medvae_panel, slicing_axis, wrapped
 
 MIB = 1 << 20
 WEIGHTS_FILTER = "Checkpoints (*.ckpt *.pt *.pth *.safetensors)"
@@ -59,7 +59,7 @@ class ModelWidget(Container):
         self.device = ComboBox(label="device", choices=devices(), value=state.device)
         self.precision = ComboBox(label="precision", choices=list(PRECISIONS), value=state.precision)
         self.weights = Label(label="", value="")
-        self.weights.native.setWordWrap(True)
+        wrapped(self.weights)
         self.download_button = PushButton(text="Download")
         self.open_weights_button = PushButton(text="Open weights file...")
         self.load_button = PushButton(text="Load model")

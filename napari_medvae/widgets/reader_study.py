@@ -39,7 +39,7 @@ from .._study_view import (
     submitted_message,
 )
 from ._captions import set_caption
-from ._common import WIDGET_WIDTH, grid_of, medvae_panel
+from ._common import WIDGET_WIDTH, grid_of, medvae_panel, wrapped
 
 ACTIVE_MARK = "\u25b6 "
 
@@ -80,7 +80,7 @@ class ReaderStudyWidget(Container):
                      self.progress, self.elapsed, self.questions, self.comment, self.flagged,
                      navigation, self.submit_button, self.status, self.help])
         for label in (self.status, self.help, self.position):
-            label.native.setWordWrap(True)
+            wrapped(label)
         self.open_button.changed.connect(lambda: self.open_session())
         self.close_button.changed.connect(self.close_session)
         self.reader.native.returnPressed.connect(lambda: self.open_session())
@@ -198,8 +198,7 @@ class ReaderStudyWidget(Container):
         self.questions.clear()
         self._question_labels, self._answer_widgets, self._anchors = [], [], []
         for index, question in enumerate(self.session.questions):
-            label = Label(value=question.text)
-            label.native.setWordWrap(True)
+            label = wrapped(Label(value=question.text))
             if question.kind == "text":
                 answer = LineEdit()
                 answer.native.editingFinished.connect(
@@ -210,8 +209,7 @@ class ReaderStudyWidget(Container):
                 answer.changed.connect(lambda value, i=index: self._answer(i, value))
                 answer.tooltip = "\n".join(f"{v:+d}: {text}" if v else f"0: {text}"
                                            for v, text in sorted(question.anchors.items()))
-            anchor = Label(value="")
-            anchor.native.setWordWrap(True)
+            anchor = wrapped(Label(value=""))
             self.questions.extend([label, answer, anchor])
             for button in answer.native.findChildren(QRadioButton):  # hide "no answer yet"
                 button.setVisible(button.text() != getattr(answer, "null_string", None))

@@ -40,7 +40,7 @@ from .._super_resolve import (
     sr_job_steps,
 )
 from .._threading import Job, JobState, start_job, then
-from ._common import NONE, WIDGET_WIDTH, image_layers, medvae_panel, slicing_axis
+from ._common import NONE, WIDGET_WIDTH, image_layers, medvae_panel, slicing_axis, wrapped
 
 LR_INPUT = "low-resolution image"
 DEGRADE_HR = "HR image, degraded here"
@@ -74,7 +74,7 @@ class SuperResolveWidget(Container):
         self.sr_model = FileEdit(label="SR model", mode="r", filter="*.safetensors *.ckpt",
                                  value=starter if starter.is_file() else None)
         self.model_info = Label(label="", value=NO_SR_MODEL)
-        self.model_info.native.setWordWrap(True)  # the no-model hint is a sentence
+        wrapped(self.model_info)  # the no-model hint is a sentence
         self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value="ddim")
         self.steps = SpinBox(label="steps", value=DEFAULT_STEPS["ddim"], min=1, max=1000)
         self.eta = FloatSpinBox(label="eta (DDIM)", value=0.0, min=0.0, max=1.0, step=0.1)

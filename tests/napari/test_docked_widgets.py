@@ -66,3 +66,21 @@ def test_docked_reader_study_starts_reading_and_takes_keys(viewer, qtbot, ct_stu
     assert panel.session.position[0] == 2
     panel.close_session()
     assert len(viewer.layers) == 0
+
+
+def test_long_texts_in_docked_panels_are_shown_whole(viewer, qtbot, ct_study):
+    """Metrics and reader-study questions wrap and get the height they need (a wrapped label that
+    keeps its one-line height clips the rest: seen in the README screenshots)."""
+    _, compare = viewer.window.add_plugin_dock_widget("napari-medvae", "Compare")
+    compare.metrics.value = " ".join(["PSNR 35.80 dB, SSIM 0.894, MS-SSIM 0.977 against panel 1"] * 4)
+    _, panel = viewer.window.add_plugin_dock_widget("napari-medvae", "Reader study")
+    panel.folder.value = str(ct_study)
+    panel.reader.value = "reader1"
+    assert panel.open_session()
+    labels = [compare.metrics.native, *(label.native for label in panel._question_labels)]
+    qtbot.waitUntil(lambda: all(label.isVisible() for label in labels[1:]), timeout=5000)
+    viewer.window._qt_window.resize(1280, 800)
+    qtbot.wait(200)
+    for label in (labels[1:] if not labels[0].isVisible() else labels):
+        assert label.wordWrap()
+        assert label.height() >= label.heightForWidth(label.width()) > 0, label.text()
