@@ -288,13 +288,23 @@ def project_latent(latent: Latent, model) -> Latent:
     return dataclasses.replace(latent, array=out.astype(np.float32), projected=True)
 
 
+def tile_size(image_pixels: float, opts: CodecOptions) -> int | None:
+    """Side of the 2D tiles for a slice of this many image pixels; None runs it whole."""
+    return opts.tile or (DEFAULT_TILE if image_pixels > WHOLE_IMAGE_LIMIT else None)
+
+
+def window_side(image_side: int, multiple: int, scale: float) -> int:
+    """A tile or window of ``image_side`` image pixels, in the units of the model's input (latent
+    voxels when decoding, scale > 1) and on a multiple of ``multiple``."""
+    return max(multiple, int(image_side * (1 if scale < 1 else 1 / scale)) // multiple * multiple)
+
+
 def _slices(stack: np.ndarray, fn, opts: CodecOptions, multiple: int, scale: float, stage: str):
     """Run ``fn`` over a stack (S, [C,] H, W) in batches, tiling slices that are too large."""
     if stack.ndim == 3:
         stack = stack[:, None]
     n, _, h, w = stack.shape
-    pixels = h * w * (scale * scale if scale > 1 else 1)
-    tile = opts.tile or (DEFAULT_TILE if pixels > WHOLE_IMAGE_LIMIT else None)
+    tile = tile_size(h * w * (scale * scale if scale > 1 else 1), opts)
     outs = []
     if tile is None:
         total = -(-n // opts.batch_size)
@@ -303,7 +313,7 @@ def _slices(stack: np.ndarray, fn, opts: CodecOptions, multiple: int, scale: flo
             outs.append(fn(torch.from_numpy(batch)).cpu().numpy())
             yield Progress(i + 1, total, stage)
         return np.concatenate(outs)
-    side = max(multiple, int(tile * (1 if scale < 1 else 1 / scale)) // multiple * multiple)
+    side = window_side(tile, multiple, scale)
     per = count_windows((h, w), (side, side), opts.overlap, multiple)
     for i in range(n):
         t = torch.from_numpy(np.ascontiguousarray(stack[i : i + 1]))
@@ -316,7 +326,7 @@ def _slices(stack: np.ndarray, fn, opts: CodecOptions, multiple: int, scale: flo
 
 def _volume(t: torch.Tensor, fn, opts: CodecOptions, multiple: int, scale: float, stage: str):
     """Run ``fn`` on a (1, C, D, H, W) tensor whole, or in windows when larger than the ROI."""
-    side = max(multiple, int(opts.roi * (1 if scale < 1 else 1 / scale)) // multiple * multiple)
+    side = window_side(opts.roi, multiple, scale)
     if all(s <= side for s in t.shape[2:]):
         y = fn(t)
         yield Progress(1, 1, stage)

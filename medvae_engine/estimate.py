@@ -16,7 +16,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .codec import DEFAULT_TILE, WHOLE_IMAGE_LIMIT, CodecOptions, slice_axis
+from .codec import CodecOptions, slice_axis, tile_size, window_side
 from .imaging.volume import Volume
 from .models.autoencoder import AutoencoderKL
 from .windows import count_windows
@@ -59,13 +59,13 @@ def reconstruction_plan(model, volume: Volume, options: CodecOptions) -> tuple[i
         n = 1 if axis is None else volume.shape[axis]
         plane = [s for i, s in enumerate(volume.shape) if i != axis]
         h, w = (-(-s // f) * f for s in plane)
-        tile = options.tile or (DEFAULT_TILE if h * w > WHOLE_IMAGE_LIMIT else None)
+        tile = tile_size(h * w, options)
         if tile is None:
             return n, (h, w)
-        side = max(f, tile // f * f)
+        side = window_side(tile, f, 1.0 / f)
         return n * count_windows((h, w), (side, side), options.overlap, f), (min(side, h), min(side, w))
     padded = tuple(-(-s // f) * f for s in volume.shape)
-    side = max(f, options.roi // f * f)
+    side = window_side(options.roi, f, 1.0 / f)
     if all(s <= side for s in padded):
         return 1, tuple(padded)
     window = tuple(min(side, s) for s in padded)
