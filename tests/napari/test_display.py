@@ -4,7 +4,10 @@ and every panel docked on a 1920x1080 screen."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import pydicom
 import pytest
 from nibabel.affines import apply_affine
 from pydicom.data import get_testdata_file
@@ -14,6 +17,7 @@ from qtpy.QtWidgets import QApplication
 
 from medvae_engine.imaging.io import read_volume, write_volume
 from medvae_engine.imaging.volume import Volume
+from medvae_engine.study import create_study, spec_from_folders
 from napari_medvae._display import install_display
 from napari_medvae._layers import layer_kind, volume_to_layer_data
 from napari_medvae._radiology import PERCENTILE_PRESET
@@ -372,23 +376,19 @@ def test_every_panel_docked_fits_a_1920x1080_screen(viewer):
     assert all(window.tabifiedDockWidgets(dock) for dock in docks)
 
 
-def test_reader_study_panes_are_radiological_in_a_linked_ct_window(viewer, tmp_path):
-    import shutil
-
-    import pydicom
-
-    from medvae_engine.study import create_study, spec_from_folders
-
+def ct_study(tmp_path, display: str):
+    """A one-case study of real CT_small.dcm against bicubic x4."""
     originals = tmp_path / "originals"
     originals.mkdir()
     shutil.copy(get_testdata_file("CT_small.dcm"), originals / "ct_small.dcm")
     spec = spec_from_folders(originals, {"bicubic4": {"codec": "bicubic", "factor": 4}},
-                             name="pilot", seed=1, display="side_by_side")
-    study = create_study(spec, tmp_path / "study")
-    from napari_medvae.widgets.reader_study import ReaderStudyWidget
+                             name="pilot", seed=1, display=display)
+    return create_study(spec, tmp_path / "study")
 
-    panel = ReaderStudyWidget(viewer)  # docked directly: its shortcuts need the real main window
-    viewer.window.add_dock_widget(panel)
+
+def test_reader_study_panes_are_radiological_in_a_linked_ct_window(viewer, tmp_path):
+    study = ct_study(tmp_path, "side_by_side")
+    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Reader study")
     assert panel.open_session(study, "reader1")
     left, right = panel.panes
     assert tuple(left.contrast_limits) == tuple(right.contrast_limits) == (-160.0, 240.0)
@@ -419,16 +419,7 @@ def test_the_view_panel_names_the_window_an_image_opened_in(viewer):
 
 
 def test_reader_study_panes_are_captioned_a_and_b_on_the_canvas(viewer, tmp_path):
-    import shutil
-
-    from medvae_engine.study import create_study, spec_from_folders
-
-    originals = tmp_path / "originals"
-    originals.mkdir()
-    shutil.copy(get_testdata_file("CT_small.dcm"), originals / "ct_small.dcm")
-    spec = spec_from_folders(originals, {"bicubic4": {"codec": "bicubic", "factor": 4}},
-                             name="pilot", seed=1, display="blinded_ab")
-    study = create_study(spec, tmp_path / "study")
+    study = ct_study(tmp_path, "blinded_ab")
     _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Reader study")
     assert panel.open_session(study, "reader1")
     assert [caption_of(pane) for pane in panel.panes] == ["Image A", "Image B"]
