@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _optional_commands(sub) -> None:
     """Commands whose implementation lives in other subpackages."""
     from .analysis.report import add_analyze_arguments, run_analyze
-    from .bench import add_bench_arguments
+    from .benchmarks.speed import add_bench_arguments
     from .cad.cli_cad import add_cad_arguments, run_cad
     from .sr.cli_sr import add_sr_arguments, add_train_sr_arguments, run_sr, run_train_sr
     from .study.cli_study import add_study_arguments
@@ -319,8 +319,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from .codec import model_name, run
-    from .dataset_encode import (
+    from .codec.dataset import (
         Encoder,
         encode_dataset,
         find_inputs,
@@ -330,8 +329,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
         shard,
         write_failures,
     )
+    from .codec.pipeline import model_name
     from .imaging.normalization import fit_normalization
     from .models import weights_sha256
+    from .runtime.progress import run
 
     inputs = find_inputs(args.inputs)
     many = len(inputs) > 1 or is_dataset(args.inputs)
@@ -389,9 +390,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from .codec import decode_steps
+    from .codec.latents import load_latent
+    from .codec.pipeline import decode_steps
     from .imaging.io import check_output
-    from .latents import load_latent
 
     check_output(args.output, args.format)
     latent = load_latent(args.latent)
@@ -405,7 +406,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .codec import decode_steps
+    from .codec.pipeline import decode_steps
     from .imaging.io import check_output
 
     check_output(args.output, args.format)
@@ -416,7 +417,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     recon = _run("decode", decode_steps(latent, model, _options(args)))
     metrics = None
     if args.metrics:  # PSNR / MS-SSIM as in `medvae bench quality` (CT: within the HU window)
-        from .quality import scored_range, scores
+        from .benchmarks.quality import scored_range, scores
 
         value_range = scored_range(volume)
         metrics = scores(volume.array, recon.array, value_range) | {"data_range": list(value_range)}
@@ -456,7 +457,7 @@ def _read(path: str, args: argparse.Namespace):
 
 
 def _load_model(args: argparse.Namespace, ndim: int, default: str | None = None):
-    from .baselines import BASELINES, get_baseline
+    from .codec.baselines import BASELINES, get_baseline
     from .models import load_model
     from .models.zoo import DEFAULT_2D, DEFAULT_3D, get_spec
 
@@ -476,7 +477,7 @@ def _model_label(model) -> str:
 
 
 def _options(args: argparse.Namespace):
-    from .codec import CodecOptions
+    from .codec.pipeline import CodecOptions
 
     try:
         return CodecOptions(
@@ -495,7 +496,7 @@ def _options(args: argparse.Namespace):
 
 def _announce_long_run(model, volume, args: argparse.Namespace) -> None:
     """Say how long a reconstruction will take when the prediction is over a minute."""
-    from .estimate import LONG_RUN_SECONDS, estimate_reconstruction
+    from .codec.estimate import LONG_RUN_SECONDS, estimate_reconstruction
 
     estimate = estimate_reconstruction(model, volume, _options(args))
     if estimate is not None and estimate.seconds > LONG_RUN_SECONDS:
@@ -503,7 +504,7 @@ def _announce_long_run(model, volume, args: argparse.Namespace) -> None:
 
 
 def _encode_steps(volume, model, args: argparse.Namespace):
-    from .codec import encode_steps
+    from .codec.pipeline import encode_steps
     from .imaging.normalization import fit_normalization
 
     norm = (
@@ -518,7 +519,7 @@ def _run(stage: str, steps, unit: str = "step"):
     """Drive a codec generator with a progress bar on stderr when attached to a terminal."""
     from tqdm import tqdm
 
-    from .codec import run
+    from .runtime.progress import run
 
     bar = tqdm(desc=stage, unit=unit, unit_scale=unit == "B", leave=False,
                disable=not sys.stderr.isatty())

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from medvae_engine.codec.latents import Latent
 from medvae_engine.errors import InputError
 from medvae_engine.imaging.volume import Volume
-from medvae_engine.latents import Latent
 
 from ._radiology import anatomical_axes, display_affine, opening_preset, plane_of, preset_limits
 

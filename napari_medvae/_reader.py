@@ -13,11 +13,11 @@ from pathlib import Path
 
 from napari.utils.notifications import show_error
 
+from medvae_engine.codec.latents import load_latent, sidecar_path
 from medvae_engine.errors import MedVAEError
 from medvae_engine.imaging.atomic import full_suffix
 from medvae_engine.imaging.dicom import is_dicom_file
 from medvae_engine.imaging.io import read_volume
-from medvae_engine.latents import load_latent, sidecar_path
 
 from ._display import install_on_current_viewer
 from ._layers import latent_to_layer_data, volume_to_layer_data

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from psygnal import evented
 
-from medvae_engine.baselines import get_baseline
-from medvae_engine.codec import Progress, fast_precision, run
+from medvae_engine.codec.baselines import get_baseline
 from medvae_engine.errors import ModelError
 from medvae_engine.models import MODELS, list_models
 from medvae_engine.models.loading import load_model_steps
+from medvae_engine.runtime.precision import fast_precision
+from medvae_engine.runtime.progress import Progress, run
 
 BASELINE_PREFIX = "baseline:"
 CUSTOM = "custom checkpoint"

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medvae_engine.codec import Progress
 from medvae_engine.errors import InputError, ModelError
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.models import weights_sha256
 from medvae_engine.models.checkpoints import file_sha256
+from medvae_engine.runtime.progress import Progress
 from medvae_engine.sr.degradations import degrade, lr_scale
 from medvae_engine.sr.pipeline import (
     SROptions,

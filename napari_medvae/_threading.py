@@ -20,9 +20,9 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from psygnal import evented
 
-from medvae_engine.cancel import cancel_scope
-from medvae_engine.codec import Progress
 from medvae_engine.errors import Cancelled, MedVAEError
+from medvae_engine.runtime.cancel import cancel_scope
+from medvae_engine.runtime.progress import Progress
 
 SYNC_ENV = "NAPARI_MEDVAE_SYNC"
 

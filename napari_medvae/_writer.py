@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from napari.utils.notifications import show_error, show_info
 
+from medvae_engine.codec.latents import save_latent
 from medvae_engine.errors import InputError, MedVAEError
 from medvae_engine.imaging.dicom_write import dicom_source_note, write_dicom_series
 from medvae_engine.imaging.io import write_volume
-from medvae_engine.latents import save_latent
 
 from ._layers import META_KEY, attributes_to_volume, layer_to_latent
 

@@ -125,7 +125,7 @@ def measure_official_3d(app, viewer) -> dict:
     and cancel a second encode during a window; stalls of the GUI thread throughout."""
     import torch
 
-    from medvae_engine.codec import CodecOptions, encode_steps
+    from medvae_engine.codec.pipeline import CodecOptions, encode_steps
     from medvae_engine.models import get_spec, save_model
 
     from ._layers import layer_to_volume

@@ -200,7 +200,7 @@ def _read(path: Path, modality: str) -> Volume:
 
 def resolve_model(spec: str, device: str = "cpu", spatial_dims: int = 2):
     """A model or interpolation baseline ('bicubic', 'bicubic:8') from a name or checkpoint path."""
-    from ..baselines import BASELINES, get_baseline
+    from ..codec.baselines import BASELINES, get_baseline
 
     mode, _, factor = spec.partition(":")
     if mode in BASELINES:

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
-from ..imaging.atomic import atomic_write, atomic_write_text
-from ..models.zoo import cache_dir
-from .datasets import cached_represent, load_input, read_labelled_csv, split_indices
-from .efficiency import (
+from ..benchmarks.efficiency import (
     MODES,
     STORAGE_DTYPES,
     EfficiencySettings,
     efficiency_figure,
     efficiency_markdown,
 )
-from .efficiency import run_efficiency as efficiency_steps
+from ..benchmarks.efficiency import run_efficiency as efficiency_steps
+from ..errors import InputError
+from ..imaging.atomic import atomic_write, atomic_write_text
+from ..models.zoo import cache_dir
+from .datasets import cached_represent, load_input, read_labelled_csv, split_indices
 from .models import STEMS
 from .proxy import LESION_KINDS, LesionSpec, ProxySettings, proxy_markdown, run_proxy
 from .train import Split, TrainSettings, evaluate_inputs

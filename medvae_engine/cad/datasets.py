@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..baselines import BASELINES, get_baseline
-from ..codec import pad_to_multiple
+from ..codec.baselines import BASELINES, get_baseline
+from ..codec.pipeline import pad_to_multiple
 from ..errors import InputError, ModelError
 from ..imaging.atomic import atomic_write_bytes
 from ..models import load_model, weights_sha256

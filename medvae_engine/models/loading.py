@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ..codec import Progress, run
 from ..errors import MedVAEError, ModelError, OutputError, WeightsNotFoundError
 from ..imaging.atomic import temporary_sibling
+from ..runtime.progress import Progress, run
 from .autoencoder import AutoencoderKL
 from .checkpoints import (
     checkpoint_config,

@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..codec import CodecOptions, Progress, autocast, check_finite, model_device, run, slice_axis
-from ..codec import reconstruct_steps as codec_reconstruct_steps
+from ..codec.pipeline import CodecOptions, check_finite, slice_axis
+from ..codec.pipeline import reconstruct_steps as codec_reconstruct_steps
 from ..errors import InputError, ModelError
 from ..imaging.normalization import Normalization, fit_normalization
 from ..imaging.volume import Volume
+from ..runtime.precision import autocast, model_device
+from ..runtime.progress import Progress, run
 from .samplers import DEFAULT_STEPS, SAMPLERS, sample_steps
 from .schedules import cosine_schedule
 from .unet import SRDenoiser

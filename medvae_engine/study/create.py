@@ -139,7 +139,7 @@ def generate_candidate(volume: Volume, source: dict[str, Any]) -> Volume:
     if "model" in source:
         codec = medvae_engine.load_model(source["model"], weights=source.get("weights"))
     else:
-        from medvae_engine.baselines import BASELINES, get_baseline
+        from ..codec.baselines import BASELINES, get_baseline
 
         dims = BASELINES.get(source["codec"], (2,))
         default_dims = volume.ndim if volume.ndim in dims else dims[0]

@@ -11,7 +11,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 
-from medvae_engine.codec import Progress
+from medvae_engine.runtime.progress import Progress
 
 from .._compare import (
     LAYOUTS,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 from napari.utils.notifications import show_error
 
-from medvae_engine.codec import CodecOptions, decode_steps, encode_steps
+from medvae_engine.codec.pipeline import CodecOptions, decode_steps, encode_steps
 from medvae_engine.errors import MedVAEError
 
 from .._layers import (

@@ -18,8 +18,8 @@ from napari.utils.notifications import show_error
 
 from medvae_engine.analysis import check_geometry, compute_maps
 from medvae_engine.analysis.hallucination import HALLUCINATED, LABEL_NAMES, LOST
-from medvae_engine.codec import Progress
 from medvae_engine.errors import MedVAEError
+from medvae_engine.runtime.progress import Progress
 
 from .._layers import META_KEY, add_layers, layer_to_volume, volume_to_layer_data
 from .._radiology import map_units, units_of

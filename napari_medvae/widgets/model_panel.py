@@ -11,9 +11,10 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog
 
-from medvae_engine.codec import PRECISIONS, Progress
 from medvae_engine.models import MODELS
 from medvae_engine.models.loading import download_steps, register_weights_steps
+from medvae_engine.runtime.precision import PRECISIONS
+from medvae_engine.runtime.progress import Progress
 
 from .._layers import layer_kind
 from .._session import (

@@ -23,9 +23,9 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_warning
 
-from medvae_engine.codec import Progress
 from medvae_engine.errors import MedVAEError, ModelError
 from medvae_engine.models.zoo import DEFAULT_SR, SR_MODELS
+from medvae_engine.runtime.progress import Progress
 from medvae_engine.sr.degradations import DEGRADATIONS, lr_scale
 from medvae_engine.sr.pipeline import PIXELS, PixelCodec, SROptions, load_autoencoder
 from medvae_engine.sr.samplers import DEFAULT_STEPS, SAMPLERS

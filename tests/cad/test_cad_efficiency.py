@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from medvae_engine.benchmarks.efficiency import input_shape, largest_fitting_batch, step_peak_mb
 from medvae_engine.cad import cli_cad
-from medvae_engine.cad.efficiency import input_shape, largest_fitting_batch, step_peak_mb
 
 
 def _mock(limit: int, error: type[BaseException] | None):

@@ -42,7 +42,7 @@ def test_quality_bench_scores_models_against_interpolation(tmp_path, tiny_2d_pat
 
 
 def test_starter_targets_are_margins_over_bicubic_or_the_best_3d_interpolation():
-    from medvae_engine.quality import target_check, target_line
+    from medvae_engine.benchmarks.quality import target_check, target_line
 
     def row(**psnr):
         return {"methods": {k: {"psnr_db": v} for k, v in psnr.items()}}
@@ -62,7 +62,7 @@ def test_shipped_starters_beat_interpolation_on_held_out_real_images():
     """Regression guard on the shipped weights: the held-out MR slice (never trained on) comes back
     better than bicubic at the same factor, and the 3D starter beats trilinear on the held-out MR
     volume (docs/model_cards/quality.md has every image and margin)."""
-    from medvae_engine.quality import quality_report
+    from medvae_engine.benchmarks.quality import quality_report
 
     mr = quality_report(["starter_4_1_2d", "starter_4_3_2d"], ["builtin:pydicom/MR_small.dcm"],
                         None, "fp32")["images"][0]["methods"]
@@ -92,7 +92,7 @@ def test_encode_bench_slices_are_distinct_real_crops(tmp_path):
     import nibabel as nib
     import numpy as np
 
-    from medvae_engine.bench_encode import RADIOGRAPH, write_slices
+    from medvae_engine.benchmarks.encode import RADIOGRAPH, write_slices
 
     folder = write_slices(tmp_path / "s", 4, 256)
     image = np.asarray(nib.load(RADIOGRAPH).dataobj, dtype=np.float32).squeeze()

@@ -10,10 +10,11 @@ import torch
 from conftest import tiny_model
 
 from medvae_engine import CodecOptions, Volume, decode, encode, reconstruct
-from medvae_engine.baselines import get_baseline
-from medvae_engine.codec import encode_steps, run
+from medvae_engine.codec.baselines import get_baseline
+from medvae_engine.codec.pipeline import encode_steps
+from medvae_engine.codec.windows import blend, window_starts
 from medvae_engine.errors import Cancelled, InputError
-from medvae_engine.windows import blend, window_starts
+from medvae_engine.runtime.progress import run
 
 
 def _psnr(a, b):

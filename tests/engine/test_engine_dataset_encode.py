@@ -20,11 +20,12 @@ from conftest import tiny_model
 from pydicom.data import get_testdata_file
 
 from medvae_engine.cli import main
-from medvae_engine.codec import CodecOptions, encode, run
-from medvae_engine.dataset_encode import Encoder, encode_dataset, find_inputs
+from medvae_engine.codec.dataset import Encoder, encode_dataset, find_inputs
+from medvae_engine.codec.latents import load_latent, sidecar_path
+from medvae_engine.codec.pipeline import CodecOptions, encode
 from medvae_engine.imaging.io import read_volume
-from medvae_engine.latents import load_latent, sidecar_path
 from medvae_engine.models import save_model
+from medvae_engine.runtime.progress import run
 
 SAMPLES = Path(__file__).resolve().parents[2] / "medvae_engine" / "sample_data"
 CT, MR = SAMPLES / "ct_small.nii.gz", SAMPLES / "mr_small.nii.gz"
@@ -177,7 +178,7 @@ def test_device_cuda_means_the_local_rank_gpu(tmp_path, capsys, monkeypatch, tin
         code, _, err = _cli(capsys, "encode", MR, "-m", tiny_2d_path, "--device", "cuda",
                             "-o", tmp_path / "x.latent.nii.gz")
         assert code == 2 and "'cuda:1'" in err, err
-    from medvae_engine.dataset_encode import rank_device
+    from medvae_engine.codec.dataset import rank_device
 
     assert rank_device("cuda", {"LOCAL_RANK": "3"}) == "cuda:3"
     assert rank_device("cuda", {}) == "cuda"

@@ -9,8 +9,9 @@ import torch
 from conftest import tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 
-from medvae_engine import cli, estimate
-from medvae_engine.codec import CodecOptions, reconstruct
+from medvae_engine import cli
+from medvae_engine.codec import estimate
+from medvae_engine.codec.pipeline import CodecOptions, reconstruct
 from medvae_engine.imaging.io import write_volume
 from medvae_engine.imaging.volume import Volume
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_model
 
 from medvae_engine import decode, encode, load_latent, load_model, save_latent
-from medvae_engine.codec import project_latent
+from medvae_engine.codec.pipeline import project_latent
 from medvae_engine.errors import InputError, ModelError
 from medvae_engine.models import save_model
 

@@ -17,8 +17,8 @@ from conftest import tiny_model
 from nibabel.testing import data_path
 
 from medvae_engine import CodecOptions, Volume, decode, encode, load_model, reconstruct
+from medvae_engine.codec.latents import load_latent, save_latent
 from medvae_engine.imaging.io import read_volume
-from medvae_engine.latents import load_latent, save_latent
 
 ANATOMICAL = Path(data_path) / "anatomical.nii"
 

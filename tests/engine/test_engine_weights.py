@@ -12,9 +12,8 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 
-from medvae_engine.cancel import cancel_scope
 from medvae_engine.cli import main
-from medvae_engine.codec import CodecOptions, encode_steps, run
+from medvae_engine.codec.pipeline import CodecOptions, encode_steps
 from medvae_engine.errors import Cancelled, ModelError, WeightsNotFoundError
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.models import load_model, weights_sha256
@@ -25,6 +24,8 @@ from medvae_engine.models.loading import (
     register_weights_steps,
 )
 from medvae_engine.models.zoo import cache_dir
+from medvae_engine.runtime.cancel import cancel_scope
+from medvae_engine.runtime.progress import run
 
 
 @pytest.fixture

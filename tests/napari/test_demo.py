@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from imageio.v3 import imread
 
+from medvae_engine.codec.latents import load_latent
 from medvae_engine.imaging.io import read_volume
-from medvae_engine.latents import load_latent
 from napari_medvae import demo
 from napari_medvae._sample_data import sample_path
 from napari_medvae._session import BASELINE_PREFIX, default_choice

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 
-from medvae_engine.codec import encode, reconstruct
+from medvae_engine.codec.pipeline import encode, reconstruct
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.models import load_model
 from napari_medvae._layers import latent_to_layer_data, provenance, volume_to_layer_data

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from medvae_engine.codec import run
+from medvae_engine.runtime.progress import run
 from napari_medvae import _session
 from napari_medvae._layers import META_KEY, layer_kind, volume_to_layer_data
 from napari_medvae._session import CUSTOM, NOT_AVAILABLE, get_session

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medvae_engine.analysis import psnr, to_unit_range
-from medvae_engine.baselines import get_baseline
+from medvae_engine.codec.baselines import get_baseline
 from medvae_engine.imaging.volume import Volume
 from napari_medvae._compare import plan_grid
 from napari_medvae._layers import display_geometry, layer_affine, volume_to_layer_data

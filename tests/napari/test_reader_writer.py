@@ -10,10 +10,10 @@ import torch
 from conftest import TINY
 from pydicom.data import get_testdata_file
 
-from medvae_engine.codec import encode
+from medvae_engine.codec.latents import load_latent
+from medvae_engine.codec.pipeline import encode
 from medvae_engine.imaging.io import read_volume, write_volume
 from medvae_engine.imaging.volume import Volume
-from medvae_engine.latents import load_latent
 from medvae_engine.models import AutoencoderKL, load_model
 from napari_medvae._layers import (
     display_geometry,

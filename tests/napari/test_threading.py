@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
-from medvae_engine.codec import Progress
 from medvae_engine.errors import InputError
 from medvae_engine.imaging.volume import Volume
+from medvae_engine.runtime.progress import Progress
 from napari_medvae._layers import volume_to_layer_data
 from napari_medvae._session import CUSTOM, get_session
 from napari_medvae._threading import JobState, start_job

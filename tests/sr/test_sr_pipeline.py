@@ -12,11 +12,11 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 
-from medvae_engine.codec import run
 from medvae_engine.errors import Cancelled, InputError, ModelError
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.models import AutoencoderKL
+from medvae_engine.runtime.progress import run
 from medvae_engine.sr.pipeline import (
     PixelCodec,
     SROptions,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from medvae_engine.analysis.metrics import psnr, to_unit_range
+from medvae_engine.benchmarks.quality import read_reference
+from medvae_engine.benchmarks.sr import high_frequency_error, uncertainty_scores
 from medvae_engine.cli import main
 from medvae_engine.imaging.normalization import fit_normalization
-from medvae_engine.quality import read_reference
 from medvae_engine.sr.degradations import degrade, resize
-from medvae_engine.sr.report import high_frequency_error, uncertainty_scores
 
 MR_SMALL = "builtin:pydicom/MR_small.dcm"
 

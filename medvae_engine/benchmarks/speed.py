@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imaging.atomic import atomic_write_text
+from ..errors import InputError
+from ..imaging.atomic import atomic_write_text
 
+OFFICIAL_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "official_timing.py"
 OFFICIAL_ARCH = {"2d": "medvae_4_1_2d", "3d": "medvae_4_1_3d"}
 WARMUP_BELOW_FLOPS = (
     3e12  # one untimed run first when it is cheap (oneDNN builds kernels per shape)
@@ -32,10 +34,10 @@ WARMUP_BELOW_FLOPS = (
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """`medvae bench speed|quality|sr|efficiency|encode`."""
-    from .bench_encode import add_encode_bench_arguments
-    from .cad.cli_cad import add_efficiency_arguments, run_efficiency
+    from ..cad.cli_cad import add_efficiency_arguments, run_efficiency
+    from .encode import add_encode_bench_arguments
     from .quality import add_quality_arguments, run_quality
-    from .sr.report import add_sr_report_arguments, run_sr_report
+    from .sr import add_sr_report_arguments, run_sr_report
 
     kinds = parser.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
     p = kinds.add_parser("speed", help="encode/decode throughput, GFLOP/s and peak memory")
@@ -87,6 +89,11 @@ def add_speed_arguments(p: argparse.ArgumentParser) -> None:
         "--official-python", help="interpreter with the official medvae package installed"
     )
     p.add_argument(
+        "--official-script", type=Path, default=OFFICIAL_SCRIPT,
+        help="the timing script run under --official-python (default: the repository's "
+             "scripts/official_timing.py)",
+    )
+    p.add_argument(
         "--official-max-side",
         type=int,
         default=512,
@@ -98,6 +105,9 @@ def add_speed_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.official_python and not args.official_script.is_file():
+        raise InputError(f"{args.official_script}: the official timing script is missing "
+                         "(it ships in the repository's scripts/ folder; pass --official-script)")
     results = {
         "machine": machine_info(args.threads),
         "matmul": matmul_peak(args.threads),
@@ -128,7 +138,7 @@ def speed_cases(args: argparse.Namespace, tmp: Path) -> list[dict]:
 
 
 def _case(dims, side, precision, tmp, args, width, roi) -> dict:
-    from .models.zoo import get_spec
+    from ..models.zoo import get_spec
 
     config = get_spec(OFFICIAL_ARCH[dims]).config() | {"ch": width}
     tag = f"{dims}_{side}_{width}_{roi}"
@@ -153,7 +163,7 @@ def run_case(case: dict, args: argparse.Namespace) -> dict:
     res = {k: case[k] for k in ("dims", "side", "precision", "width", "roi")}
     res["flops_encode"], res["flops_decode"] = count_flops(case)
     case["warmup"] = res["flops_encode"] + res["flops_decode"] < WARMUP_BELOW_FLOPS
-    res["ours"] = _subprocess([sys.executable, "-m", "medvae_engine.bench", json.dumps(case)])
+    res["ours"] = _subprocess([sys.executable, "-m", "medvae_engine.benchmarks.speed", json.dumps(case)])
     _rates(res, "ours")
     fp32 = Path(case["outputs"].replace(f"_{case['precision']}.npz", "_fp32.npz"))
     if case["precision"] != "fp32" and fp32.is_file():
@@ -162,7 +172,7 @@ def run_case(case: dict, args: argparse.Namespace) -> dict:
         case["dims"] == "2d" and case["side"] <= args.official_max_side and case["roi"] is None
     )
     if args.official_python and official_ok:
-        script = str(Path(__file__).with_name("bench_official.py"))
+        script = str(args.official_script)
         off = dict(case, outputs=case["official_outputs"])
         res["official"] = _subprocess([args.official_python, script, json.dumps(off)])
         _rates(res, "official")
@@ -175,7 +185,7 @@ def run_case(case: dict, args: argparse.Namespace) -> dict:
 
 def prepare_case(case: dict) -> None:
     """Shared random weights (official checkpoint layout) and a real MR slice resized as input."""
-    from .models import AutoencoderKL
+    from ..models import AutoencoderKL
 
     if not Path(case["weights"]).is_file():
         torch.manual_seed(0)
@@ -203,7 +213,7 @@ def count_flops(case: dict) -> tuple[float, float]:
     """FLOPs of one encode and one decode, counted on the meta device (no compute)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .models import AutoencoderKL
+    from ..models import AutoencoderKL
 
     with torch.device("meta"):
         model = AutoencoderKL(**case["config"])
@@ -220,9 +230,10 @@ def count_flops(case: dict) -> tuple[float, float]:
 
 def worker(case: dict) -> dict:
     """Our implementation on one case (runs in the subprocess)."""
-    from .codec import autocast, fast_layout
-    from .models import AutoencoderKL
-    from .models.checkpoints import load_strict
+    from ..codec.pipeline import fast_layout
+    from ..models import AutoencoderKL
+    from ..models.checkpoints import load_strict
+    from ..runtime.precision import autocast
 
     torch.set_num_threads(case["threads"])
     model = AutoencoderKL(**case["config"])
@@ -253,8 +264,8 @@ def worker(case: dict) -> dict:
 
 def _windowed(model, x, case, rss_model) -> dict:
     """Reconstruct a volume through the codec's sliding windows (memory should track the ROI)."""
-    from .codec import CodecOptions, reconstruct
-    from .imaging.volume import Volume
+    from ..codec.pipeline import CodecOptions, reconstruct
+    from ..imaging.volume import Volume
 
     model.name = "bench"
     vol = Volume(x[0, 0].numpy(), np.eye(4), "mri")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
 
 BASELINES = {
     "nearest": (2, 3),

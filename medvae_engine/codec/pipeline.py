@@ -11,35 +11,25 @@ function on top that accepts a progress callback and a cancel event.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import threading
 from collections.abc import Callable, Generator
 
 import numpy as np
 import torch
 
-from .errors import Cancelled, InputError, ModelError
-from .imaging.normalization import Normalization, fit_normalization
-from .imaging.orientation import MODEL_ORIENTATION, axcodes, reorient
-from .imaging.volume import Volume
+from ..errors import InputError, ModelError
+from ..imaging.normalization import Normalization, fit_normalization
+from ..imaging.orientation import MODEL_ORIENTATION, axcodes, reorient
+from ..imaging.volume import Volume
+from ..runtime.precision import PRECISIONS, autocast, model_device
+from ..runtime.progress import Progress, run
 from .latents import Latent
 from .windows import blend, count_windows
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_ROI = 160
 DEFAULT_OVERLAP = 0.25
 WHOLE_IMAGE_LIMIT = 2048 * 2048  # 2D slices up to this many pixels are encoded whole
 DEFAULT_TILE = 1024
-
-
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """One step of long work: ``done`` of ``total`` units in ``stage`` (encode or decode)."""
-
-    done: int
-    total: int
-    stage: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,27 +52,6 @@ class CodecOptions:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.batch_size < 1 or self.roi < 1:
             raise ValueError("batch_size and roi must be positive")
-
-
-Steps = Generator[Progress, None, object]
-
-
-def run(
-    steps: Steps,
-    progress: Callable[[Progress], None] | None = None,
-    cancel: threading.Event | None = None,
-):
-    """Drive a ``*_steps`` generator to its result, reporting progress and honouring cancel."""
-    try:
-        while True:
-            p = next(steps)
-            if cancel is not None and cancel.is_set():
-                steps.close()
-                raise Cancelled("cancelled by the user")
-            if progress is not None:
-                progress(p)
-    except StopIteration as stop:
-        return stop.value
 
 
 def encode(volume: Volume, model, options: CodecOptions | None = None, **kw) -> Latent:
@@ -385,8 +354,8 @@ def check_compatible(latent: Latent, model) -> None:
 
 def model_for_latent(latent: Latent):
     """Load the model named in a latent's sidecar and check its weights checksum."""
+    from ..models import MODELS, load_model, weights_sha256
     from .baselines import BASELINES, get_baseline
-    from .models import MODELS, load_model, weights_sha256
 
     if latent.model in BASELINES:
         return get_baseline(latent.model, latent.spatial_dims, max(latent.factors))
@@ -410,11 +379,6 @@ def model_name(model) -> str:
     return str(getattr(model, "name", type(model).__name__))
 
 
-def model_device(model) -> torch.device:
-    param = next(iter(model.parameters()), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def fast_layout(model, x: torch.Tensor, precision: str) -> torch.Tensor:
     """Channels-last model and input for bf16/fp16 on CPU: oneDNN then skips layout reorders.
 
@@ -431,26 +395,7 @@ def fast_layout(model, x: torch.Tensor, precision: str) -> torch.Tensor:
     return x.contiguous(memory_format=fmt)
 
 
-def fast_precision(device: str = "cpu") -> str:
-    """bf16 where the hardware computes it natively (CPUs with AVX-512 BF16/AMX, recent GPUs),
-    else fp32: about 2x faster than fp32 on such CPUs, outputs within 46-48 dB PSNR of fp32
-    (docs/benchmarks.md)."""
-    if str(device).startswith("cuda"):
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    if str(device) != "cpu":
-        return "fp32"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-
-
-def autocast(model, precision: str):
-    """Autocast context for bf16/fp16, nothing for fp32."""
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(model_device(model).type, dtype=dtype)
-
-
 def _sha(model) -> str | None:
-    from .models import weights_sha256
+    from ..models import weights_sha256
 
     return weights_sha256(model)

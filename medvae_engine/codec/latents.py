@@ -18,10 +18,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .errors import InputError
-from .imaging.atomic import atomic_write, atomic_write_text
-from .imaging.normalization import Normalization
-from .imaging.orientation import reorient, reoriented_affine, reoriented_shape
+from ..errors import InputError
+from ..imaging.atomic import atomic_write, atomic_write_text
+from ..imaging.normalization import Normalization
+from ..imaging.orientation import reorient, reoriented_affine, reoriented_shape
 
 FORMAT_VERSION = 2  # 2: orientation / image_orientation (absent in 1: the image's voxel order)
 
@@ -50,7 +50,7 @@ class Latent:
     modality: str = "other"
     projected: bool = False
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
-    source: dict[str, Any] | None = None  # the input's identity (see dataset_encode.source_record)
+    source: dict[str, Any] | None = None  # the input's identity (see codec.dataset.source_record)
     orientation: str | None = None
     image_orientation: str | None = None
 
@@ -102,7 +102,7 @@ class Latent:
         return float(np.prod(self.image_shape)) / float(self.array.size)
 
     def sidecar(self) -> dict[str, Any]:
-        from . import __version__
+        from .. import __version__
 
         return {
             "format": "medvae-latent",

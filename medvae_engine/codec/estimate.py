@@ -16,9 +16,9 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .codec import CodecOptions, slice_axis, tile_size, window_side
-from .imaging.volume import Volume
-from .models.autoencoder import AutoencoderKL
+from ..imaging.volume import Volume
+from ..models.autoencoder import AutoencoderKL
+from .pipeline import CodecOptions, slice_axis, tile_size, window_side
 from .windows import count_windows
 
 # Encode + decode of the KL autoencoder against the matmul probe's FLOP rate on this CPU

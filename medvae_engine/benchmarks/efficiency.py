@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models import build_classifier
+from ..cad.models import build_classifier
 
 STORAGE_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2, "int16": 2, "uint8": 1}
 MODES = ("train", "infer")
@@ -140,7 +140,7 @@ def step_peak_mb(
             torch.cuda.empty_cache()
     job = json.dumps({"arch": arch, "shape": list(shape), "batch": batch, "mode": mode, "stem": stem})
     done = subprocess.run(
-        [sys.executable, "-m", "medvae_engine.cad.efficiency", job],
+        [sys.executable, "-m", "medvae_engine.benchmarks.efficiency", job],
         capture_output=True, text=True, timeout=timeout,
     )
     if done.returncode != 0:

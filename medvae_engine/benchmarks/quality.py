@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imaging.atomic import atomic_write, atomic_write_text
+from ..imaging.atomic import atomic_write, atomic_write_text
 
 # The [starter] issue's targets: mean PSNR margin (dB) over bicubic (2D models) or over the best 3D
 # interpolation (3D models) on the held-out images.
@@ -54,9 +54,9 @@ def run_quality(args: argparse.Namespace) -> int:
 
 def write_model_card(name: str, report: dict, stem: Path) -> None:
     """docs/model_cards/<model>.md/.json: the training card, the quality margins and timings."""
-    from .models import load_model
-    from .models.checkpoints import read_state_dict
-    from .training.trainer import model_card_markdown
+    from ..models import load_model
+    from ..models.checkpoints import read_state_dict
+    from ..training.trainer import model_card_markdown
 
     model = load_model(name)
     _, meta = read_state_dict(model.weights_path)
@@ -115,8 +115,8 @@ def target_line(target: dict) -> str:
 
 def inference_seconds(model) -> dict:
     """Reconstruction time of a 256^2 slice (2D models) or a 128^3 volume (3D), fp32 and bf16."""
-    from .codec import CodecOptions, reconstruct
-    from .imaging.volume import Volume
+    from ..codec.pipeline import CodecOptions, reconstruct
+    from ..imaging.volume import Volume
 
     shape = (256, 256) if model.spatial_dims == 2 else (128, 128, 128)
     vol = Volume(np.random.default_rng(0).random(shape).astype(np.float32), np.eye(4), "mri")
@@ -130,9 +130,9 @@ def inference_seconds(model) -> dict:
 
 
 def quality_report(models: list[str], images: list[str], axis: int | None, precision: str) -> dict:
-    from .baselines import get_baseline
-    from .codec import CodecOptions, reconstruct
-    from .models import load_model
+    from ..codec.baselines import get_baseline
+    from ..codec.pipeline import CodecOptions, reconstruct
+    from ..models import load_model
 
     loaded = [load_model(m) for m in models]
     rows = []
@@ -161,7 +161,7 @@ def quality_report(models: list[str], images: list[str], axis: int | None, preci
 
 def scored_range(volume) -> tuple[float, float]:
     """The intensity range scores use: the image's own, or for CT the HU window every codec keeps."""
-    from .imaging.normalization import CT_WINDOW
+    from ..imaging.normalization import CT_WINDOW
 
     if volume.modality == "ct":
         return CT_WINDOW
@@ -170,7 +170,7 @@ def scored_range(volume) -> tuple[float, float]:
 
 def scores(reference: np.ndarray, test: np.ndarray, value_range: tuple[float, float]) -> dict:
     """PSNR (dB) and MS-SSIM after mapping ``value_range`` to [0, 1] (data range 1)."""
-    from .analysis.metrics import Unavailable, ms_ssim, psnr, to_unit_range
+    from ..analysis.metrics import Unavailable, ms_ssim, psnr, to_unit_range
 
     ref, tst = to_unit_range(reference, value_range), to_unit_range(test, value_range)
     ms = ms_ssim(ref, tst)
@@ -244,8 +244,8 @@ def _central(a: np.ndarray) -> np.ndarray:
 
 def read_reference(ref: str):
     """A held-out image: a file path or builtin:<package>/<name>."""
-    from .imaging.io import read_volume
-    from .training.data import resolve_builtin
+    from ..imaging.io import read_volume
+    from ..training.data import resolve_builtin
 
     path = resolve_builtin(ref.removeprefix("builtin:")) if ref.startswith("builtin:") else Path(ref)
     return read_volume(path)

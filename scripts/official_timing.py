@@ -1,7 +1,7 @@
 """Time the OFFICIAL MedVAE implementation for ``medvae bench speed`` (run as a script).
 
 Runs under an interpreter where the official ``medvae`` package is installed (not this project):
-``python bench_official.py '<json case>'``. It imports only torch and the official model modules,
+``python scripts/official_timing.py '<json case>'``. It imports only torch and the official model modules,
 loads the same checkpoint and input as our worker and prints one JSON line of timings; outputs go
 to the .npz path the case names so the parent can compare them with ours.
 """

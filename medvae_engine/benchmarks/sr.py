@@ -42,8 +42,8 @@ def add_sr_report_arguments(p: argparse.ArgumentParser) -> None:
 def run_sr_report(args: argparse.Namespace) -> int:
     """Measure, then write the JSON, Markdown card and figures; prints the Markdown."""
     from ..errors import InputError
-    from ..quality import without_arrays
-    from .unet import load_sr_model
+    from ..sr.unet import load_sr_model
+    from .quality import without_arrays
 
     samplers = []
     for text in (args.fast, args.full):
@@ -99,13 +99,14 @@ def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed
     means, and (``samples`` >= 2) how well the SD over fast-sampler draws predicts the error."""
     from ..analysis.hallucination import hallucination
     from ..analysis.metrics import to_unit_range
-    from ..codec import CodecOptions, run
-    from ..codec import reconstruct as ae_reconstruct
+    from ..codec.pipeline import CodecOptions
+    from ..codec.pipeline import reconstruct as ae_reconstruct
     from ..errors import InputError
     from ..imaging.volume import Volume
-    from ..quality import read_reference, scored_range, scores
-    from .degradations import resize
-    from .pipeline import SROptions, load_autoencoder, super_resolve_steps
+    from ..runtime.progress import run
+    from ..sr.degradations import resize
+    from ..sr.pipeline import SROptions, load_autoencoder, super_resolve_steps
+    from .quality import read_reference, scored_range, scores
 
     if not sr_model.card.get("autoencoder"):
         raise InputError(f"{sr_model.weights_path}: the SR model does not name its autoencoder "
@@ -176,7 +177,7 @@ def degrade_in_model_space(hr, degradation: dict):
     degraded as the SR model was trained (``degradation`` as in its card: kind, scale, sigma)."""
     from ..imaging.normalization import fit_normalization
     from ..imaging.volume import Volume
-    from .degradations import degrade
+    from ..sr.degradations import degrade
 
     norm = fit_normalization(hr.array, hr.modality)
     low = degrade(norm.forward(hr.array), degradation["kind"], int(degradation["scale"]),
@@ -215,7 +216,7 @@ def summary(rows: list[dict], samplers: list[tuple[str, int]]) -> dict:
 
 def card_markdown(report: dict, card: dict) -> str:
     """The SR model card: training summary, held-out table, sampler comparison, ceiling check."""
-    from ..quality import table_cell
+    from .quality import table_cell
 
     s = report["summary"]
     names = list(s["mean"])

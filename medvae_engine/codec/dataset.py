@@ -42,22 +42,22 @@ from typing import Any
 import pydicom
 import torch.distributed as dist
 
-from .codec import (
+from ..errors import Cancelled, InputError, MedVAEError, ModelError, OutputError
+from ..imaging.atomic import atomic_write_text, first_line, full_suffix
+from ..imaging.io import READ_SUFFIXES, file_format
+from ..imaging.normalization import Normalization
+from ..imaging.volume import Volume
+from ..models.checkpoints import file_sha256
+from ..runtime.progress import run
+from .latents import Latent, save_latent, sidecar_path
+from .pipeline import (
     CodecOptions,
     SliceJob,
     encode_slices_steps,
     encode_steps,
     prepare_slices,
     project_latent,
-    run,
 )
-from .errors import Cancelled, InputError, MedVAEError, ModelError, OutputError
-from .imaging.atomic import atomic_write_text, first_line, full_suffix
-from .imaging.io import READ_SUFFIXES, file_format
-from .imaging.normalization import Normalization
-from .imaging.volume import Volume
-from .latents import Latent, save_latent, sidecar_path
-from .models.checkpoints import file_sha256
 
 FAILURES_FILE = "failures.csv"
 LATENT_SUFFIX = ".latent.nii.gz"

@@ -18,14 +18,15 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from .bench import machine_info
-from .codec import CodecOptions, run
-from .dataset_encode import Encoder, encode_dataset, find_inputs
-from .imaging.atomic import atomic_write_text
-from .imaging.io import read_volume
-from .latents import load_latent
+from ..codec.dataset import Encoder, encode_dataset, find_inputs
+from ..codec.latents import load_latent
+from ..codec.pipeline import CodecOptions
+from ..imaging.atomic import atomic_write_text
+from ..imaging.io import read_volume
+from ..runtime.progress import run
+from .speed import machine_info
 
-RADIOGRAPH = Path(__file__).parent / "sample_data" / "xray_chest_rg1.nii.gz"
+RADIOGRAPH = Path(__file__).parents[1] / "sample_data" / "xray_chest_rg1.nii.gz"
 WAYS = (  # (label, batch size, prefetched inputs)
     ("one at a time", 1, 0),
     ("one at a time + prefetch", 1, 2),
@@ -44,7 +45,7 @@ def add_encode_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_encode_bench(args: argparse.Namespace) -> int:
     """Encode one folder of real slices each way in turn; print and write images/s and ratios."""
-    from .models import load_model
+    from ..models import load_model
 
     model = load_model(args.model)
     results = {"machine": machine_info(torch.get_num_threads()) | {"load_average": os.getloadavg()},

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import Cancelled
+from ..errors import Cancelled
 
 _local = threading.local()
 _installed: list[object] = []

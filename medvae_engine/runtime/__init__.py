@@ -1,0 +1,1 @@
+"""Runtime services every feature shares: progress, cancel, precision, seeding, distributed set-up."""
