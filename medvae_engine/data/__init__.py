@@ -1,0 +1,1 @@
+"""The data layer: image references, builtin sources, folder/CSV expansion, suffixes, degradation."""
