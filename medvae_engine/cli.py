@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .codec.spec import load_codec
 from .errors import InputError, MedVAEError, OutputError
 
 
@@ -457,18 +458,13 @@ def _read(path: str, args: argparse.Namespace):
 
 
 def _load_model(args: argparse.Namespace, ndim: int, default: str | None = None):
-    from .codec.baselines import BASELINES, get_baseline
-    from .models import load_model
     from .models.zoo import DEFAULT_2D, DEFAULT_3D, get_spec
 
     volume_default = DEFAULT_3D if ndim == 3 and get_spec(DEFAULT_3D).available else DEFAULT_2D
     name = args.model or default or volume_default  # 2D starter slice-wise if the 3D one is missing
-    if name in BASELINES:
-        dims = 3 if name in ("trilinear", "spline") else 2
-        return get_baseline(name, dims, getattr(args, "factor", 4))
-    return load_model(
-        name, weights=args.weights, device=args.device,
-        trust_checkpoint=getattr(args, "trust_checkpoint", False),
+    return load_codec(
+        name, spatial_dims=ndim, default_factor=getattr(args, "factor", 4), weights=args.weights,
+        device=args.device, trust_checkpoint=getattr(args, "trust_checkpoint", False),
     )
 
 

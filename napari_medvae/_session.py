@@ -13,17 +13,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from psygnal import evented
 
-from medvae_engine.codec.baselines import get_baseline
+from medvae_engine.codec.baselines import BASELINES
+from medvae_engine.codec.spec import DEFAULT_FACTOR, load_codec_steps, parse_codec
 from medvae_engine.errors import ModelError
 from medvae_engine.models import MODELS, list_models
-from medvae_engine.models.loading import load_model_steps
 from medvae_engine.runtime.precision import fast_precision
 from medvae_engine.runtime.progress import Progress, run
 
-BASELINE_PREFIX = "baseline:"
 CUSTOM = "custom checkpoint"
-BASELINES = {"bicubic": 2, "trilinear": 3}
-DEFAULT_FACTOR = 4
+SHOWN_BASELINES = ("bicubic", "trilinear")  # the 2D and the 3D interpolation baseline
 NOT_AVAILABLE = "not on this machine"
 
 
@@ -47,8 +45,9 @@ def model_choices() -> list[tuple[str, str]]:
         tag = "" if record["available"] else f" ({NOT_AVAILABLE})"
         label = f"{record['name']}: {record['source']}, f={record['factor']}{tag}"
         choices.append((label, record["name"]))
-    for mode, dims in BASELINES.items():
-        choices.append((f"{mode} baseline ({dims}D, f={DEFAULT_FACTOR})", BASELINE_PREFIX + mode))
+    for mode in SHOWN_BASELINES:
+        choices.append((f"{mode} baseline ({BASELINES[mode][0]}D, f={DEFAULT_FACTOR})",
+                        f"{mode}@{DEFAULT_FACTOR}"))
     choices.append((CUSTOM, CUSTOM))
     return choices
 
@@ -58,7 +57,12 @@ def default_choice() -> str:
     for record in list_models():
         if record["source"] == "starter" and record["available"] and record["spatial_dims"] == 2:
             return record["name"]
-    return BASELINE_PREFIX + "bicubic"
+    return f"bicubic@{DEFAULT_FACTOR}"
+
+
+def is_baseline(choice: str) -> bool:
+    """Whether a model choice names an interpolation baseline (no weights, no checkpoint)."""
+    return choice != CUSTOM and parse_codec(choice).kind == "baseline"
 
 
 def build_model(state: ModelState):
@@ -73,15 +77,12 @@ def build_model_steps(state: ModelState) -> Generator[Progress, None, object]:
     replaces the cache lookup.
     """
     choice = state.choice or default_choice()
-    if choice.startswith(BASELINE_PREFIX):
-        mode = choice[len(BASELINE_PREFIX):]
-        return get_baseline(mode, BASELINES[mode], DEFAULT_FACTOR)
     if choice == CUSTOM:
         if not state.checkpoint:
             raise ModelError("choose a checkpoint file for the custom model")
-        return (yield from load_model_steps(state.checkpoint, device=state.device))
-    return (yield from load_model_steps(choice, weights=state.checkpoint or None,
-                                        device=state.device))
+        return (yield from load_codec_steps(state.checkpoint, device=state.device))
+    weights = None if is_baseline(choice) else state.checkpoint or None
+    return (yield from load_codec_steps(choice, weights=weights, device=state.device))
 
 
 def weights_status(choice: str) -> str:

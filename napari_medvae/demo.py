@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ._session import BASELINE_PREFIX, get_session
+from ._session import get_session, is_baseline
 
 SAMPLE = "mri_brain"
 AXIAL = (2, 1, 0)  # slice along the MNI z axis: y (anterior) vertical, x (right) horizontal
@@ -79,8 +79,8 @@ def populate(viewer):
 def label_model(viewer) -> str:
     """Say on the canvas which model made the reconstruction (baselines clearly marked)."""
     choice = get_session(viewer).state.choice
-    if choice.startswith(BASELINE_PREFIX):
-        text = f"{choice[len(BASELINE_PREFIX):]} baseline (starter weights not available yet)"
+    if is_baseline(choice):
+        text = f"{choice} baseline (starter weights not available yet)"
     else:
         text = f"model: {choice}"
     overlay = viewer.canvas.overlays["text"] if hasattr(viewer, "canvas") else viewer.text_overlay

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..codec.spec import DEFAULT_FACTOR, load_codec
 from ..errors import InputError, OutputError
 from ..imaging.volume import Volume
 from .hallucination import hallucination
@@ -59,7 +60,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ae", metavar="MODEL|NAME=PATH",
                         help="autoencoder for the hallucination noise floor: a model name or "
                              "checkpoint to reconstruct the references with, a baseline such as "
-                             "bicubic[:F], or NAME=PATH of precomputed AE reconstructions")
+                             "bicubic@F, or NAME=PATH of precomputed AE reconstructions")
     parser.add_argument("--screen", action="append", default=[], metavar="MODEL",
                         help="AE-ceiling screening: encode-decode the references with this "
                              "candidate and rank by PSNR (repeatable)")
@@ -199,15 +200,8 @@ def _read(path: Path, modality: str) -> Volume:
 
 
 def resolve_model(spec: str, device: str = "cpu", spatial_dims: int = 2):
-    """A model or interpolation baseline ('bicubic', 'bicubic:8') from a name or checkpoint path."""
-    from ..codec.baselines import BASELINES, get_baseline
-
-    mode, _, factor = spec.partition(":")
-    if mode in BASELINES:
-        return get_baseline(mode, spatial_dims, int(factor) if factor else 4)
-    from .. import load_model
-
-    return load_model(spec, device=device)
+    """A codec from its spec ('bicubic@8', a zoo name, a checkpoint path; a bare 'bicubic' is f=4)."""
+    return load_codec(spec, spatial_dims=spatial_dims, default_factor=DEFAULT_FACTOR, device=device)
 
 
 def model_label(spec: str) -> str:

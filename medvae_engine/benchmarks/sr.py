@@ -101,17 +101,18 @@ def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed
     from ..analysis.metrics import to_unit_range
     from ..codec.pipeline import CodecOptions
     from ..codec.pipeline import reconstruct as ae_reconstruct
+    from ..codec.spec import load_codec
     from ..errors import InputError
     from ..imaging.volume import Volume
     from ..runtime.progress import run
     from ..sr.degradations import resize
-    from ..sr.pipeline import SROptions, load_autoencoder, super_resolve_steps
+    from ..sr.pipeline import SROptions, super_resolve_steps
     from .quality import read_reference, scored_range, scores
 
     if not sr_model.card.get("autoencoder"):
         raise InputError(f"{sr_model.weights_path}: the SR model does not name its autoencoder "
                          "(bench sr scores models from 'medvae train-sr')")
-    autoencoder = load_autoencoder(sr_model.card["autoencoder"])
+    autoencoder = load_codec(sr_model.card["autoencoder"])
     degradation = sr_model.card.get("degradation") or {"kind": "bicubic", "scale": 4}
     scale = int(degradation["scale"])
     rows = []

@@ -29,9 +29,9 @@ from .models import STEMS
 from .proxy import LESION_KINDS, LesionSpec, ProxySettings, proxy_markdown, run_proxy
 from .train import Split, TrainSettings, evaluate_inputs
 
-INPUTS_HELP = ("classifier inputs: 'image', a baseline at a factor ('bicubic@4': the image "
-               "downsampled to the latent size) or an autoencoder name or checkpoint path (its "
-               "stage-2 latent)")
+INPUTS_HELP = ("classifier inputs, as codec specs: 'pixels' (the image itself), a baseline at a "
+               "factor ('bicubic@4': the image downsampled to the latent size) or an autoencoder "
+               "name or checkpoint path (its stage-2 latent)")
 
 
 def add_cad_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def add_cad_arguments(p: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train", help="classifiers on images, interpolated images and latents")
     t.add_argument("csv", help="CSV with path,label columns (optional split=train/test, frame, "
                                "modality); relative paths are relative to the CSV")
-    t.add_argument("--inputs", nargs="+", default=["image", "bicubic@4", "starter_4_1_2d"],
+    t.add_argument("--inputs", nargs="+", default=["pixels", "bicubic@4", "starter_4_1_2d"],
                    help=INPUTS_HELP)
     t.add_argument("--size", type=int, nargs="+",
                    help="centre crop / edge pad every image to this shape (default: all equal)")

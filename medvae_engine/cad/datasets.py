@@ -1,8 +1,8 @@
 """CAD inputs: labelled images from a CSV, and the representation a classifier sees.
 
-An input is named by a spec: ``image`` (the original pixels), ``<baseline>@<f>`` (an interpolation
-baseline such as ``bicubic@4``: the image downsampled to the latent size, same storage as a C=1
-latent) or any autoencoder name or path accepted by ``load_model`` (its stage-2 projected latent).
+An input is named by a codec spec (medvae_engine.codec.spec): ``pixels`` (the original pixels),
+``<baseline>@<f>`` (an interpolation baseline such as ``bicubic@4``: the image downsampled to the
+latent size, same storage as a C=1 latent) or an autoencoder (its stage-2 projected latent).
 Representations are cached as .npy files keyed by the input's identity and the exact pixels.
 """
 
@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..codec.baselines import BASELINES, get_baseline
 from ..codec.pipeline import pad_to_multiple
+from ..codec.spec import load_codec, parse_codec
 from ..errors import InputError, ModelError
 from ..imaging.atomic import atomic_write_bytes
-from ..models import load_model, weights_sha256
+from ..models import weights_sha256
 from ..training.data import ImageRef, load_image
 
 
@@ -51,15 +51,14 @@ class InputKind:
 
 
 def load_input(spec: str, spatial_dims: int = 2, device: str = "cpu") -> InputKind:
-    """Resolve an input spec (``image``, ``bicubic@4``, a model name or checkpoint path)."""
-    if spec == "image":
+    """Resolve an input's codec spec (``pixels``, ``bicubic@4``, a model name or checkpoint path)."""
+    parsed = parse_codec(spec)
+    if parsed.kind == "pixels":
         return InputKind(spec, 1, None, "image")
-    mode, _, factor = spec.partition("@")
-    if mode in BASELINES:
-        if not factor.isdigit() or int(factor) < 2:
-            raise ModelError(f"baseline input {spec!r} needs a factor, e.g. {mode}@4")
-        return InputKind(spec, int(factor), get_baseline(mode, spatial_dims, int(factor)), spec)
-    model = load_model(spec, device=device)
+    if parsed.kind == "baseline":
+        codec = load_codec(parsed, spatial_dims=spatial_dims)
+        return InputKind(spec, parsed.factor, codec, str(parsed))
+    model = load_codec(parsed, device=device)
     if model.spatial_dims != spatial_dims:
         raise ModelError(f"{spec}: a {model.spatial_dims}D model cannot encode {spatial_dims}D images")
     identity = f"{spec}:{weights_sha256(model) or 'no-weights-file'}"

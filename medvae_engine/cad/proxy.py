@@ -162,7 +162,7 @@ def insert_lesions(crops: np.ndarray, spec: LesionSpec, seed: int | list[int]) -
 class ProxySettings:
     """The proxy experiment: inputs compared, contrast sweep, crop size and sample counts."""
 
-    inputs: tuple[str, ...] = ("image", "bicubic@4", "bicubic@8", "starter_4_1_2d")
+    inputs: tuple[str, ...] = ("pixels", "bicubic@4", "bicubic@8", "starter_4_1_2d")
     contrasts: tuple[float, ...] = (0.05, 0.1, 0.2)
     lesion: LesionSpec = LesionSpec()
     side: int = 64

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import ModelError
 
+PIXELS = "pixels"
 BASELINES = {
     "nearest": (2, 3),
     "bilinear": (2,),
@@ -86,3 +87,25 @@ def get_baseline(mode: str, spatial_dims: int = 2, factor: int = 4) -> Interpola
             f"unknown {spatial_dims}D baseline {mode!r}; choose from {', '.join(valid)}"
         )
     return InterpolationCodec(mode, spatial_dims, factor)
+
+
+class PixelCodec(nn.Module):
+    """Plain pixels behind the autoencoder interface: factor 1, one channel, encode = decode = id."""
+
+    def __init__(self, spatial_dims: int = 2):
+        super().__init__()
+        self.name = PIXELS
+        self.spatial_dims = spatial_dims
+        self.factor = 1
+        self.in_channels = 1
+        self.latent_channels = 1
+        self.weights_path = None
+
+    def encode(self, x: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
+        return x.float()
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z.float()

@@ -1,13 +1,11 @@
 """Latent-diffusion super-resolution: conditional UNet, schedules, samplers, pipeline, training."""
 
-from .pipeline import PixelCodec, SROptions, load_autoencoder, super_resolve, super_resolve_steps
+from .pipeline import SROptions, super_resolve, super_resolve_steps
 from .unet import SRDenoiser, load_sr_model, save_sr_model, unet_config
 
 __all__ = [
-    "PixelCodec",
     "SRDenoiser",
     "SROptions",
-    "load_autoencoder",
     "load_sr_model",
     "save_sr_model",
     "super_resolve",

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..cli import format_arg
+from ..codec.spec import load_codec
 from ..errors import InputError, MedVAEError, ModelError
 from ..models.zoo import DEFAULT_SR
 from .samplers import SAMPLERS
@@ -138,19 +139,15 @@ def sd_path(output: str | Path) -> Path:
 
 def _autoencoder(args: argparse.Namespace, sr_model):
     """--model, else the autoencoder the SR model's card names; warn on a weights mismatch."""
-    from ..models import MODELS, load_model, weights_sha256
-    from .pipeline import PIXELS, load_autoencoder
+    from ..models import weights_sha256
 
     name = args.model or sr_model.card.get("autoencoder")
     if not name:
         raise ModelError(f"{args.sr_model}: the SR model does not name its autoencoder; pass "
                          "--model")
-    if name in MODELS and args.weights:
-        model = load_model(name, weights=args.weights, device=args.device)
-    else:
-        model = load_autoencoder(name, device=args.device)
+    model = load_codec(name, weights=args.weights, device=args.device)
     expected = sr_model.card.get("autoencoder_sha256")
-    if expected and name != PIXELS and weights_sha256(model) not in (None, expected):
+    if expected and weights_sha256(model) not in (None, expected):
         print(f"warning: autoencoder {name} is not the one {args.sr_model} was trained with",
               file=sys.stderr)
     return model

@@ -31,39 +31,7 @@ from .samplers import DEFAULT_STEPS, SAMPLERS, sample_steps
 from .schedules import cosine_schedule
 from .unet import SRDenoiser
 
-PIXELS = "pixels"
 DEFAULT_SCALE = 4
-
-
-class PixelCodec(nn.Module):
-    """Plain pixels behind the autoencoder interface: factor 1, one channel, encode = decode = id."""
-
-    def __init__(self):
-        super().__init__()
-        self.name = PIXELS
-        self.spatial_dims = 2
-        self.factor = 1
-        self.in_channels = 1
-        self.latent_channels = 1
-        self.weights_path = None
-
-    def encode(self, x: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
-        return x.float()
-
-    def project(self, z: torch.Tensor) -> torch.Tensor:
-        return z
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z.float()
-
-
-def load_autoencoder(name_or_path: str, device: str = "cpu") -> nn.Module:
-    """``pixels`` or anything ``load_model`` accepts (zoo name, checkpoint file, diffusers folder)."""
-    if str(name_or_path) == PIXELS:
-        return PixelCodec().to(device)
-    from ..models import load_model
-
-    return load_model(name_or_path, device=device)
 
 
 @dataclasses.dataclass(frozen=True)

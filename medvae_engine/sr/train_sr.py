@@ -31,6 +31,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
 from ..analysis.metrics import psnr
+from ..codec.baselines import PIXELS
+from ..codec.spec import load_codec
 from ..errors import MedVAEError
 from ..imaging.atomic import atomic_write, atomic_write_text
 from ..models import weights_sha256
@@ -55,11 +57,9 @@ from ..training.trainer import (
 from .degradations import degrade, lr_scale
 from .objectives import diffuse, diffusion_target, flow_interpolate, flow_target, regression_loss
 from .pipeline import (
-    PIXELS,
     condition,
     decode_latents,
     encode_images,
-    load_autoencoder,
     sample_latents_steps,
     upsample_bicubic,
 )
@@ -417,8 +417,8 @@ def _train(config: SRTrainConfig, env: Distributed, resume: bool, stop_at: int |
         torch.set_num_threads(config.run.threads)
     _seed_everything(config.seed)
     out, ckpt_path = run_folder(config.run.output_dir, resume)
-    autoencoder = load_autoencoder(_resolve_model_path(config, config.model.autoencoder),
-                                   device=str(env.device))
+    autoencoder = load_codec(_resolve_model_path(config, config.model.autoencoder),
+                             device=str(env.device))
     if autoencoder.spatial_dims != 2:
         raise ConfigError(f"model.autoencoder {config.model.autoencoder}: SR trains on 2D "
                           "autoencoders")

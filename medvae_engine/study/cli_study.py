@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from medvae_engine.errors import InputError, MedVAEError
+from medvae_engine.codec.spec import parse_codec
+from medvae_engine.errors import InputError, MedVAEError, ModelError
 
 
 def add_study_arguments(parser: argparse.ArgumentParser | argparse._SubParsersAction) -> None:
@@ -111,10 +112,10 @@ def _spec_from_args(args: argparse.Namespace):
         raise InputError("study create needs a spec file or --originals")
     methods: dict[str, object] = dict(_pairs(args.method, "--method"))
     for name, value in _pairs(args.codec, "--codec").items():
-        codec, _, factor = value.partition(":")
-        if not factor.isdigit():
-            raise InputError(f"--codec {name}={value}: expected CODEC:FACTOR, e.g. bicubic:4")
-        methods[name] = {"codec": codec, "factor": int(factor)}
+        try:
+            methods[name] = {"codec": str(parse_codec(value))}
+        except ModelError as e:
+            raise InputError(f"--codec {name}={value}: {e}") from None
     methods.update({n: {"model": m} for n, m in _pairs(args.model, "--model").items()})
     if not methods:
         raise InputError("study create needs at least one --method, --codec or --model")

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from medvae_engine.codec.pipeline import reconstruct
+from medvae_engine.codec.spec import load_codec
 from medvae_engine.errors import InputError, OutputError
 from medvae_engine.imaging.atomic import atomic_write_text
 from medvae_engine.imaging.normalization import fit_normalization
@@ -133,21 +135,12 @@ def spec_from_folders(
 
 
 def generate_candidate(volume: Volume, source: dict[str, Any]) -> Volume:
-    """Reconstruct ``volume`` with a model ({model: NAME}) or a baseline codec ({codec, factor})."""
-    import medvae_engine
-
+    """Reconstruct ``volume`` with a model ({model: NAME[, weights]}) or any codec ({codec: SPEC})."""
     if "model" in source:
-        codec = medvae_engine.load_model(source["model"], weights=source.get("weights"))
+        codec = load_codec(source["model"], weights=source.get("weights"))
     else:
-        from ..codec.baselines import BASELINES, get_baseline
-
-        dims = BASELINES.get(source["codec"], (2,))
-        default_dims = volume.ndim if volume.ndim in dims else dims[0]
-        spatial_dims = int(source.get("spatial_dims", default_dims))
-        codec = get_baseline(
-            source["codec"], factor=int(source["factor"]), spatial_dims=spatial_dims
-        )
-    result = medvae_engine.reconstruct(volume, codec)
+        codec = load_codec(source["codec"], spatial_dims=int(source.get("spatial_dims", volume.ndim)))
+    result = reconstruct(volume, codec)
     if not isinstance(result, Volume):
         raise TypeError(f"reconstruct returned {type(result).__name__}, expected a Volume")
     return result

@@ -13,7 +13,7 @@ A coordinator's spec::
                                  # -2 A much better .. +2 B much better); or a list of
                                  # {id, text, kind: likert|choice|text, scale, anchors, choices}
     methods:                     # candidates generated for every case
-      bicubic4: {codec: bicubic, factor: 4}
+      bicubic4: {codec: bicubic@4}  # any codec spec (medvae_engine.codec.spec)
       starter: {model: starter_4_1_2d}
     cases:
       - id: case01
@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from medvae_engine.errors import InputError
+from medvae_engine.codec.spec import parse_codec
+from medvae_engine.errors import InputError, ModelError
 
 DISPLAYS = ("side_by_side", "blinded_ab")
 QUESTION_KINDS = ("likert", "choice", "text")
@@ -335,7 +336,8 @@ def parse_questions(data: Any, source: str, display: str = "side_by_side") -> tu
 
 
 def parse_candidate(value: Any, where: str, source: str) -> Any:
-    """A candidate source: a file path, {codec: NAME, factor: F} or {model: NAME[, weights: P]}."""
+    """A candidate source: a file path, {codec: SPEC} or {model: NAME[, weights: P]}; the older
+    {codec: MODE, factor: F} is read as {codec: MODE@F}."""
     if isinstance(value, str) and value.strip():
         return value
     if isinstance(value, dict):
@@ -346,17 +348,18 @@ def parse_candidate(value: Any, where: str, source: str) -> Any:
         if "codec" in value and isinstance(value["codec"], str):
             factor = value.get("factor")
             unknown = set(value) - {"codec", "factor", "spatial_dims"}
-            if (
-                isinstance(factor, int)
-                and not isinstance(factor, bool)
-                and factor >= 1
-                and not unknown
-            ):
-                return dict(value)
+            if not unknown and (factor is None or (isinstance(factor, int)
+                                                   and not isinstance(factor, bool))):
+                text = value["codec"] if factor is None else f"{value['codec']}@{factor}"
+                try:
+                    spec = parse_codec(text)
+                except ModelError as e:
+                    raise _fail(source, f"{where}: {e}") from None
+                return {k: v for k, v in value.items() if k != "factor"} | {"codec": str(spec)}
     raise _fail(
         source,
-        f"{where}: a candidate is a file path, {{codec: NAME, factor: F}} or {{model: NAME}}, "
-        f"got {value!r}",
+        f"{where}: a candidate is a file path, {{codec: SPEC}} (e.g. bicubic@4) or "
+        f"{{model: NAME}}, got {value!r}",
     )
 
 

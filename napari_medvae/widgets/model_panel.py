@@ -18,9 +18,9 @@ from medvae_engine.runtime.progress import Progress
 
 from .._layers import layer_kind
 from .._session import (
-    BASELINE_PREFIX,
     build_model_steps,
     get_session,
+    is_baseline,
     model_choices,
     summarize,
     weights_status,
@@ -71,7 +71,7 @@ class ModelWidget(Container):
         self.extend([self.model_choice, self.weights, self.download_button,
                      self.open_weights_button, self.checkpoint, self.device, self.precision,
                      self.load_button, self.cancel_button, self.status, self.summary])
-        self.checkpoint.visible = not state.choice.startswith(BASELINE_PREFIX)
+        self.checkpoint.visible = not is_baseline(state.choice)
         self.model_choice.changed.connect(self._on_choice)
         self.checkpoint.changed.connect(
             lambda v: setattr(state, "checkpoint", "" if str(v) in ("", ".") else str(v)))
@@ -87,7 +87,7 @@ class ModelWidget(Container):
 
     def _on_choice(self, value: str) -> None:
         self.session.state.choice = value
-        self.checkpoint.visible = not value.startswith(BASELINE_PREFIX)
+        self.checkpoint.visible = not is_baseline(value)
         self._show_weights()
 
     def _show_weights(self) -> None:

@@ -23,11 +23,12 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_warning
 
+from medvae_engine.codec.baselines import PIXELS, PixelCodec
+from medvae_engine.codec.spec import load_codec_steps
 from medvae_engine.errors import MedVAEError, ModelError
 from medvae_engine.models.zoo import DEFAULT_SR, SR_MODELS
-from medvae_engine.runtime.progress import Progress
 from medvae_engine.sr.degradations import DEGRADATIONS, lr_scale
-from medvae_engine.sr.pipeline import PIXELS, PixelCodec, SROptions, load_autoencoder
+from medvae_engine.sr.pipeline import SROptions
 from medvae_engine.sr.samplers import DEFAULT_STEPS, SAMPLERS
 
 from .._layers import META_KEY, add_layers, layer_kind, layer_to_volume, volume_to_layer_data
@@ -152,8 +153,7 @@ class SuperResolveWidget(Container):
         if not name:  # e.g. a published latent-sr checkpoint: the user picks it in the Model panel
             return (yield from self.session.model_steps())
         if self._own_autoencoder is None or self._own_autoencoder[0] != name:
-            yield Progress(0, 1, "load autoencoder")
-            self._own_autoencoder = (name, load_autoencoder(name))
+            self._own_autoencoder = (name, (yield from load_codec_steps(name)))
         return self._own_autoencoder[1]
 
     def run(self) -> Job | None:

@@ -10,7 +10,7 @@ from medvae_engine.codec.latents import load_latent
 from medvae_engine.imaging.io import read_volume
 from napari_medvae import demo
 from napari_medvae._sample_data import sample_path
-from napari_medvae._session import BASELINE_PREFIX, default_choice
+from napari_medvae._session import default_choice, is_baseline
 from napari_medvae.widgets._common import grid_of
 
 pytestmark = pytest.mark.gui
@@ -21,7 +21,7 @@ def test_demo_pipeline_writes_geometry_true_outputs_and_screenshots(viewer, sync
     finished = []
     demo.run_pipeline(viewer, image, widgets, lambda: finished.append(True))
     assert finished and grid_of(viewer).enabled and tuple(grid_of(viewer).shape) == (1, 3)
-    starter = default_choice() != BASELINE_PREFIX + "bicubic"
+    starter = not is_baseline(default_choice())
     expected = "model: starter" if starter else "bicubic baseline (starter weights not available yet)"
     assert viewer.canvas.overlays["text"].text.startswith(expected)
     written = {p.name: p for p in demo.write_outputs(viewer, tmp_path, screenshots=True)}

@@ -119,20 +119,14 @@ def test_a_wrong_weights_file_is_a_clear_notification(viewer, sync_jobs, small_o
 def loads_recorded(monkeypatch):
     """The threads in which model weights are loaded (the engine's loader, wrapped)."""
     threads: list[int] = []
-    real = _session.load_model_steps
+    real = _session.load_codec_steps
 
     def recording(*args, **kwargs):
         threads.append(threading.get_ident())
         return (yield from real(*args, **kwargs))
 
-    monkeypatch.setattr(_session, "load_model_steps", recording)
-    real_autoencoder = sr_widget_module.load_autoencoder
-
-    def recording_autoencoder(*args, **kwargs):
-        threads.append(threading.get_ident())
-        return real_autoencoder(*args, **kwargs)
-
-    monkeypatch.setattr(sr_widget_module, "load_autoencoder", recording_autoencoder)
+    monkeypatch.setattr(_session, "load_codec_steps", recording)
+    monkeypatch.setattr(sr_widget_module, "load_codec_steps", recording)
     return threads
 
 

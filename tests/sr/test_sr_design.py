@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from pydicom.data import get_testdata_file
 from safetensors.torch import load_file
 
+from medvae_engine.codec.spec import load_codec
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.imaging.normalization import fit_normalization
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.runtime.progress import run
 from medvae_engine.sr.cli_sr import main
 from medvae_engine.sr.degradations import degrade, resize
-from medvae_engine.sr.pipeline import SROptions, load_autoencoder, super_resolve_steps
+from medvae_engine.sr.pipeline import SROptions, super_resolve_steps
 from medvae_engine.sr.samplers import run_sampler
 from medvae_engine.sr.train_sr import run_sr_training
 from medvae_engine.sr.unet import SRDenoiser, load_sr_model, save_sr_model, unet_config
@@ -85,7 +86,7 @@ def test_residual_zero_prediction_is_the_condition(tiny_ae_dir):
     """A residual model predicting zero returns its condition: for pixel conditioning the AE
     reconstruction of the bicubic-upsampled LR image (computed here through the codec); a
     non-residual model predicting zero does not."""
-    ae = load_autoencoder(str(tiny_ae_dir / "tiny_ae.safetensors"))
+    ae = load_codec(str(tiny_ae_dir / "tiny_ae.safetensors"))
     hr = read_volume(get_testdata_file("MR_small.dcm"))
     norm = fit_normalization(hr.array, hr.modality)
     lr_model = degrade(norm.forward(hr.array), "bicubic", 4)

@@ -12,16 +12,16 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 
+from medvae_engine.codec.baselines import PixelCodec
+from medvae_engine.codec.spec import load_codec
 from medvae_engine.errors import Cancelled, InputError, ModelError
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.models import AutoencoderKL
 from medvae_engine.runtime.progress import run
 from medvae_engine.sr.pipeline import (
-    PixelCodec,
     SROptions,
     hr_affine,
-    load_autoencoder,
     lr_multiple,
     reconstruct_reference_steps,
     super_resolve,
@@ -71,7 +71,7 @@ def test_lr_multiple():
 
 def test_trained_model_on_real_slice(trained_run, tiny_ae_dir, mr_slice):
     sr_model = load_sr_model(trained_run / "sr_model.safetensors")
-    ae = load_autoencoder(str(tiny_ae_dir / "tiny_ae.safetensors"))
+    ae = load_codec(str(tiny_ae_dir / "tiny_ae.safetensors"))
     seen = []
     out = super_resolve(mr_slice, ae, sr_model, SROptions(steps=3, seed=1), progress=seen.append)
     assert out.shape == (256, 256)
@@ -89,7 +89,7 @@ def test_trained_model_on_real_slice(trained_run, tiny_ae_dir, mr_slice):
 def test_volume_slicewise_independent_of_batch_size(mni_block, tiny_ae_dir):
     volume = read_volume(mni_block)
     sr_model = random_sr(3, scale=2)
-    ae = load_autoencoder(str(tiny_ae_dir / "tiny_ae.safetensors"))
+    ae = load_codec(str(tiny_ae_dir / "tiny_ae.safetensors"))
     one = super_resolve(volume, ae, sr_model, SROptions(steps=2, axis=2, batch_size=1))
     three = super_resolve(volume, ae, sr_model, SROptions(steps=2, axis=2, batch_size=3))
     assert one.shape == (80, 96, 3)
@@ -116,7 +116,7 @@ def test_pixels_and_sd_vae_work(tmp_path, mr_slice):
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1, norm_num_groups=32, scaling_factor=0.18215).eval()
     vae.save_pretrained(tmp_path / "sdvae")
-    sd = load_autoencoder(str(tmp_path / "sdvae"))
+    sd = load_codec(str(tmp_path / "sdvae"))
     out = super_resolve(mr_slice, sd, random_sr(4), SROptions(steps=2, sampler="latent-sr"))
     assert out.shape == (256, 256) and np.isfinite(out.array).all()
 
@@ -146,7 +146,7 @@ def test_flow_model_samples_with_flow(mr_slice):
 
 
 def test_reference_reconstruction(mr_slice, tiny_ae_dir):
-    ae = load_autoencoder(str(tiny_ae_dir / "tiny_ae.safetensors"))
+    ae = load_codec(str(tiny_ae_dir / "tiny_ae.safetensors"))
     rec = run(reconstruct_reference_steps(mr_slice, ae))
     assert rec.shape == mr_slice.shape
     np.testing.assert_allclose(rec.affine, mr_slice.affine)

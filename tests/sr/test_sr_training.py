@@ -17,11 +17,12 @@ from safetensors.torch import load_file
 
 import medvae_engine
 from medvae_engine.analysis.metrics import psnr
+from medvae_engine.codec.spec import load_codec
 from medvae_engine.errors import MedVAEError
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.imaging.normalization import fit_normalization
 from medvae_engine.sr.degradations import degrade
-from medvae_engine.sr.pipeline import decode_latents, encode_images, load_autoencoder
+from medvae_engine.sr.pipeline import decode_latents, encode_images
 from medvae_engine.sr.train_sr import load_sr_config, run_sr_training
 from medvae_engine.sr.unet import load_sr_model
 from medvae_engine.training.config import ConfigError
@@ -51,7 +52,7 @@ def test_tiny_run_exports_model_card_and_validation(trained_run, tiny_ae_dir):
     for crop in crops:
         assert np.isclose(windows, crop).all(axis=(2, 3)).any()
     assert crops.std(axis=(1, 2)).min() > 0.01  # not flat background
-    ae = load_autoencoder(str(tiny_ae_dir / "tiny_ae.safetensors"))
+    ae = load_codec(str(tiny_ae_dir / "tiny_ae.safetensors"))
     with torch.no_grad():
         rec = decode_latents(ae, encode_images(ae, torch.from_numpy(crops)[:, None]))[:, 0].numpy()
     unit = lambda a: ((a + 1) / 2).clip(0, 1)  # noqa: E731

@@ -21,8 +21,8 @@ OPINION = {"bicubic4": -1, "nearest4": -2}
 def ab_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("ab")
     spec = spec_from_folders(real_originals(root / "originals"),
-                             {"bicubic4": {"codec": "bicubic", "factor": 4},
-                              "nearest4": {"codec": "nearest", "factor": 4}},
+                             {"bicubic4": {"codec": "bicubic@4"},
+                              "nearest4": {"codec": "nearest@4"}},
                              name="ab", seed=11, display="blinded_ab")
     return create_study(spec, root / "study")
 

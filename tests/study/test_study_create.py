@@ -188,17 +188,17 @@ def test_codec_candidates_use_the_real_bicubic_baseline(folders, tmp_path):
         original, candidate = (read_volume(p) for p in item.images)
         difference = np.abs(original.array - candidate.array).mean()
         assert 0 < difference < 0.5 * np.abs(original.array).mean()  # a lossy but close copy
-        assert truth["candidate"] == {"codec": "bicubic", "factor": 4}
+        assert truth["candidate"] == {"codec": "bicubic@4"}
 
 
 def test_model_candidates_go_through_load_model_and_reconstruct(folders, tmp_path, monkeypatch):
-    # the starter weights are not shipped yet: the model path is checked with stand-ins
-    import medvae_engine
+    # the model path is checked with stand-ins for the codec and the reconstruction
+    from medvae_engine.study import create as create_module
 
     calls = []
-    monkeypatch.setattr(medvae_engine, "load_model",
+    monkeypatch.setattr(create_module, "load_codec",
                         lambda name, weights=None: calls.append((name, weights)) or "codec")
-    monkeypatch.setattr(medvae_engine, "reconstruct",
+    monkeypatch.setattr(create_module, "reconstruct",
                         lambda volume, codec: volume.with_array(volume.array * 0.5))
     spec = spec_from_folders(folders["originals"], {"vae": {"model": "starter_4_1_2d"}})
     study_dir = create_study(spec, tmp_path / "model_study")

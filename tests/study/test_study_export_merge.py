@@ -20,8 +20,8 @@ from medvae_engine.study.export import export_answers
 from medvae_engine.study.merge import merge_logs
 from medvae_engine.study.spec import load_study
 
-METHODS = {"bicubic4": {"codec": "bicubic", "factor": 4},
-           "nearest4": {"codec": "nearest", "factor": 4}}
+METHODS = {"bicubic4": {"codec": "bicubic@4"},
+           "nearest4": {"codec": "nearest@4"}}
 
 
 def run(argv: list[str]) -> int:

@@ -52,7 +52,7 @@ cases:
     assert not spec.navigation and spec.lock_after_submit  # forward only; locked by default
     assert spec.methods == ["bicubic", "vae", "starter"]
     case = spec.cases[0]
-    assert case.candidates["bicubic"] == {"codec": "bicubic", "factor": 4}
+    assert case.candidates["bicubic"] == {"codec": "bicubic@4"}  # the older form, normalised
     assert spec.resolve(case.candidates["vae"]) == tmp_path / "vae/c1.nii.gz"
     ids = [q.id for q in spec.questions]
     assert ids == ["fidelity", "clinical_features", "artifacts", "diagnostic", "notes", "sharp"]
