@@ -33,6 +33,9 @@ class SourceSpec:
     axes: list[int] | None = None  # volume axes 2D slices are taken along (default data.axes)
     modality: str = "auto"  # auto, ct, mri, xray, other
     series_uid: str | None = None  # DICOM folders holding several series
+    # part of the image used, per array axis [start, stop) as fractions of its length (null: all);
+    # lets one half of an image train while the other half is held out
+    region: list[list[float] | None] | None = None
 
 
 @dataclasses.dataclass
@@ -65,6 +68,9 @@ class DataSection:
     batch_size: int = 8  # per process and micro-step
     workers: int = 0  # DataLoader worker processes
     val_crop: int = 128  # side of the centred validation crop (3D: cube side is data.patch)
+    flat_share: float = 0.0  # 2D/3D: share of crops drawn flat on purpose (SD <= MIN_CROP_STD)
+    large_crop: list[int] = dataclasses.field(default_factory=list)  # 2D side [min, max] ...
+    large_share: float = 0.0  # ... used by this share of the steps instead of data.crop
     augment: AugmentSection = dataclasses.field(default_factory=AugmentSection)
 
 
@@ -250,6 +256,18 @@ def check_semantics(config: TrainConfig, source: str) -> None:
         fail("data.train", "must list at least one source")
     if len(config.data.crop) != 2 or not 0 < config.data.crop[0] <= config.data.crop[1]:
         fail("data.crop", f"must be [min, max] with 0 < min <= max, got {config.data.crop}")
+    if config.data.large_share > 0 and (
+            len(config.data.large_crop) != 2
+            or not 0 < config.data.large_crop[0] <= config.data.large_crop[1]):
+        fail("data.large_crop", "must be [min, max] with 0 < min <= max when data.large_share > 0, "
+             f"got {config.data.large_crop}")
+    for name in ("flat_share", "large_share"):
+        if not 0.0 <= getattr(config.data, name) <= 1.0:
+            fail(f"data.{name}", "must be a share in [0, 1]")
+    for section in ("train", "val"):
+        for i, spec in enumerate(getattr(config.data, section)):
+            if spec.region is not None:
+                check_region(spec.region, lambda why, k=f"data.{section}[{i}].region": fail(k, why))
     if any(a not in (0, 1, 2) for a in config.data.axes):
         fail("data.axes", f"must hold axes among 0, 1, 2, got {config.data.axes}")
     for name in ("batch_size", "patch", "val_crop"):
@@ -289,6 +307,15 @@ def check_semantics(config: TrainConfig, source: str) -> None:
              f"{adv.layers} needs crops of at least {3 * 2**adv.layers}, the smallest is {smallest}")
     if config.stage != "stage1" and config.model.init == "scratch":
         fail("model.init", f"must be a checkpoint or model name for {config.stage}")
+
+
+def check_region(region: list, fail) -> None:
+    """A region is one entry per array axis: null (the whole axis) or [start, stop] fractions."""
+    if not region:
+        fail("must list one entry per image axis (null or [start, stop] fractions)")
+    for bounds in region:
+        if bounds is not None and (len(bounds) != 2 or not 0.0 <= bounds[0] < bounds[1] <= 1.0):
+            fail(f"entries must be null or [start, stop] with 0 <= start < stop <= 1, got {bounds}")
 
 
 def resolve_path(config: TrainConfig, path: str) -> Path:

@@ -27,6 +27,7 @@ IMAGE_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".
 NIBABEL_FILES = {"example4d": "example4d.nii.gz", "anatomical": "anatomical.nii"}
 MIN_CROP_STD = 0.02  # crops flatter than this (empty background) are redrawn
 REDRAWS = 10
+FLAT_REDRAWS = 50  # a crop wanted flat (data.flat_share) is looked for longer: flat areas are rare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,7 @@ class ImageRef:
     modality: str
     series_uid: str | None
     label: str
+    region: tuple[tuple[float, float] | None, ...] | None = None  # fractions per array axis
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -95,11 +97,22 @@ def expand_source(spec: SourceSpec, config: TrainConfig) -> list[ImageRef]:
             paths = [root]
         else:
             raise ConfigError(f"{root}: data source not found")
+    region = _region_tuple(spec.region)
     return [
         ImageRef(p, spec.frame, axes, spec.modality, spec.series_uid,
-                 spec.path if len(paths) == 1 else str(p))
+                 _region_label(spec.path if len(paths) == 1 else str(p), region), region)
         for p in paths
     ]
+
+
+def _region_tuple(region: list | None) -> tuple | None:
+    return None if region is None else tuple(None if b is None else tuple(b) for b in region)
+
+
+def _region_label(label: str, region: tuple | None) -> str:
+    if region is None:
+        return label
+    return label + "[" + ", ".join(":" if b is None else f"{b[0]:g}:{b[1]:g}" for b in region) + "]"
 
 
 def _is_image(path: Path) -> bool:
@@ -123,8 +136,9 @@ def _csv_refs(path: Path, spec: SourceSpec, axes: tuple[int, ...]) -> list[Image
         if not p.exists():
             raise ConfigError(f"{path}: listed image {p} not found")
         frame = int(rec["frame"]) if rec.get("frame") else spec.frame
+        region = _region_tuple(spec.region)
         refs.append(ImageRef(p, frame, axes, rec.get("modality") or spec.modality,
-                             spec.series_uid, str(p)))
+                             spec.series_uid, _region_label(str(p), region), region))
     return refs
 
 
@@ -133,7 +147,39 @@ def load_image(ref: ImageRef) -> np.ndarray:
     volume = read_volume(ref.path, frame=ref.frame, series_uid=ref.series_uid,
                          modality=ref.modality)
     norm = fit_normalization(volume.array, volume.modality)
-    return np.ascontiguousarray(norm.forward(volume.array), dtype=np.float32)
+    array = norm.forward(volume.array)
+    if ref.region is not None:
+        array = array[region_slices(ref, array.shape)]
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def region_slices(ref: ImageRef, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """The pixel slices of ``ref.region`` in an image of this shape (normalised on the whole
+    image first, so a region's intensities match the whole image's)."""
+    if len(ref.region) != len(shape):
+        raise ConfigError(f"{ref.path}: region lists {len(ref.region)} axes, the image has "
+                          f"{len(shape)} (shape {tuple(shape)})")
+    out = []
+    for b, n in zip(ref.region, shape, strict=True):
+        start, stop = (0, n) if b is None else (round(b[0] * n), round(b[1] * n))
+        if stop <= start:
+            raise ConfigError(f"{ref.path}: region {b} holds no pixel of an axis of length {n}")
+        out.append(slice(start, stop))
+    return tuple(out)
+
+
+def regions_overlap(a: ImageRef, b: ImageRef) -> bool:
+    """Whether two references to the same image can share a pixel (no region: the whole image)."""
+    if a.key != b.key:
+        return False
+    if a.region is None or b.region is None:
+        return True
+    if len(a.region) != len(b.region):
+        return True
+    for x, y in zip(a.region, b.region, strict=True):
+        if x is not None and y is not None and (x[1] <= y[0] or y[1] <= x[0]):
+            return False
+    return True
 
 
 @dataclasses.dataclass
@@ -146,13 +192,14 @@ def load_sources(config: TrainConfig) -> tuple[ImageSet, ImageSet]:
     """Training and held-out validation images; a validation image can never be a training one."""
     train_refs = [r for s in config.data.train for r in expand_source(s, config)]
     val_refs = [r for s in config.data.val for r in expand_source(s, config)]
-    overlap = {r.key for r in train_refs} & {r.key for r in val_refs}
-    if overlap:
-        path, frame = sorted(overlap, key=str)[0]
-        raise ConfigError(
-            f"{path}: listed both for training and held-out validation (frame {frame}); "
-            "a held-out image must not be trained on"
-        )
+    for t in train_refs:
+        for v in val_refs:
+            if regions_overlap(t, v):
+                path, frame = t.key
+                raise ConfigError(
+                    f"{path}: listed both for training and held-out validation (frame {frame}) "
+                    "with overlapping regions; a held-out image (or region) must not be trained on"
+                )
     train = ImageSet(train_refs, [load_image(r) for r in train_refs])
     val = ImageSet(val_refs, [load_image(r) for r in val_refs])
     if config.stage == "stage2_3d":
@@ -175,7 +222,7 @@ class PatchDataset(Dataset):
     def __init__(self, images: ImageSet, config: TrainConfig, factor: int, in_channels: int,
                  global_batch: int, spatial_dims: int, held_out: ImageSet | None = None):
         if held_out is not None:
-            assert not {r.key for r in images.refs} & {r.key for r in held_out.refs}
+            assert not any(regions_overlap(t, v) for t in images.refs for v in held_out.refs)
         self.arrays = images.arrays
         self.axes = [r.axes for r in images.refs]
         self.seed = config.seed
@@ -187,20 +234,34 @@ class PatchDataset(Dataset):
         self.sides = list(range(_round_up(lo, factor), max(_round_up(lo, factor), hi) + 1, factor))
         self.patch = _round_up(config.data.patch, factor)
         self.augment = config.data.augment
+        self.flat_share = getattr(config.data, "flat_share", 0.0)
+        self.large_share = getattr(config.data, "large_share", 0.0)
+        if self.large_share > 0:
+            lo, hi = config.data.large_crop
+            self.large_sides = list(range(_round_up(lo, factor),
+                                          max(_round_up(lo, factor), hi) + 1, factor))
 
     def __len__(self) -> int:
         return 2**62
 
     def crop_side(self, step: int) -> int:
-        """The 2D crop side shared by every crop of a step."""
-        return int(np.random.default_rng([self.seed, step]).choice(self.sides))
+        """The 2D crop side shared by every crop of a step (a large side at ``large_share`` of the
+        steps, drawn from its own stream so recipes without large crops keep their crops)."""
+        side = int(np.random.default_rng([self.seed, step]).choice(self.sides))
+        if self.large_share > 0:
+            rng = np.random.default_rng([self.seed, step, 3])
+            if rng.random() < self.large_share:
+                side = int(rng.choice(self.large_sides))
+        return side
 
     def __getitem__(self, index: int) -> torch.Tensor:
         step, i = divmod(index, self.global_batch)
         rng = np.random.default_rng([self.seed, step, i, 1])
-        for _ in range(REDRAWS):
+        want_flat = self.flat_share > 0 and np.random.default_rng(
+            [self.seed, step, i, 2]).random() < self.flat_share
+        for _ in range(FLAT_REDRAWS if want_flat else REDRAWS):  # flat crops redrawn, or kept only
             crop = self._draw(rng, step)
-            if crop.std() > MIN_CROP_STD:
+            if (crop.std() <= MIN_CROP_STD) == want_flat:
                 break
         crop = augment(crop, rng, self.augment)
         t = torch.from_numpy(np.ascontiguousarray(crop))[None]
