@@ -12,6 +12,10 @@ class InputError(MedVAEError):
     """An input file is unreadable, corrupt, of the wrong dimensionality or holds NaN/Inf."""
 
 
+class ConfigError(MedVAEError):
+    """A configuration (training YAML, data source) that does not match its schema."""
+
+
 class ModelError(MedVAEError):
     """An unknown model name, or a checkpoint that does not match the architecture."""
 

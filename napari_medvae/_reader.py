@@ -14,6 +14,7 @@ from pathlib import Path
 from napari.utils.notifications import show_error
 
 from medvae_engine.codec.latents import load_latent, sidecar_path
+from medvae_engine.data.files import VOLUME_SUFFIXES
 from medvae_engine.errors import MedVAEError
 from medvae_engine.imaging.atomic import full_suffix
 from medvae_engine.imaging.dicom import is_dicom_file
@@ -22,7 +23,6 @@ from medvae_engine.imaging.io import read_volume
 from ._display import install_on_current_viewer
 from ._layers import latent_to_layer_data, volume_to_layer_data
 
-SUFFIXES = (".nii", ".nii.gz", ".dcm", ".dicom", ".mha", ".mhd", ".nrrd", ".nhdr")
 NULL_LAYER = [(None,)]  # npe2: "handled, no layer" (the error was shown as a notification)
 
 
@@ -37,7 +37,7 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
 def _accepts(path: Path) -> bool:
     if path.is_dir():
         return any(is_dicom_file(p) for p in list(_files(path))[:20])
-    return full_suffix(path) in SUFFIXES
+    return full_suffix(path) in VOLUME_SUFFIXES  # napari reads pictures itself
 
 
 def _files(folder: Path):

@@ -22,6 +22,7 @@ import numpy as np
 from medvae_engine.benchmarks.quality import scored_range, scores
 from medvae_engine.benchmarks.sr import degrade_in_model_space
 from medvae_engine.codec.pipeline import reconstruct
+from medvae_engine.data.sources import resolve_builtin
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.models import load_model, save_model
 from medvae_engine.models.checkpoints import file_sha256, read_state_dict
@@ -29,7 +30,6 @@ from medvae_engine.models.zoo import PACKAGE_WEIGHTS, SR_MODELS, get_spec
 from medvae_engine.runtime.progress import run
 from medvae_engine.sr.pipeline import SROptions, super_resolve_steps
 from medvae_engine.sr.unet import load_sr_model, save_sr_model
-from medvae_engine.training.data import resolve_builtin
 
 
 def main(argv: list[str] | None = None) -> int:

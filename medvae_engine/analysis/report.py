@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..codec.spec import DEFAULT_FACTOR, load_codec
+from ..data.files import image_stem, is_image_file
 from ..errors import InputError, OutputError
 from ..imaging.volume import Volume
 from .hallucination import hallucination
@@ -46,8 +47,6 @@ from .spectrum import radial_spectrum, radial_spectrum_slices
 from .stats import paired_comparison
 from .wavelets import SUBBANDS_2D, subband_psnr, subband_psnr_slices
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".jpg",
-                  ".jpeg", ".tif", ".tiff")
 AE_NAME = "ae"
 
 
@@ -133,15 +132,6 @@ def parse_box(text: str) -> list[tuple[int, int]]:
         raise InputError(f"--box {text!r}: expected A0:A1,B0:B1[,C0:C1]") from None
 
 
-def case_key(path: Path) -> str:
-    """File name without its image suffix: the key matching files across folders."""
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def list_cases(folder: Path) -> dict[str, Path]:
     """Images in ``folder`` by case key: files with an image suffix, and sub-folders (DICOM
     series)."""
@@ -149,8 +139,8 @@ def list_cases(folder: Path) -> dict[str, Path]:
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
             continue
-        if p.is_dir() or p.name.lower().endswith(IMAGE_SUFFIXES):
-            cases[case_key(p)] = p
+        if p.is_dir() or is_image_file(p):
+            cases[image_stem(p)] = p
     if not cases:
         raise InputError(f"{folder}: no images found")
     return cases
@@ -164,7 +154,7 @@ def match_inputs(reference: Path, others: dict[str, Path]) -> list[tuple[str, Pa
         for name, p in others.items():
             if not p.exists():
                 raise InputError(f"{p}: no such file ({name})")
-        return [(case_key(reference), reference, dict(others))]
+        return [(image_stem(reference), reference, dict(others))]
     refs = list_cases(reference)
     listed = {}
     for name, folder in others.items():
@@ -186,7 +176,7 @@ def is_dicom_series(folder: Path) -> bool:
     """A folder of files without image suffixes (IM0001, ...) is one DICOM series, not cases."""
     files = [p for p in folder.iterdir() if not p.name.startswith(".")]
     return bool(files) and all(
-        p.is_file() and not p.name.lower().endswith(IMAGE_SUFFIXES) for p in files)
+        p.is_file() and not is_image_file(p) for p in files)
 
 
 def _read(path: Path, modality: str) -> Volume:

@@ -244,8 +244,8 @@ def _central(a: np.ndarray) -> np.ndarray:
 
 def read_reference(ref: str):
     """A held-out image: a file path or builtin:<package>/<name>."""
+    from ..data.sources import resolve_builtin
     from ..imaging.io import read_volume
-    from ..training.data import resolve_builtin
 
     path = resolve_builtin(ref.removeprefix("builtin:")) if ref.startswith("builtin:") else Path(ref)
     return read_volume(path)

@@ -20,10 +20,10 @@ import torch
 
 from ..codec.pipeline import pad_to_multiple
 from ..codec.spec import load_codec, parse_codec
+from ..data.sources import ImageRef, load_image
 from ..errors import InputError, ModelError
 from ..imaging.atomic import atomic_write_bytes
 from ..models import weights_sha256
-from ..training.data import ImageRef, load_image
 
 
 @dataclasses.dataclass

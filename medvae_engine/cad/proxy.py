@@ -14,8 +14,9 @@ from collections.abc import Generator
 
 import numpy as np
 
+from ..data.sources import ImageRef, load_image, resolve_builtin
 from ..errors import InputError
-from ..training.data import MIN_CROP_STD, ImageRef, load_image, resolve_builtin
+from ..training.data import MIN_CROP_STD
 from .datasets import cached_represent, load_input
 from .train import Split, TrainSettings, evaluate_inputs
 

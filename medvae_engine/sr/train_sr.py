@@ -33,18 +33,12 @@ from .. import __version__
 from ..analysis.metrics import psnr
 from ..codec.baselines import PIXELS
 from ..codec.spec import load_codec
-from ..errors import MedVAEError
+from ..data.sources import SourceSpec, expand_source, load_image
+from ..errors import ConfigError, MedVAEError
 from ..imaging.atomic import atomic_write, atomic_write_text
 from ..models import weights_sha256
-from ..training.config import (
-    AugmentSection,
-    ConfigError,
-    SourceSpec,
-    _build,
-    read_yaml_config,
-    resolve_path,
-)
-from ..training.data import ImageSet, PatchDataset, expand_source, load_image
+from ..training.config import AugmentSection, _build, read_yaml_config, resolve_path
+from ..training.data import ImageSet, PatchDataset
 from ..training.trainer import (
     Distributed,
     MetricsLog,
@@ -297,8 +291,8 @@ def _encode_upsampled(autoencoder, lr: torch.Tensor, size: tuple[int, int]) -> t
 
 def build_latent_cache(config: SRTrainConfig, autoencoder, multiple: int) -> dict:
     """Draw, degrade and encode the training and validation crops once."""
-    train_refs = [r for s in config.data.train for r in expand_source(s, config)]
-    val_refs = [r for s in config.data.val for r in expand_source(s, config)]
+    train_refs = [r for s in config.data.train for r in expand_source(s, config.data.axes, config.base_dir)]
+    val_refs = [r for s in config.data.val for r in expand_source(s, config.data.axes, config.base_dir)]
     if {r.key for r in train_refs} & {r.key for r in val_refs}:
         raise ConfigError("a validation image is also listed for training; keep it held out")
     train = ImageSet(train_refs, [load_image(r) for r in train_refs])

@@ -33,6 +33,7 @@ import yaml
 
 from medvae_engine.codec.pipeline import reconstruct
 from medvae_engine.codec.spec import load_codec
+from medvae_engine.data.files import image_stem
 from medvae_engine.errors import InputError, OutputError
 from medvae_engine.imaging.atomic import atomic_write_text
 from medvae_engine.imaging.normalization import fit_normalization
@@ -50,19 +51,6 @@ from medvae_engine.study.spec import (
 )
 
 IMAGE_DIR = "images"
-IMAGE_SUFFIXES = (
-    ".nii.gz",
-    ".nii",
-    ".dcm",
-    ".mha",
-    ".mhd",
-    ".nrrd",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".tif",
-    ".tiff",
-)
 
 
 def sha256_file(path: Path) -> str:
@@ -74,15 +62,6 @@ def sha256_file(path: Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def image_stem(path: Path) -> str:
-    """A file's name without its image suffix (scan01.nii.gz -> scan01); folders keep their name."""
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix) and not path.is_dir():
-            return name[: -len(suffix)]
-    return name
 
 
 def _image_entries(folder: Path) -> dict[str, Path]:

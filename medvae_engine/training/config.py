@@ -15,27 +15,10 @@ from typing import Literal, Union
 
 import yaml
 
-from ..errors import MedVAEError
+from ..data.sources import SourceSpec
+from ..errors import ConfigError
 
 STAGES = ("stage1", "stage2_2d", "stage2_3d")
-
-
-class ConfigError(MedVAEError):
-    """A training YAML that does not match the schema."""
-
-
-@dataclasses.dataclass
-class SourceSpec:
-    """A data source: a file, folder, CSV list or ``builtin:`` name (a plain string is its path)."""
-
-    path: str
-    frame: int | None = None  # 4D images: which frame
-    axes: list[int] | None = None  # volume axes 2D slices are taken along (default data.axes)
-    modality: str = "auto"  # auto, ct, mri, xray, other
-    series_uid: str | None = None  # DICOM folders holding several series
-    # part of the image used, per array axis [start, stop) as fractions of its length (null: all);
-    # lets one half of an image train while the other half is held out
-    region: list[list[float] | None] | None = None
 
 
 @dataclasses.dataclass

@@ -7,14 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import TINY
 from pydicom.data import get_testdata_file
 
 from medvae_engine.codec.latents import load_latent
 from medvae_engine.codec.pipeline import encode
+from medvae_engine.data.files import VOLUME_SUFFIXES
 from medvae_engine.imaging.io import read_volume, write_volume
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.models import AutoencoderKL, load_model
+from napari_medvae import _reader
 from napari_medvae._layers import (
     display_geometry,
     latent_to_layer_data,
@@ -137,3 +140,10 @@ def test_3d_latent_of_a_non_ras_volume_overlays_it_and_round_trips(tmp_path, mri
     back = load_latent(written)
     np.testing.assert_array_equal(back.array, latent.array)
     np.testing.assert_allclose(back.affine, latent.affine)
+
+
+def test_manifest_patterns_follow_the_engine_suffix_table():
+    """napari.yaml's reader patterns are the volume suffixes the engine's readers handle."""
+    manifest = yaml.safe_load((Path(_reader.__file__).parent / "napari.yaml").read_text())
+    patterns = manifest["contributions"]["readers"][0]["filename_patterns"]
+    assert sorted(p.removeprefix("*") for p in patterns) == sorted(VOLUME_SUFFIXES)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medvae_engine.errors import MedVAEError
-from medvae_engine.training.config import ConfigError, load_config
+from medvae_engine.errors import ConfigError, MedVAEError
+from medvae_engine.training.config import load_config
 from medvae_engine.training.data import load_sources
 
 CONFIGS = Path(__file__).resolve().parents[2] / "medvae_engine" / "configs"

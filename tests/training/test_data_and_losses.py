@@ -8,6 +8,7 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 
+from medvae_engine.data.sources import resolve_builtin
 from medvae_engine.errors import MedVAEError, ModelError, WeightsNotFoundError
 from medvae_engine.models.lpips import BACKBONE_FILES, Lpips
 from medvae_engine.training.config import load_config
@@ -16,7 +17,6 @@ from medvae_engine.training.data import (
     StepBatches,
     augment,
     load_sources,
-    resolve_builtin,
     train_loader,
 )
 from medvae_engine.training.embedders import build_embedder

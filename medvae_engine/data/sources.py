@@ -1,0 +1,185 @@
+"""Image references: what a data source (file, folder, CSV list, ``builtin:`` name) stands for.
+
+``builtin:`` names reach the real images bundled with pydicom, pydicom-data, nilearn, dipy and
+nibabel through the packages' own APIs. Training, SR training, CAD and the benchmarks read their
+images through these references.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..imaging.io import read_volume
+from ..imaging.normalization import fit_normalization
+from .files import IMAGE_SUFFIXES, is_image_file
+
+NIBABEL_FILES = {"example4d": "example4d.nii.gz", "anatomical": "anatomical.nii"}
+
+
+@dataclasses.dataclass
+class SourceSpec:
+    """A data source: a file, folder, CSV list or ``builtin:`` name (a plain string is its path)."""
+
+    path: str
+    frame: int | None = None  # 4D images: which frame
+    axes: list[int] | None = None  # volume axes 2D slices are taken along (default data.axes)
+    modality: str = "auto"  # auto, ct, mri, xray, other
+    series_uid: str | None = None  # DICOM folders holding several series
+    # part of the image used, per array axis [start, stop) as fractions of its length (null: all);
+    # lets one half of an image train while the other half is held out
+    region: list[list[float] | None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRef:
+    """One image to read: a file (or DICOM folder) plus how to read and slice it."""
+
+    path: Path
+    frame: int | None
+    axes: tuple[int, ...]
+    modality: str
+    series_uid: str | None
+    label: str
+    region: tuple[tuple[float, float] | None, ...] | None = None  # fractions per array axis
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        return (str(self.path.resolve()), self.frame)
+
+
+def resolve_builtin(name: str) -> Path:
+    """The file behind ``builtin:<package>/<name>``, found through the package's own API."""
+    package, _, item = name.partition("/")
+    path = None
+    try:
+        if package in ("pydicom", "pydicom-data"):
+            from pydicom.data import get_testdata_file
+
+            found = get_testdata_file(item)
+            path = Path(found) if found else None
+        elif package == "nilearn" and item == "mni152":
+            from nilearn.datasets import MNI152_FILE_PATH
+
+            path = Path(MNI152_FILE_PATH)
+        elif package == "dipy" and item.startswith("S0_10"):
+            from dipy.data import get_fnames
+
+            path = Path(get_fnames(name="S0_10"))
+        elif package == "nibabel":
+            from nibabel.testing import data_path
+
+            path = Path(data_path) / NIBABEL_FILES.get(item, item)
+    except ImportError as e:
+        raise ConfigError(f"builtin:{name}: needs the {e.name} package") from None
+    if path is None or not path.exists():
+        raise ConfigError(
+            f"builtin:{name}: unknown or missing (known: pydicom/<test file>, nilearn/mni152, "
+            f"dipy/S0_10slices, nibabel/example4d, nibabel/anatomical)"
+        )
+    return path
+
+
+def expand_source(spec: SourceSpec, default_axes: Sequence[int],
+                  base_dir: str | Path) -> list[ImageRef]:
+    """The images one source stands for (relative paths are relative to ``base_dir``)."""
+    axes = tuple(spec.axes if spec.axes is not None else default_axes)
+    if spec.path.startswith("builtin:"):
+        paths = [resolve_builtin(spec.path.removeprefix("builtin:"))]
+    else:
+        root = Path(spec.path).expanduser()
+        root = root if root.is_absolute() else Path(base_dir) / root
+        if root.is_dir():
+            paths = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+            if not paths:
+                known = ", ".join(IMAGE_SUFFIXES)
+                raise ConfigError(f"{root}: data folder holds no images ({known})")
+        elif root.suffix.lower() == ".csv":
+            return [dataclasses.replace(r, axes=axes) for r in _csv_refs(root, spec, axes)]
+        elif root.exists():
+            paths = [root]
+        else:
+            raise ConfigError(f"{root}: data source not found")
+    region = _region_tuple(spec.region)
+    return [
+        ImageRef(p, spec.frame, axes, spec.modality, spec.series_uid,
+                 _region_label(spec.path if len(paths) == 1 else str(p), region), region)
+        for p in paths
+    ]
+
+
+def _region_tuple(region: list | None) -> tuple | None:
+    return None if region is None else tuple(None if b is None else tuple(b) for b in region)
+
+
+def _region_label(label: str, region: tuple | None) -> str:
+    if region is None:
+        return label
+    return label + "[" + ", ".join(":" if b is None else f"{b[0]:g}:{b[1]:g}" for b in region) + "]"
+
+
+def _csv_refs(path: Path, spec: SourceSpec, axes: tuple[int, ...]) -> list[ImageRef]:
+    rows = [r for r in csv.reader(path.read_text(encoding="utf-8").splitlines()) if r]
+    if not rows:
+        raise ConfigError(f"{path}: CSV list is empty")
+    header = [h.strip().lower() for h in rows[0]]
+    if "path" in header:
+        records = [dict(zip(header, (c.strip() for c in r), strict=False)) for r in rows[1:]]
+    else:
+        records = [{"path": r[0].strip()} for r in rows]
+    refs = []
+    for rec in records:
+        p = Path(rec["path"]).expanduser()
+        p = p if p.is_absolute() else path.parent / p
+        if not p.exists():
+            raise ConfigError(f"{path}: listed image {p} not found")
+        frame = int(rec["frame"]) if rec.get("frame") else spec.frame
+        region = _region_tuple(spec.region)
+        refs.append(ImageRef(p, frame, axes, rec.get("modality") or spec.modality,
+                             spec.series_uid, _region_label(str(p), region), region))
+    return refs
+
+
+def load_image(ref: ImageRef) -> np.ndarray:
+    """Read one image and map it to model space [-1, 1] with the engine's modality normalisation."""
+    volume = read_volume(ref.path, frame=ref.frame, series_uid=ref.series_uid,
+                         modality=ref.modality)
+    norm = fit_normalization(volume.array, volume.modality)
+    array = norm.forward(volume.array)
+    if ref.region is not None:
+        array = array[region_slices(ref, array.shape)]
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def region_slices(ref: ImageRef, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """The pixel slices of ``ref.region`` in an image of this shape (normalised on the whole
+    image first, so a region's intensities match the whole image's)."""
+    if len(ref.region) != len(shape):
+        raise ConfigError(f"{ref.path}: region lists {len(ref.region)} axes, the image has "
+                          f"{len(shape)} (shape {tuple(shape)})")
+    out = []
+    for b, n in zip(ref.region, shape, strict=True):
+        start, stop = (0, n) if b is None else (round(b[0] * n), round(b[1] * n))
+        if stop <= start:
+            raise ConfigError(f"{ref.path}: region {b} holds no pixel of an axis of length {n}")
+        out.append(slice(start, stop))
+    return tuple(out)
+
+
+def regions_overlap(a: ImageRef, b: ImageRef) -> bool:
+    """Whether two references to the same image can share a pixel (no region: the whole image)."""
+    if a.key != b.key:
+        return False
+    if a.region is None or b.region is None:
+        return True
+    if len(a.region) != len(b.region):
+        return True
+    for x, y in zip(a.region, b.region, strict=True):
+        if x is not None and y is not None and (x[1] <= y[0] or y[1] <= x[0]):
+            return False
+    return True
