@@ -24,6 +24,7 @@ xvfb:
 
 test: $(STAMP) xvfb
 	$(VENV)/bin/ruff check medvae_engine napari_medvae tests scripts
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 demo: $(STAMP) xvfb
@@ -35,6 +36,7 @@ screenshots: $(STAMP) xvfb
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check medvae_engine napari_medvae tests scripts
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(VENV)/bin/medvae bench speed

@@ -3,14 +3,13 @@
 No Qt anywhere in this package. Public entry points are re-exported here.
 """
 
-__version__ = "0.1.0"
-
 from .codec.latents import Latent, load_latent, save_latent
 from .codec.pipeline import CodecOptions, decode, encode, reconstruct
 from .errors import MedVAEError  # noqa: E402
 from .imaging.volume import Volume  # noqa: E402
 from .models import list_models, load_model  # noqa: E402
 from .runtime.progress import Progress
+from .version import __version__  # noqa: E402
 
 __all__ = [
     "CodecOptions",

@@ -7,14 +7,16 @@ the output path (every writer is atomic).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
-from . import __version__
 from .codec.spec import load_codec
 from .errors import InputError, MedVAEError, OutputError
+from .version import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,11 +437,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        from napari_medvae.demo import main as demo_main
-    except ImportError as e:
-        raise InputError(f"the demo needs napari (pip install 'napari-medvae[napari]'): {e}") from None
-    return demo_main((["--headless"] if args.headless else []) + ["--out", args.out])
+    """Run the plugin's demo in its own interpreter: the engine never imports napari or Qt."""
+    if importlib.util.find_spec("napari") is None or importlib.util.find_spec("napari_medvae") is None:
+        raise InputError("the demo needs napari (pip install 'napari-medvae[napari]')")
+    command = [sys.executable, "-m", "napari_medvae.demo", "--out", args.out]
+    return subprocess.call(command + (["--headless"] if args.headless else []))
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..imaging.atomic import atomic_write, atomic_write_text
 from ..imaging.normalization import Normalization
 from ..imaging.orientation import reorient, reoriented_affine, reoriented_shape
+from ..version import __version__
 
 FORMAT_VERSION = 2  # 2: orientation / image_orientation (absent in 1: the image's voxel order)
 
@@ -102,8 +103,6 @@ class Latent:
         return float(np.prod(self.image_shape)) / float(self.array.size)
 
     def sidecar(self) -> dict[str, Any]:
-        from .. import __version__
-
         return {
             "format": "medvae-latent",
             "format_version": FORMAT_VERSION,

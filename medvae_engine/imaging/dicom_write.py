@@ -32,11 +32,11 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
-from medvae_engine import __version__
 from medvae_engine.errors import OutputError
 from medvae_engine.imaging.atomic import first_line
 from medvae_engine.imaging.dicom import LPS_TO_RAS, PSEUDONYMS_KEY
 from medvae_engine.imaging.volume import Volume
+from medvae_engine.version import __version__
 
 # Patient- and study-level fields copied from the source only with keep_phi.
 STUDY_PHI_KEYS = (

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import __version__
 from ..analysis.metrics import psnr
 from ..codec.baselines import PIXELS
 from ..codec.spec import load_codec
@@ -48,6 +47,7 @@ from ..training.trainer import (
     _set_rng_states,
     run_folder,
 )
+from ..version import __version__
 from .degradations import degrade, lr_scale
 from .objectives import diffuse, diffusion_target, flow_interpolate, flow_target, regression_loss
 from .pipeline import (
