@@ -178,7 +178,7 @@ def test_device_cuda_means_the_local_rank_gpu(tmp_path, capsys, monkeypatch, tin
         code, _, err = _cli(capsys, "encode", MR, "-m", tiny_2d_path, "--device", "cuda",
                             "-o", tmp_path / "x.latent.nii.gz")
         assert code == 2 and "'cuda:1'" in err, err
-    from medvae_engine.codec.dataset import rank_device
+    from medvae_engine.runtime.distributed import rank_device
 
     assert rank_device("cuda", {"LOCAL_RANK": "3"}) == "cuda:3"
     assert rank_device("cuda", {}) == "cuda"
@@ -289,13 +289,13 @@ def test_reader_thread_reads_ahead_and_stops_when_the_generator_is_closed(tmp_pa
     encoder = Encoder(lambda ndim: model, CodecOptions(batch_size=1))
     steps = encode_dataset(jobs, read, encoder, prefetch=2)
     first = next(steps)
-    assert first.status == "encoded" and first.target.is_file()
+    assert first.stage == "encoded" and first.payload.target.is_file()
     assert len(_reader_threads()) == 1  # still reading ahead
     steps.close()
     assert _reader_threads() == []
     assert set(readers) == {"medvae-dataset-reader"} and len(readers) <= 1 + 1 + 2  # bounded
-    assert sorted((tmp_path / "out").glob("*.latent.nii.gz")) == [first.target]
-    np.testing.assert_array_equal(load_latent(first.target).array,
+    assert sorted((tmp_path / "out").glob("*.latent.nii.gz")) == [first.payload.target]
+    np.testing.assert_array_equal(load_latent(first.payload.target).array,
                                   encode(read_volume(paths[0]), model).array)
 
 
@@ -311,7 +311,7 @@ def test_prefetched_failure_is_recorded_and_the_batch_encoded(tmp_path):
     statuses = []
     try:
         while True:
-            statuses.append(next(steps).status)
+            statuses.append(next(steps).stage)
     except StopIteration as stop:
         summary = stop.value
     assert sorted(statuses) == ["encoded"] * 5 + ["failed"]
