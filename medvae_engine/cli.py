@@ -374,7 +374,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         write_failures(out, [])  # a failures list from an earlier run no longer holds
     mine = drive(encode_dataset(jobs, lambda item: _read(item.path, args), encoder,
                                 identity if many else None, keep_going=many),
-                 "encode dataset", unit="input", report=report, terminal_only=not many)
+                 "encode dataset", unit="input", report=report, terminal_only=True)
     summary = gather(mine, world)
     if not many:
         return 0

@@ -350,3 +350,28 @@ def test_failed_batch_is_retried_one_input_at_a_time(tmp_path):
     for path in paths:
         got = load_latent(tmp_path / "out" / path.name.replace(".nii.gz", ".latent.nii.gz")).array
         np.testing.assert_array_equal(got, encode(read_volume(path), model).array)
+
+
+def test_progress_of_each_input_carries_its_outcome(tmp_path):
+    """The one Progress protocol: stage says what happened to each input, the payload which input,
+    its target and its latent or its one-line error; a truncated real slice is reported failed."""
+    paths = _mni_slices(tmp_path / "data", 4)
+    paths[1].write_bytes(paths[1].read_bytes()[:300])
+    jobs = [(i, tmp_path / "out" / i.latent) for i in find_inputs([tmp_path / "data"])]
+    model = tiny_model(2)
+    seen = []
+    summary = run(encode_dataset(jobs, lambda item: read_volume(item.path),
+                                 Encoder(lambda ndim: model, CodecOptions(batch_size=2))),
+                  seen.append)
+    assert [p.done for p in seen] == [1, 2, 3, 4] and {p.total for p in seen} == {4}
+    failed = [p for p in seen if p.stage == "failed"]
+    assert len(failed) == 1 and failed[0].payload.item.path == paths[1]
+    assert failed[0].payload.latent is None and not failed[0].payload.target.exists()
+    assert summary.failures == [(str(paths[1]), failed[0].payload.error)]
+    assert str(paths[1]) in failed[0].payload.error and "\n" not in failed[0].payload.error
+    for p in seen:
+        assert p.info["input"] == p.payload.item.relative.as_posix()
+        if p.stage == "encoded":
+            np.testing.assert_array_equal(load_latent(p.payload.target).array,
+                                          p.payload.latent.array)
+    assert sorted(p.stage for p in seen) == ["encoded"] * 3 + ["failed"]
