@@ -328,14 +328,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
         find_inputs,
         gather,
         is_dataset,
-        rank_device,
         shard,
         write_failures,
     )
     from .codec.pipeline import model_name
     from .imaging.normalization import fit_normalization
     from .models import weights_sha256
-    from .runtime.progress import run
+    from .runtime.cli_progress import drive, write
+    from .runtime.distributed import rank_device
 
     inputs = find_inputs(args.inputs)
     many = len(inputs) > 1 or is_dataset(args.inputs)
@@ -363,19 +363,21 @@ def cmd_encode(args: argparse.Namespace) -> int:
         return model_name(model), weights_sha256(model)
 
     def report(p) -> None:
-        if p.status == "encoded":
-            print(
-                f"{p.item.path} -> {p.target}: latent {tuple(p.latent.array.shape)} from image "
-                f"{p.latent.image_shape}, storage ratio {p.latent.storage_ratio:.1f}x"
+        done = p.payload
+        if p.stage == "encoded":
+            write(
+                f"{done.item.path} -> {done.target}: latent {tuple(done.latent.array.shape)} from "
+                f"image {done.latent.image_shape}, storage ratio {done.latent.storage_ratio:.1f}x"
             )
-        elif p.status == "failed":
-            print(f"failed: {p.error}")
+        elif p.stage == "failed":
+            write(f"failed: {done.error}")
 
     jobs = [(i, out / i.latent if many or out.is_dir() else out) for i in inputs[rank::world]]
     if many and rank == 0:
         write_failures(out, [])  # a failures list from an earlier run no longer holds
-    mine = run(encode_dataset(jobs, lambda item: _read(item.path, args), encoder,
-                              identity if many else None, keep_going=many), report)
+    mine = drive(encode_dataset(jobs, lambda item: _read(item.path, args), encoder,
+                                identity if many else None, keep_going=many),
+                 "encode dataset", unit="input", report=report, terminal_only=True)
     summary = gather(mine, world)
     if not many:
         return 0
@@ -514,23 +516,10 @@ def _encode_steps(volume, model, args: argparse.Namespace):
 
 
 def _run(stage: str, steps, unit: str = "step"):
-    """Drive a codec generator with a progress bar on stderr when attached to a terminal."""
-    from tqdm import tqdm
+    """Drive a codec generator with the progress bar (ETA included) when stderr is a terminal."""
+    from .runtime.cli_progress import drive
 
-    from .runtime.progress import run
-
-    bar = tqdm(desc=stage, unit=unit, unit_scale=unit == "B", leave=False,
-               disable=not sys.stderr.isatty())
-
-    def report(p):
-        bar.total = p.total
-        bar.n = p.done
-        bar.refresh()
-
-    try:
-        return run(steps, report)
-    finally:
-        bar.close()
+    return drive(steps, stage, unit=unit, terminal_only=True)
 
 
 if __name__ == "__main__":

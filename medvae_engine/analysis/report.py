@@ -16,9 +16,8 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,8 @@ from ..codec.spec import DEFAULT_FACTOR, load_codec
 from ..data.files import image_stem, is_image_file
 from ..errors import InputError, OutputError
 from ..imaging.volume import Volume
+from ..runtime.cli_progress import drive
+from ..runtime.progress import Progress, run
 from .hallucination import hallucination
 from .maps import check_geometry, compute_maps
 from .metrics import (
@@ -261,7 +262,15 @@ def _case_region(ref: Volume, mask_path: Path | None, boxes):
     return region_mask(ref.shape, mask, boxes)
 
 
-def build_report(
+def build_report(reference: Path, tests: dict[str, Path], out: Path, *, progress: bool = True,
+                 **options) -> dict:
+    """Compute everything and write the report files into ``out`` (see `build_report_steps` for
+    the options); returns the metrics dict. ``progress``: the CLI progress bar, one unit an image."""
+    steps = build_report_steps(reference, tests, out, **options)
+    return drive(steps, "analyze", unit="image") if progress else run(steps)
+
+
+def build_report_steps(
     reference: Path,
     tests: dict[str, Path],
     out: Path,
@@ -281,9 +290,9 @@ def build_report(
     modality: str = "auto",
     device: str = "cpu",
     settings: dict | None = None,
-    progress: bool = True,
-) -> dict:
-    """Compute everything and write the report files into ``out``; returns the metrics dict."""
+) -> Generator[Progress, None, dict]:
+    """Compute everything and write the report files into ``out``, yielding Progress per image;
+    returns the metrics dict."""
     others = dict(tests)
     ae_model = None
     if ae:
@@ -301,7 +310,7 @@ def build_report(
     screen_models = {model_label(name): resolve_model(name, device) for name in screen}
     rows, slice_rows, spectra_ref, fid_sets = [], [], [], {}
     example = None
-    for key, ref_path, files in _progress(cases, progress):
+    for done, (key, ref_path, files) in enumerate(cases, start=1):
         ref = _read(ref_path, modality)
         mask_path = files.pop("__mask__", None)
         region = _case_region(ref, mask_path, boxes)
@@ -342,6 +351,7 @@ def build_report(
                 example["tests"][name] = _middle(t01, axis)
                 if ae01 is not None:
                     example["labels"][name] = _middle(h.labels, axis)
+        yield Progress(done, len(cases), "analyze", info={"image": key})
     fid_values = {name: _jsonable(fid(fid_sets["reference"], fid_sets[name], extractor)
                                   if keep_for_fid else extractor)
                   for name in dict.fromkeys(r["method"] for r in rows)}
@@ -367,15 +377,6 @@ def build_report(
         _write_csv(out / "per_slice.csv", slice_rows)
     write_figures(out / "figures", metrics, example)
     return metrics
-
-
-def _progress(cases: list, enabled: bool) -> Iterator:
-    if not enabled or len(cases) < 2:
-        yield from cases
-        return
-    from tqdm import tqdm
-
-    yield from tqdm(cases, desc="analyze", unit="image", file=sys.stderr)
 
 
 def _slices(array01: np.ndarray, axis: int) -> list[np.ndarray]:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..cad.models import build_classifier
+from ..runtime.progress import Progress
 
 STORAGE_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2, "int16": 2, "uint8": 1}
 MODES = ("train", "infer")
@@ -182,20 +183,22 @@ def _rss_mb(field: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def run_efficiency(settings: EfficiencySettings) -> Generator[dict, None, dict]:
-    """Measure every (dims, factor) case; yields progress, returns the results."""
+def run_efficiency(settings: EfficiencySettings) -> Generator[Progress, None, dict]:
+    """Measure every (dims, factor) case; yields Progress (two steps a case: latency, batch
+    search), returns the results."""
     cases = []
+    total, done = 2 * len(settings.dims) * len(settings.factors), 0
     for dims in settings.dims:
         size = settings.size2d if dims == 2 else settings.size3d
         base_throughput = None
         for factor in settings.factors:
             shape = input_shape(dims, size, factor, settings.latent_channels)
-            yield {"dims": dims, "factor": factor, "stage": "latency"}
             step = make_step(settings.arch, shape, settings.batch, settings.mode, settings.stem,
                              settings.device)
             latency = measure_latency(step, settings.repeats, settings.device)
             del step
-            yield {"dims": dims, "factor": factor, "stage": "batch search"}
+            done += 1
+            yield Progress(done, total, "latency", info={"dims": dims, "factor": factor})
             peaks = {}
 
             def fits(batch: int, shape=shape, peaks=peaks) -> bool:
@@ -217,6 +220,8 @@ def run_efficiency(settings: EfficiencySettings) -> Generator[dict, None, dict]:
                 "max_batch_capped": max_batch == _floor_pow2(settings.max_batch),
                 "trials": trials, "storage_bytes": elements * STORAGE_DTYPES[settings.storage_dtype],
             })
+            done += 1
+            yield Progress(done, total, "batch search", info={"dims": dims, "factor": factor})
     return {
         "benchmark": "cad efficiency",
         "settings": dataclasses.asdict(settings),

@@ -23,6 +23,7 @@ from ..codec.latents import load_latent
 from ..codec.pipeline import CodecOptions
 from ..imaging.atomic import atomic_write_text
 from ..imaging.io import read_volume
+from ..runtime.cli_progress import drive
 from ..runtime.progress import run
 from .speed import machine_info
 
@@ -62,8 +63,9 @@ def run_encode_bench(args: argparse.Namespace) -> int:
             out = Path(tmp) / f"out{len(latents)}"
             encoder = Encoder(lambda ndim: model, CodecOptions(batch_size=batch or args.batch_size))
             start = time.perf_counter()
-            summary = run(encode_dataset([(i, out / i.latent) for i in inputs], _read, encoder,
-                                         prefetch=prefetch))
+            summary = drive(encode_dataset([(i, out / i.latent) for i in inputs], _read, encoder,
+                                           prefetch=prefetch), f"bench encode, {label}",
+                            unit="image")
             seconds = time.perf_counter() - start
             if summary.encoded != len(inputs):
                 raise RuntimeError(f"{label}: {len(summary.failures)} slices failed")

@@ -13,11 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
 
 from ..imaging.atomic import atomic_write, atomic_write_text
+from ..runtime.cli_progress import drive
+from ..runtime.progress import Progress, run
 
 # The [starter] issue's targets: mean PSNR margin (dB) over bicubic (2D models) or over the best 3D
 # interpolation (3D models) on the held-out images.
@@ -39,7 +42,8 @@ def add_quality_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_quality(args: argparse.Namespace) -> int:
-    report = quality_report(args.models, args.images, args.axis, args.precision)
+    report = drive(quality_report_steps(args.models, args.images, args.axis, args.precision),
+                   "bench quality", unit="image")
     stem = Path(args.quality_out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stem.with_suffix(".json"), json.dumps(without_arrays(report), indent=2))
@@ -130,6 +134,14 @@ def inference_seconds(model) -> dict:
 
 
 def quality_report(models: list[str], images: list[str], axis: int | None, precision: str) -> dict:
+    """Every method's scores on every image, and their means (see `quality_report_steps`)."""
+    return run(quality_report_steps(models, images, axis, precision))
+
+
+def quality_report_steps(models: list[str], images: list[str], axis: int | None,
+                         precision: str) -> Generator[Progress, None, dict]:
+    """Reconstruct and score each image with every model and baseline, yielding Progress per
+    image; returns the report."""
     from ..codec.baselines import get_baseline
     from ..codec.pipeline import CodecOptions, reconstruct
     from ..models import load_model
@@ -155,6 +167,7 @@ def quality_report(models: list[str], images: list[str], axis: int | None, preci
                 "seconds": time.perf_counter() - t0, "_recon": recon.array}
         entry["_original"] = np.clip(volume.array, *scored_range(volume))  # what the scores compare
         rows.append(entry)
+        yield Progress(len(rows), len(images), "quality", info={"image": entry["label"]})
     return {"date": time.strftime("%Y-%m-%d"), "precision": precision, "images": rows,
             "mean": _means(rows)}
 

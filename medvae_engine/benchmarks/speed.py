@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ import torch
 
 from ..errors import InputError
 from ..imaging.atomic import atomic_write_text
+from ..runtime.cli_progress import drive, write
+from ..runtime.progress import Progress
 
 OFFICIAL_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "official_timing.py"
 OFFICIAL_ARCH = {"2d": "medvae_4_1_2d", "3d": "medvae_4_1_3d"}
@@ -114,13 +117,23 @@ def run_bench(args: argparse.Namespace) -> int:
         "cases": [],
     }
     print(json.dumps(results["matmul"]))
+
+    def finished(p: Progress) -> None:  # each case's result printed and saved as it comes
+        results["cases"].append(p.payload)
+        write(json.dumps(p.payload))
+        write_results(results, args)
+
     with tempfile.TemporaryDirectory() as tmp:
-        for case in speed_cases(args, Path(tmp)):
-            res = run_case(case, args)
-            results["cases"].append(res)
-            print(json.dumps(res))
-            write_results(results, args)
+        drive(speed_steps(args, Path(tmp)), "bench speed", unit="case", report=finished)
     return 0
+
+
+def speed_steps(args: argparse.Namespace, tmp: Path) -> Generator[Progress, None, None]:
+    """Run every case in turn, yielding Progress with the case's result as payload."""
+    cases = speed_cases(args, tmp)
+    for done, case in enumerate(cases, start=1):
+        yield Progress(done, len(cases), "speed", info={
+            "case": f"{case['dims']} {case['side']} {case['precision']}"}, payload=run_case(case, args))
 
 
 def speed_cases(args: argparse.Namespace, tmp: Path) -> list[dict]:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
 
 from ..imaging.atomic import atomic_write, atomic_write_text
 from ..models.zoo import DEFAULT_SR, SR_MODELS
+from ..runtime.cli_progress import drive
+from ..runtime.progress import Progress
 
 HELD_OUT_2D = ["builtin:pydicom/693_UNCR.dcm", "builtin:pydicom/MR_small.dcm"]
 
@@ -55,7 +58,8 @@ def run_sr_report(args: argparse.Namespace) -> int:
     name = args.sr_model if args.sr_model in SR_MODELS else Path(sr_model.weights_path).stem
     if args.samples == 1 or args.samples < 0:
         raise InputError(f"--samples {args.samples}: use 0 (skip) or at least 2")
-    report = sr_report(sr_model, args.images, samplers, args.seed, args.precision, args.samples)
+    report = drive(sr_report_steps(sr_model, args.images, samplers, args.seed, args.precision,
+                                   args.samples), "bench sr", unit="image")
     report["sr_model"] = name
     stem = Path(args.sr_out or f"docs/model_cards/{name}")
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -93,10 +97,11 @@ def uncertainty_scores(sd: np.ndarray, error: np.ndarray, hallucinated: np.ndarr
             "hallucination_rate_rest": float(hallucinated[~top].mean())}
 
 
-def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed: int,
-              precision: str, samples: int = 0) -> dict:
+def sr_report_steps(sr_model, images: list[str], samplers: list[tuple[str, int]], seed: int,
+                    precision: str, samples: int = 0) -> Generator[Progress, None, dict]:
     """Scores, high-frequency spectrum errors, hallucination rates and timings per image, their
-    means, and (``samples`` >= 2) how well the SD over fast-sampler draws predicts the error."""
+    means, and (``samples`` >= 2) how well the SD over fast-sampler draws predicts the error;
+    yields Progress per image."""
     from ..analysis.hallucination import hallucination
     from ..analysis.metrics import to_unit_range
     from ..codec.pipeline import CodecOptions
@@ -168,6 +173,7 @@ def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed
                      "shape": [h, w], "modality": hr.modality, "methods": methods, **extra,
                      "_original": np.clip(hr.array, *value_range),
                      "_outputs": {k: np.clip(v, *value_range) for k, v in outputs.items()}})
+        yield Progress(len(rows), len(images), "sr", info={"image": rows[-1]["label"]})
     return {"date": time.strftime("%Y-%m-%d"), "precision": precision, "seed": seed,
             "degradation": degradation, "samplers": [f"{n}-{s}" for n, s in samplers],
             "samples": samples, "images": rows, "summary": summary(rows, samplers)}

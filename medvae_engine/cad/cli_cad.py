@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 from collections.abc import Generator
 from pathlib import Path
 
@@ -24,10 +23,12 @@ from ..benchmarks.efficiency import run_efficiency as efficiency_steps
 from ..errors import InputError
 from ..imaging.atomic import atomic_write, atomic_write_text
 from ..models.zoo import cache_dir
+from ..runtime.cli_progress import drive
+from ..runtime.progress import Progress, rebased
 from .datasets import cached_represent, load_input, read_labelled_csv, split_indices
 from .models import STEMS
 from .proxy import LESION_KINDS, LesionSpec, ProxySettings, proxy_markdown, run_proxy
-from .train import Split, TrainSettings, evaluate_inputs
+from .train import Split, TrainSettings, evaluate_inputs, training_epochs
 
 INPUTS_HELP = ("classifier inputs, as codec specs: 'pixels' (the image itself), a baseline at a "
                "factor ('bicubic@4': the image downsampled to the latent size) or an autoencoder "
@@ -117,10 +118,10 @@ def run_cad(args: argparse.Namespace) -> int:
             raise InputError(f"lesion settings: {e}") from None
         proxy = ProxySettings(tuple(args.inputs), tuple(args.contrasts), lesion, args.side,
                               args.n_train, args.n_test, args.data_seed, cache, args.device)
-        results = _drive(run_proxy(proxy, settings))
+        results = drive(run_proxy(proxy, settings), "cad proxy", unit="unit")
         table = proxy_markdown(results)
     else:
-        results = _drive(_csv_experiment(args, settings, cache))
+        results = drive(_csv_experiment(args, settings, cache), "cad train", unit="unit")
         table = csv_markdown(results)
     if int(os.environ.get("RANK", "0")) == 0:
         _write(args.output, results, args.markdown, table)
@@ -130,7 +131,7 @@ def run_cad(args: argparse.Namespace) -> int:
 
 def _csv_experiment(
     args: argparse.Namespace, settings: TrainSettings, cache: str | None
-) -> Generator[dict, None, dict]:
+) -> Generator[Progress, None, dict]:
     data = read_labelled_csv(args.csv, tuple(args.size) if args.size else None)
     if data.split is not None:
         train = [i for i, s in enumerate(data.split) if s == "train"]
@@ -141,12 +142,14 @@ def _csv_experiment(
         raise InputError(f"{args.csv}: the test split needs samples of at least two classes")
     spatial_dims = data.arrays.ndim - 1
     splits = {}
-    for spec in args.inputs:
+    encoded, total = len(args.inputs), len(args.inputs) + training_epochs(len(args.inputs), settings)
+    for i, spec in enumerate(args.inputs):
         kind = load_input(spec, spatial_dims, args.device)
-        yield {"input": spec, "stage": "encode"}
         features = cached_represent(data.arrays, kind, cache)
         splits[spec] = Split(features[train], data.labels[train], features[test], data.labels[test])
-    results = yield from evaluate_inputs(splits, len(data.classes), settings)
+        yield Progress(i + 1, total, "encode", info={"input": spec})
+    results = yield from rebased(evaluate_inputs(splits, len(data.classes), settings), encoded,
+                                 total)
     return {
         "task": "csv classification",
         "csv": str(Path(args.csv).resolve()),
@@ -210,28 +213,13 @@ def run_efficiency(args: argparse.Namespace) -> int:
         args.latent_channels, args.batch, args.repeats, args.budget_mb, args.max_batch,
         args.mode, args.stem, args.storage_dtype, args.device,
     )
-    results = _drive(efficiency_steps(settings))
+    results = drive(efficiency_steps(settings), "bench efficiency", unit="step")
     table = efficiency_markdown(results)
     plot = Path(args.plot) if args.plot else Path(args.output).with_suffix(".png")
     _write(args.output, results, args.markdown, table)
     atomic_write(plot, lambda tmp: efficiency_figure(results, tmp))
     print(table, end="")
     return 0
-
-
-def _drive(steps: Generator[dict, None, dict]) -> dict:
-    """Run a progress generator, printing one line per step on stderr; return its result."""
-    while True:
-        try:
-            progress = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        print(" ".join(f"{k}={_short(v)}" for k, v in progress.items()), file=sys.stderr,
-              flush=True)
-
-
-def _short(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _write(output: str, results: dict, markdown: str | None, table: str) -> None:

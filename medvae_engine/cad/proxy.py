@@ -16,9 +16,10 @@ import numpy as np
 
 from ..data.sources import ImageRef, load_image, resolve_builtin
 from ..errors import InputError
+from ..runtime.progress import Progress, rebased
 from ..training.data import MIN_CROP_STD
 from .datasets import cached_represent, load_input
-from .train import Split, TrainSettings, evaluate_inputs
+from .train import Split, TrainSettings, evaluate_inputs, training_epochs
 
 ALLOWED_SOURCES = (
     "pydicom/CT_small.dcm",
@@ -174,32 +175,32 @@ class ProxySettings:
     device: str = "cpu"
 
 
-def run_proxy(settings: ProxySettings, train: TrainSettings) -> Generator[dict, None, dict]:
-    """Train classifiers on every input at every contrast; yields progress, returns the results."""
+def run_proxy(settings: ProxySettings, train: TrainSettings) -> Generator[Progress, None, dict]:
+    """Train classifiers on every input at every contrast; yields Progress (inputs encoded and
+    epochs trained), returns the results."""
     stacks = load_backgrounds()
     bg_train, origins = background_crops(settings.n_train, settings.side, settings.data_seed, stacks)
     bg_test, _ = background_crops(settings.n_test, settings.side, settings.data_seed + 1, stacks)
     kinds = [load_input(spec, 2, settings.device) for spec in settings.inputs]
     rows = []
-    for contrast in settings.contrasts:
+    per_contrast = len(kinds) + training_epochs(len(kinds), train)
+    total = len(settings.contrasts) * per_contrast
+    for n, contrast in enumerate(settings.contrasts):
+        before = n * per_contrast
         lesion = dataclasses.replace(settings.lesion, contrast=contrast)
         tag = round(contrast * 1e6)
         tr = insert_lesions(bg_train, lesion, seed=[settings.data_seed, tag, 0])
         te = insert_lesions(bg_test, lesion, seed=[settings.data_seed, tag, 1])
         splits = {}
-        for kind in kinds:
-            yield {"contrast": contrast, "input": kind.spec, "stage": "encode"}
+        for i, kind in enumerate(kinds):
             splits[kind.spec] = Split(
                 cached_represent(tr.images, kind, settings.cache_dir), tr.labels,
                 cached_represent(te.images, kind, settings.cache_dir), te.labels,
             )
-        steps = evaluate_inputs(splits, 2, train)
-        while True:
-            try:
-                yield {"contrast": contrast, "stage": "train", **next(steps)}
-            except StopIteration as stop:
-                results = stop.value
-                break
+            yield Progress(before + i + 1, total, "encode",
+                           info={"contrast": contrast, "input": kind.spec})
+        results = yield from rebased(evaluate_inputs(splits, 2, train), before + len(kinds), total,
+                                     contrast=contrast)
         for kind in kinds:
             r = results[kind.spec]
             rows.append({"contrast": contrast, "input": kind.spec, "factor": kind.factor,

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..training.trainer import Distributed
+from ..runtime.distributed import Distributed
+from ..runtime.progress import Progress, rebased
 from .auroc import auroc
 from .models import build_classifier
 
@@ -62,8 +63,9 @@ def standardize(split: Split) -> Split:
 
 def fit_and_score(
     split: Split, num_classes: int, settings: TrainSettings, seed: int, env: Distributed
-) -> Generator[dict, None, float]:
-    """Train one classifier from ``seed``; yields per-epoch losses, returns the test AUROC."""
+) -> Generator[Progress, None, float]:
+    """Train one classifier from ``seed``; yields Progress per epoch (its loss in ``info``),
+    returns the test AUROC."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     spatial_dims = split.x_train.ndim - 2
@@ -88,8 +90,8 @@ def fit_and_score(
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-        yield {"seed": seed, "epoch": epoch + 1, "epochs": settings.epochs,
-               "loss": float(np.mean(losses)) if losses else float("nan")}
+        yield Progress(epoch + 1, settings.epochs, "train",
+                       info={"seed": seed, "loss": float(np.mean(losses)) if losses else float("nan")})
     return auroc(split.y_test, predict(net, split.x_test, settings.batch_size, env.device))
 
 
@@ -111,17 +113,20 @@ def predict(net: torch.nn.Module, x: np.ndarray, batch_size: int, device) -> np.
 
 def evaluate_inputs(
     splits: dict[str, Split], num_classes: int, settings: TrainSettings
-) -> Generator[dict, None, dict[str, dict]]:
-    """Train every input over every seed; returns AUROC per seed, mean and SD for each input."""
+) -> Generator[Progress, None, dict[str, dict]]:
+    """Train every input over every seed, yielding Progress in epochs of the whole run; returns
+    AUROC per seed, mean and SD for each input."""
     env = Distributed(settings.device)
     results = {}
+    total, done = training_epochs(len(splits), settings), 0
     try:
         for name, split in splits.items():
             split = standardize(split)
             scores = []
             for seed in settings.seeds:
-                value = yield from _tagged(fit_and_score(split, num_classes, settings, seed, env),
-                                           name)
+                value = yield from rebased(fit_and_score(split, num_classes, settings, seed, env),
+                                           done, total, input=name)
+                done += settings.epochs
                 scores.append(value)
             results[name] = summarize(scores, settings.seeds, split.x_train.shape[1:])
     finally:
@@ -129,14 +134,9 @@ def evaluate_inputs(
     return results
 
 
-def _tagged(steps: Generator[dict, None, float], name: str) -> Generator[dict, None, float]:
-    """Pass progress through with the input's name added, and keep the generator's result."""
-    while True:
-        try:
-            progress = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        yield {"input": name, **progress}
+def training_epochs(inputs: int, settings: TrainSettings) -> int:
+    """Epochs `evaluate_inputs` trains for ``inputs`` inputs: its Progress total."""
+    return inputs * len(settings.seeds) * settings.epochs
 
 
 def summarize(scores: list[float], seeds: tuple[int, ...], input_shape: tuple[int, ...]) -> dict:

@@ -35,7 +35,7 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -48,7 +48,7 @@ from ..imaging.io import READ_SUFFIXES, file_format
 from ..imaging.normalization import Normalization
 from ..imaging.volume import Volume
 from ..models.checkpoints import file_sha256
-from ..runtime.progress import run
+from ..runtime.progress import Progress, run
 from .latents import Latent, save_latent, sidecar_path
 from .pipeline import (
     CodecOptions,
@@ -83,14 +83,12 @@ class DatasetInput:
 
 
 @dataclasses.dataclass(frozen=True)
-class Progress:
-    """After each input: how far, which input, and what happened to it."""
+class Outcome:
+    """The payload of each input's Progress, whose stage says what happened to it: "encoded",
+    "skipped" (already encoded from the same input and model) or "failed"."""
 
-    done: int
-    total: int
     item: DatasetInput
     target: Path
-    status: str  # "encoded", "skipped" (already encoded from the same input and model), "failed"
     latent: Latent | None = None
     error: str | None = None
 
@@ -251,7 +249,8 @@ def encode_dataset(
             raise e
         message = _one_line(e, f.item.path)
         summary.failures.append((str(f.item.path), message))
-        return Progress(next(counter), len(jobs), f.item, f.target, "failed", error=message)
+        return Progress(next(counter), len(jobs), "failed", {"input": str(f.item.relative)},
+                        Outcome(f.item, f.target, error=message))
 
     def flush() -> Generator[Progress, None, None]:
         group, pending[:] = list(pending), []
@@ -276,7 +275,8 @@ def encode_dataset(
             _remove(sidecar_path(f.target))  # never a new latent beside an old sidecar
             save_latent(latent, f.target)
             summary.encoded += 1
-            yield Progress(next(counter), len(jobs), f.item, f.target, "encoded", latent=latent)
+            yield Progress(next(counter), len(jobs), "encoded", {"input": str(f.item.relative)},
+                           Outcome(f.item, f.target, latent=latent))
 
     fetched = _read_ahead(jobs, read, encoder.projected if identity else None, prefetch)
     try:
@@ -286,7 +286,8 @@ def encode_dataset(
                     raise f.error
                 if f.previous is not None and f.previous[1:] == identity(f.previous[0]):
                     summary.skipped += 1
-                    yield Progress(next(counter), len(jobs), f.item, f.target, "skipped")
+                    yield Progress(next(counter), len(jobs), "skipped", {"input": str(f.item.relative)},
+                                   Outcome(f.item, f.target))
                     continue
                 prepared = encoder.prepare(f.volume if f.volume is not None else read(f.item))
             except _ABORTS:
@@ -394,11 +395,6 @@ def gather(summary: Summary, world: int) -> Summary:
         total=sum(p.total for p in parts),
         failures=sorted(f for p in parts for f in p.failures),
     )
-
-
-def rank_device(device: str, env: Mapping[str, str]) -> str:
-    """``cuda`` means this process's GPU under torchrun (``cuda:LOCAL_RANK``); others unchanged."""
-    return f"cuda:{env['LOCAL_RANK']}" if device == "cuda" and "LOCAL_RANK" in env else device
 
 
 # -- finding inputs ------------------------------------------------------------------------------

@@ -26,9 +26,11 @@ def fast_precision(device: str = "cpu") -> str:
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
-def autocast(model, precision: str):
-    """Autocast context for bf16/fp16, nothing for fp32."""
+def autocast(where: torch.nn.Module | torch.device, precision: str):
+    """Autocast context for bf16/fp16 on the device of ``where`` (a module or a device), nothing
+    for fp32."""
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(model_device(model).type, dtype=dtype)
+    device = where if isinstance(where, torch.device) else model_device(where)
+    return torch.autocast(device.type, dtype=dtype)

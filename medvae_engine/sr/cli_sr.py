@@ -154,12 +154,14 @@ def _autoencoder(args: argparse.Namespace, sr_model):
 
 
 def run_train_sr(args: argparse.Namespace) -> int:
-    """Run an SR training with a tqdm bar on rank 0."""
-    from ..training.cli_train import _overrides, show_progress
+    """Run an SR training with the progress bar on rank 0."""
+    from ..runtime.cli_progress import drive
+    from ..training.config import config_overrides
     from .train_sr import run_sr_training
 
-    steps = run_sr_training(args.config, resume=args.resume, overrides=_overrides(args))
-    return show_progress(steps, ("loss", "val_psnr_sr", "val_psnr_bicubic"))
+    steps = run_sr_training(args.config, resume=args.resume, overrides=config_overrides(args))
+    drive(steps, "train-sr", keys=("loss", "val_psnr_sr", "val_psnr_bicubic"))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

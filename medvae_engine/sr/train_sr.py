@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,17 +35,14 @@ from ..data.sources import SourceSpec, expand_source, load_image
 from ..errors import ConfigError, MedVAEError
 from ..imaging.atomic import atomic_write, atomic_write_text
 from ..models import weights_sha256
-from ..training.config import AugmentSection, _build, read_yaml_config, resolve_path
+from ..runtime.distributed import Distributed
+from ..runtime.loop import load_checkpoint, prepare_run, step_loop, warmup_cosine
+from ..runtime.metrics_log import METRICS, MetricsLog
+from ..runtime.precision import autocast as autocast_context
+from ..runtime.progress import Progress
+from ..runtime.seeding import rng_states, set_rng_states
+from ..training.config import AugmentSection, build_dataclass, read_yaml_config, resolve_path
 from ..training.data import ImageSet, PatchDataset
-from ..training.trainer import (
-    Distributed,
-    MetricsLog,
-    _autocast,
-    _rng_states,
-    _seed_everything,
-    _set_rng_states,
-    run_folder,
-)
 from ..version import __version__
 from .degradations import degrade, lr_scale
 from .objectives import diffuse, diffusion_target, flow_interpolate, flow_target, regression_loss
@@ -61,7 +57,6 @@ from .samplers import run_sampler
 from .schedules import cosine_schedule
 from .unet import SRDenoiser, load_sr_model, save_sr_model, unet_config
 
-METRICS = "metrics.csv"
 MODEL_FILE = "sr_model.safetensors"
 MODEL_FOLDER = "sr_model"  # the same model as a diffusers folder
 LOG_COLUMNS = ("step", "time_s", "loss", "lr", "val_psnr_sr", "val_psnr_bicubic", "val_psnr_ae")
@@ -147,7 +142,7 @@ def load_sr_config(path: str | Path, overrides: dict | None = None) -> SRTrainCo
     """Read and validate an SR training YAML (same strictness as the autoencoder configs)."""
     path = Path(path)
     raw = read_yaml_config(path, overrides)
-    config = _build(SRTrainConfig, raw, str(path), "")
+    config = build_dataclass(SRTrainConfig, raw, str(path))
     config.base_dir = str(path.resolve().parent)
     check_sr_semantics(config, str(path))
     return config
@@ -357,8 +352,7 @@ def _cached_key(path: Path) -> str | None:
 
 def cosine_lr(config: SRTrainConfig, step: int) -> float:
     """Learning rate at ``step``: cosine decay from optim.lr to optim.min_lr over run.steps."""
-    o = config.optim
-    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * step / config.run.steps))
+    return warmup_cosine(step, config.run.steps, config.optim.lr, min_lr=config.optim.min_lr)
 
 
 def draw_batch(config: SRTrainConfig, cache: dict, step: int, rank: int, world: int,
@@ -396,8 +390,9 @@ def sr_loss(net, model: SRDenoiser, schedule, x0, cond, t, noise, loss_kind: str
 
 
 def run_sr_training(config_path: str | Path, resume: bool = False, overrides: dict | None = None,
-                    stop_at: int | None = None) -> Iterator[dict]:
-    """Train from a YAML config; yields {step, steps, loss, lr, val_*} after every step."""
+                    stop_at: int | None = None) -> Iterator[Progress]:
+    """Train from a YAML config; yields Progress after every step (``info``: loss, lr, val_* when
+    logged)."""
     config = load_sr_config(config_path, overrides)
     env = Distributed(config.run.device)
     try:
@@ -406,11 +401,9 @@ def run_sr_training(config_path: str | Path, resume: bool = False, overrides: di
         env.close()
 
 
-def _train(config: SRTrainConfig, env: Distributed, resume: bool, stop_at: int | None):
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    _seed_everything(config.seed)
-    out, ckpt_path = run_folder(config.run.output_dir, resume)
+def _train(config: SRTrainConfig, env: Distributed, resume: bool,
+           stop_at: int | None) -> Iterator[Progress]:
+    out, ckpt_path = prepare_run(config.run.threads, config.seed, config.run.output_dir, resume)
     autoencoder = load_codec(_resolve_model_path(config, config.model.autoencoder),
                              device=str(env.device))
     if autoencoder.spatial_dims != 2:
@@ -439,11 +432,10 @@ def _train(config: SRTrainConfig, env: Distributed, resume: bool, stop_at: int |
     if env.world > 1:
         ids = [env.device.index] if env.device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=ids)
-    autocast = _autocast(env.device, config.run.precision)
+    autocast = autocast_context(env.device, config.run.precision)
     log = MetricsLog(out / METRICS, start, LOG_COLUMNS) if env.main else None
-    window: list[float] = []
-    t0 = time.monotonic()
-    for step in range(start, config.run.steps):
+
+    def one_step(step: int, record) -> dict[str, float]:
         model.train()
         lr = cosine_lr(config, step)
         for group in opt.param_groups:
@@ -460,27 +452,20 @@ def _train(config: SRTrainConfig, env: Distributed, resume: bool, stop_at: int |
         scaler.step(opt)
         scaler.update()
         ema.update(model)
-        window.append(loss.item())
-        done = step + 1
-        row: dict[str, float] = {}
-        if env.main and (done % config.run.val_every == 0 or done == config.run.steps):
-            with ema.applied(model):
-                row.update(validate(model, autoencoder, cache, config))
-        if env.main and (done % config.run.log_every == 0 or done == config.run.steps or row):
-            row.update(loss=float(np.mean(window)), lr=lr)
-            log.write(done, time.monotonic() - t0, row)
-            window = []
-        if done % config.run.checkpoint_every == 0 or done == config.run.steps or done == stop_at:
-            if env.main:
-                _save_checkpoint(ckpt_path, done, model, opt, scaler, ema)
-            env.barrier()
-        yield {"step": done, "steps": config.run.steps, **row}
-        if stop_at is not None and done >= stop_at:
-            return
-    if env.main:
+        record({"loss": loss.item()})
+        return {"lr": lr}
+
+    def validate_ema() -> dict[str, float]:
+        with ema.applied(model):
+            return validate(model, autoencoder, cache, config)
+
+    def export_ema() -> None:
         with ema.applied(model):
             export(model, config, out, autoencoder, cache, log)
-    env.barrier()
+
+    yield from step_loop(config.run, env, start, log, one_step, validate_ema,
+                         lambda done: _save_checkpoint(ckpt_path, done, model, opt, scaler, ema),
+                         export_ema, stop_at)
 
 
 @torch.no_grad()
@@ -540,17 +525,14 @@ class EMA:
 
 def _save_checkpoint(path: Path, step: int, model: SRDenoiser, opt, scaler, ema: EMA) -> None:
     state = {"kind": "sr", "step": step, "model": model.state_dict(), "opt": opt.state_dict(),
-             "scaler": scaler.state_dict(), "rng": _rng_states(),
+             "scaler": scaler.state_dict(), "rng": rng_states(),
              "ema": ema.shadow, "ema_updates": ema.updates,
              "latent_norm": json.dumps(model.latent_norm)}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _restore(path: Path, model: SRDenoiser, opt, scaler, ema: EMA) -> int:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise MedVAEError(f"{path}: unreadable training checkpoint ({str(e)[:160]})") from None
+    state = load_checkpoint(path)
     if state.get("kind") != "sr":
         raise MedVAEError(f"{path}: not an SR training checkpoint")
     try:
@@ -565,7 +547,7 @@ def _restore(path: Path, model: SRDenoiser, opt, scaler, ema: EMA) -> int:
         ema.updates = int(state["ema_updates"])
     if "latent_norm" in state:
         model.latent_norm = json.loads(state["latent_norm"])
-    _set_rng_states(state["rng"])
+    set_rng_states(state["rng"])
     return int(state["step"])
 
 

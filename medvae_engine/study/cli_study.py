@@ -126,11 +126,11 @@ def _spec_from_args(args: argparse.Namespace):
 
 
 def _create(args: argparse.Namespace) -> int:
+    from medvae_engine.runtime.cli_progress import drive
     from medvae_engine.study.create import default_key_path, iter_create_study
 
     spec = _spec_from_args(args)
-    for done, total, message in iter_create_study(spec, args.output, args.key):
-        print(f"[{done}/{total}] {message}", file=sys.stderr)
+    drive(iter_create_study(spec, args.output, args.key), "study create", unit="item")
     print(f"study with {sum(len(c.candidates) for c in spec.cases)} items written to {args.output}; "
           f"key (keep it from readers): {args.key or default_key_path(args.output)}")
     return 0

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from medvae_engine.errors import InputError, OutputError
 from medvae_engine.imaging.atomic import atomic_write_text
 from medvae_engine.imaging.normalization import fit_normalization
 from medvae_engine.imaging.volume import Volume
+from medvae_engine.runtime.progress import Progress, run
 from medvae_engine.study.randomize import original_sides, shuffled
 from medvae_engine.study.spec import (
     KEY_SUFFIX,
@@ -192,8 +193,9 @@ def _public_study(spec: StudySpec, items: list[dict[str, Any]]) -> dict[str, Any
 
 def iter_create_study(
     spec: StudySpec, output: str | Path, key_path: str | Path | None = None
-) -> Iterator[tuple[int, int, str]]:
-    """Build the study folder at ``output``, yielding (items done, items total, message).
+) -> Generator[Progress, None, Path]:
+    """Build the study folder at ``output``, yielding Progress per item (its id in ``info``);
+    returns the folder.
 
     Everything is built in a hidden sibling folder and moved into place at the end, so a failure
     leaves nothing at ``output``. The key goes beside the folder (``STUDY.key.json``) unless
@@ -262,7 +264,7 @@ def iter_create_study(
                     "affine_differs": not np.allclose(candidate.affine, original.affine, atol=1e-3),
                 }
                 done += 1
-                yield done, len(pairs), f"{item_id} ready"
+                yield Progress(done, len(pairs), "create", info={"item": item_id})
         items = sorted(
             ({"id": i, "images": k["images"], "window": k["window"]} for i, k in key_items.items()),
             key=lambda it: it["id"],
@@ -292,13 +294,12 @@ def iter_create_study(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return output
 
 
 def create_study(spec: StudySpec, output: str | Path, key_path: str | Path | None = None) -> Path:
     """Build the study folder (see ``iter_create_study``) and return its path."""
-    for _ in iter_create_study(spec, output, key_path):
-        pass
-    return Path(output)
+    return run(iter_create_study(spec, output, key_path))
 
 
 def default_key_path(study_dir: str | Path) -> Path:

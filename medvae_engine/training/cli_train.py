@@ -1,4 +1,4 @@
-"""`medvae train CONFIG.yaml [--resume]`: argument wiring and the rank-0 progress bar.
+"""`medvae train CONFIG.yaml [--resume]`: argument wiring; progress through the one CLI driver.
 
 Also runnable as ``python -m medvae_engine.training.cli_train`` (and under ``torchrun``).
 """
@@ -6,12 +6,11 @@ Also runnable as ``python -m medvae_engine.training.cli_train`` (and under ``tor
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-import yaml
-
 from ..errors import MedVAEError
+from ..runtime.cli_progress import drive
+from .config import config_overrides
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,47 +27,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override any key, e.g. --set data.batch_size=4 (value read as YAML)")
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    out = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise MedVAEError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
-    if args.output_dir:
-        out["run.output_dir"] = args.output_dir
-    if args.steps is not None:
-        out["run.steps"] = args.steps
-    return out
-
-
 def run_train(args: argparse.Namespace) -> int:
-    """Run a training; a tqdm bar on rank 0. MedVAEError propagates for the CLI to print."""
+    """Run a training with the progress bar on rank 0. MedVAEError propagates for the CLI to print."""
     from .trainer import run_training
 
-    steps = run_training(args.config, resume=args.resume, overrides=_overrides(args),
+    steps = run_training(args.config, resume=args.resume, overrides=config_overrides(args),
                          export_only=args.export_only)
-    return show_progress(steps, ("loss", "l1", "embed", "val_psnr"))
-
-
-def show_progress(steps, keys: tuple[str, ...]) -> int:
-    """Drive a training generator with a tqdm bar on rank 0 showing the chosen float metrics."""
-    from tqdm import tqdm
-
-    main_process = os.environ.get("RANK", "0") == "0"
-    bar = None
-    for progress in steps:
-        if not main_process:
-            continue
-        if bar is None:
-            bar = tqdm(total=progress["steps"], initial=progress["step"] - 1, unit="step",
-                       dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 60.0)
-        bar.update(1)
-        shown = {k: f"{v:.4g}" for k, v in progress.items() if k in keys and isinstance(v, float)}
-        if shown:
-            bar.set_postfix(shown, refresh=False)
-    if bar is not None:
-        bar.close()
+    drive(steps, "train", keys=("loss", "l1", "embed", "val_psnr"))
     return 0
 
 

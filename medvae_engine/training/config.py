@@ -16,7 +16,7 @@ from typing import Literal, Union
 import yaml
 
 from ..data.sources import SourceSpec
-from ..errors import ConfigError
+from ..errors import ConfigError, MedVAEError
 
 STAGES = ("stage1", "stage2_2d", "stage2_3d")
 
@@ -153,6 +153,22 @@ def read_yaml_config(path: Path, overrides: dict | None = None) -> dict:
     return raw
 
 
+def config_overrides(args) -> dict:
+    """Dotted-key overrides from the ``--set KEY=VALUE`` (values read as YAML), ``--output-dir``
+    and ``--steps`` options shared by ``medvae train`` and ``medvae train-sr``."""
+    out = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MedVAEError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    if args.output_dir:
+        out["run.output_dir"] = args.output_dir
+    if args.steps is not None:
+        out["run.steps"] = args.steps
+    return out
+
+
 def _set_dotted(raw: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     node = raw
@@ -163,10 +179,11 @@ def _set_dotted(raw: dict, dotted: str, value) -> None:
 
 def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
     """Build a TrainConfig from plain data, raising ConfigError on any schema violation."""
-    return _build(TrainConfig, raw, source, "")
+    return build_dataclass(TrainConfig, raw, source, "")
 
 
-def _build(cls, raw, source: str, prefix: str):
+def build_dataclass(cls, raw, source: str, prefix: str = ""):
+    """A config dataclass ``cls`` from plain data, strictly typed; ConfigError names the key."""
     if not isinstance(raw, dict):
         key = prefix.rstrip(".")
         raise ConfigError(f"{source}: key '{key}' must be a mapping, got {_show(raw)}")
@@ -211,7 +228,7 @@ def _coerce(tp, value, source: str, key: str):
     if tp is SourceSpec and isinstance(value, str):
         return SourceSpec(path=value)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, source, key + ".")
+        return build_dataclass(tp, value, source, key + ".")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):

@@ -178,7 +178,7 @@ def test_device_cuda_means_the_local_rank_gpu(tmp_path, capsys, monkeypatch, tin
         code, _, err = _cli(capsys, "encode", MR, "-m", tiny_2d_path, "--device", "cuda",
                             "-o", tmp_path / "x.latent.nii.gz")
         assert code == 2 and "'cuda:1'" in err, err
-    from medvae_engine.codec.dataset import rank_device
+    from medvae_engine.runtime.distributed import rank_device
 
     assert rank_device("cuda", {"LOCAL_RANK": "3"}) == "cuda:3"
     assert rank_device("cuda", {}) == "cuda"
@@ -289,13 +289,13 @@ def test_reader_thread_reads_ahead_and_stops_when_the_generator_is_closed(tmp_pa
     encoder = Encoder(lambda ndim: model, CodecOptions(batch_size=1))
     steps = encode_dataset(jobs, read, encoder, prefetch=2)
     first = next(steps)
-    assert first.status == "encoded" and first.target.is_file()
+    assert first.stage == "encoded" and first.payload.target.is_file()
     assert len(_reader_threads()) == 1  # still reading ahead
     steps.close()
     assert _reader_threads() == []
     assert set(readers) == {"medvae-dataset-reader"} and len(readers) <= 1 + 1 + 2  # bounded
-    assert sorted((tmp_path / "out").glob("*.latent.nii.gz")) == [first.target]
-    np.testing.assert_array_equal(load_latent(first.target).array,
+    assert sorted((tmp_path / "out").glob("*.latent.nii.gz")) == [first.payload.target]
+    np.testing.assert_array_equal(load_latent(first.payload.target).array,
                                   encode(read_volume(paths[0]), model).array)
 
 
@@ -311,7 +311,7 @@ def test_prefetched_failure_is_recorded_and_the_batch_encoded(tmp_path):
     statuses = []
     try:
         while True:
-            statuses.append(next(steps).status)
+            statuses.append(next(steps).stage)
     except StopIteration as stop:
         summary = stop.value
     assert sorted(statuses) == ["encoded"] * 5 + ["failed"]
@@ -350,3 +350,28 @@ def test_failed_batch_is_retried_one_input_at_a_time(tmp_path):
     for path in paths:
         got = load_latent(tmp_path / "out" / path.name.replace(".nii.gz", ".latent.nii.gz")).array
         np.testing.assert_array_equal(got, encode(read_volume(path), model).array)
+
+
+def test_progress_of_each_input_carries_its_outcome(tmp_path):
+    """The one Progress protocol: stage says what happened to each input, the payload which input,
+    its target and its latent or its one-line error; a truncated real slice is reported failed."""
+    paths = _mni_slices(tmp_path / "data", 4)
+    paths[1].write_bytes(paths[1].read_bytes()[:300])
+    jobs = [(i, tmp_path / "out" / i.latent) for i in find_inputs([tmp_path / "data"])]
+    model = tiny_model(2)
+    seen = []
+    summary = run(encode_dataset(jobs, lambda item: read_volume(item.path),
+                                 Encoder(lambda ndim: model, CodecOptions(batch_size=2))),
+                  seen.append)
+    assert [p.done for p in seen] == [1, 2, 3, 4] and {p.total for p in seen} == {4}
+    failed = [p for p in seen if p.stage == "failed"]
+    assert len(failed) == 1 and failed[0].payload.item.path == paths[1]
+    assert failed[0].payload.latent is None and not failed[0].payload.target.exists()
+    assert summary.failures == [(str(paths[1]), failed[0].payload.error)]
+    assert str(paths[1]) in failed[0].payload.error and "\n" not in failed[0].payload.error
+    for p in seen:
+        assert p.info["input"] == p.payload.item.relative.as_posix()
+        if p.stage == "encoded":
+            np.testing.assert_array_equal(load_latent(p.payload.target).array,
+                                          p.payload.latent.array)
+    assert sorted(p.stage for p in seen) == ["encoded"] * 3 + ["failed"]

@@ -105,7 +105,7 @@ def test_changed_degradation_rebuilds_the_cache(sr_config, tmp_path):
 def test_pixel_space_training_learns(sr_config, tmp_path):
     path = sr_config({"model": {"autoencoder": "pixels"}, "optim": {"lr": 3e-3},
                       "run": {"steps": 30, "val_every": 1000, "checkpoint_every": 1000}})
-    losses = [p["loss"] for p in run_sr_training(path) if "loss" in p]
+    losses = [p.info["loss"] for p in run_sr_training(path) if "loss" in p.info]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 

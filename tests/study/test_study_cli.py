@@ -77,3 +77,19 @@ def test_user_errors_exit_2_with_one_line(originals, tmp_path, capsys):
     assert run(["study", "create", "-o", str(tmp_path / "s")]) == 2
     assert run(["study", "analyze", str(tmp_path / "nowhere"), "-o", str(tmp_path / "a")]) == 2
     assert "study.yaml: file not found" in capsys.readouterr().err
+
+
+def test_create_shows_a_progress_bar_with_eta_from_the_first_item(originals, tmp_path, capsys):
+    """`medvae study create` through the real CLI: a bar on stderr (even in a log) whose line
+    after the first item already has a rate and an ETA, and which ends at all items."""
+    from medvae_engine.cli import main
+
+    assert main(["study", "create", "--originals", str(originals), "--codec",
+                 "bicubic4=bicubic:4", "--codec", "bilinear4=bilinear:4", "-o",
+                 str(tmp_path / "s")]) == 0
+    captured = capsys.readouterr()
+    lines = [part for line in captured.err.splitlines() for part in line.split("\r") if part.strip()]
+    first = next(line for line in lines if "1/4" in line)
+    assert first.startswith("study create") and "<?" not in first and "item/s" in first
+    assert "4/4" in lines[-1] and "100%" in lines[-1]
+    assert "study with 4 items written" in captured.out

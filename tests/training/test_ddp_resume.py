@@ -50,12 +50,12 @@ def test_stopped_and_resumed_run_equals_uninterrupted(write_config, tmp_path):
     full = write_config(merge_out(update, "full"), "full.yaml")
     parted = write_config(merge_out(update, "parted"), "parted.yaml")
     list(run_training(full))
-    steps = [p["step"] for p in run_training(parted, stop_at=2)]
+    steps = [p.done for p in run_training(parted, stop_at=2)]
     assert steps == [1, 2] and not (tmp_path / "parted" / "model.safetensors").exists()
     assert list(run_training(parted, export_only=True)) == []
     card = json.loads((tmp_path / "parted" / "model_card.json").read_text())
     assert card["steps"] == 2 and "l1" in card["final_losses"]
-    resumed = [p["step"] for p in run_training(parted, resume=True)]
+    resumed = [p.done for p in run_training(parted, resume=True)]
     assert resumed == [3, 4]
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "parted")
     for key in a:
