@@ -35,32 +35,6 @@ WARMUP_BELOW_FLOPS = (
 )
 
 
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """`medvae bench speed|quality|sr|efficiency|encode`."""
-    from ..cad.cli_cad import add_efficiency_arguments, run_efficiency
-    from .encode import add_encode_bench_arguments
-    from .quality import add_quality_arguments, run_quality
-    from .sr import add_sr_report_arguments, run_sr_report
-
-    kinds = parser.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
-    p = kinds.add_parser("speed", help="encode/decode throughput, GFLOP/s and peak memory")
-    add_speed_arguments(p)
-    p.set_defaults(func=run_bench)
-    p = kinds.add_parser("quality", help="models vs interpolation on held-out real images")
-    add_quality_arguments(p)
-    p.set_defaults(func=run_quality)
-    p = kinds.add_parser("sr", help="an SR model vs bicubic and the AE ceiling on held-out images, "
-                         "fast vs full sampler, hallucination rates (the SR model card)")
-    add_sr_report_arguments(p)
-    p.set_defaults(func=run_sr_report)
-    p = kinds.add_parser("efficiency", help="CAD models on images vs latents: latency, batch, storage")
-    add_efficiency_arguments(p)
-    p.set_defaults(func=run_efficiency)
-    p = kinds.add_parser("encode", help="dataset encoding of real 2D slices: one at a time vs "
-                         "--batch-size with prefetch (images/s)")
-    add_encode_bench_arguments(p)
-
-
 def add_speed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sizes",

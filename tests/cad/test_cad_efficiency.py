@@ -1,11 +1,12 @@
 """Efficiency benchmark: the out-of-memory-safe batch search and a tiny command run."""
 
+import argparse
 import json
 
 import pytest
 
 from medvae_engine.benchmarks.efficiency import input_shape, largest_fitting_batch, step_peak_mb
-from medvae_engine.cad import cli_cad
+from medvae_engine.cli import bench as cli_bench
 
 
 def _mock(limit: int, error: type[BaseException] | None):
@@ -60,14 +61,14 @@ def test_subprocess_peak_memory_grows_with_batch():
 
 def test_efficiency_command_tiny(tmp_path):
     out = tmp_path / "eff.json"
-    parser = cli_cad.argparse.ArgumentParser()
-    cli_cad.add_efficiency_arguments(parser)
+    parser = argparse.ArgumentParser()
+    cli_bench.add_efficiency_arguments(parser)
     args = parser.parse_args([
         "--arch", "resnet10", "--size2d", "32", "--factors", "1", "4", "--batch", "2",
         "--repeats", "1", "--max-batch", "2", "--budget-mb", "4096", "-o", str(out),
         "--markdown", str(tmp_path / "eff.md"),
     ])
-    assert cli_cad.run_efficiency(args) == 0
+    assert cli_bench.run_efficiency(args) == 0
     results = json.loads(out.read_text())
     cases = results["cases"]
     assert [c["factor"] for c in cases] == [1, 4]

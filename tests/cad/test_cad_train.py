@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from medvae_engine.cad import cli_cad
 from medvae_engine.cad.datasets import cached_represent, load_input, read_labelled_csv
 from medvae_engine.cad.models import build_classifier
 from medvae_engine.cad.proxy import LesionSpec, background_crops, insert_lesions, load_backgrounds
+from medvae_engine.cli import cad as cli_cad
 from medvae_engine.errors import InputError, ModelError
 from medvae_engine.imaging.io import write_volume
 from medvae_engine.imaging.volume import Volume

@@ -1,4 +1,4 @@
-"""`medvae sr` / `medvae train-sr` through cli_sr.main on real images: outputs, geometry,
+"""`medvae sr` / `medvae train-sr` through medvae_engine.cli.sr.main on real images: outputs, geometry,
 determinism for a seed, the AE reconstruction of a reference, and exit code 2 on bad input."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
+from medvae_engine.cli.sr import main
 from medvae_engine.imaging.io import read_volume, write_volume
 from medvae_engine.imaging.volume import Volume
-from medvae_engine.sr.cli_sr import main
 from medvae_engine.sr.degradations import degrade
 from medvae_engine.sr.pipeline import hr_affine
 

@@ -7,8 +7,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 
+from medvae_engine.cli.sr import main
 from medvae_engine.imaging.io import read_volume
-from medvae_engine.sr.cli_sr import main
 from medvae_engine.sr.pipeline import hr_affine
 
 LPS = np.array([-1.0, -1.0, 1.0])

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from pydicom.data import get_testdata_file
 from safetensors.torch import load_file
 
+from medvae_engine.cli.sr import main
 from medvae_engine.codec.spec import load_codec
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.imaging.normalization import fit_normalization
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.runtime.progress import run
-from medvae_engine.sr.cli_sr import main
 from medvae_engine.sr.degradations import degrade, resize
 from medvae_engine.sr.pipeline import SROptions, super_resolve_steps
 from medvae_engine.sr.samplers import run_sampler
@@ -168,6 +168,6 @@ def test_cli_samples_one_is_refused(trained_run, tmp_path, capsys):
 def test_sd_path(name, expected):
     from pathlib import Path
 
-    from medvae_engine.sr.cli_sr import sd_path
+    from medvae_engine.cli.sr import sd_path
 
     assert sd_path(name) == Path(expected)

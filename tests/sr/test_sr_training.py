@@ -153,7 +153,7 @@ def test_ddp_two_processes_equal_one(sr_config, tmp_path):
     single = sr_config({"data": {**cache, "batch_size": 4}, "run": {"output_dir": "one"}}, "1.yaml")
     ddp = sr_config({"data": {**cache, "batch_size": 2}, "run": {"output_dir": "two"}}, "2.yaml")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cli = ["-m", "medvae_engine.sr.cli_sr", "train-sr"]
+    cli = ["-m", "medvae_engine.cli.sr", "train-sr"]
     subprocess.run([sys.executable, *cli, str(single)], check=True, env=env, timeout=120)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                     "--master_port", "29547", *cli, str(ddp)], check=True, env=env, timeout=120)

@@ -9,8 +9,8 @@ import shutil
 import pydicom.data
 import pytest
 
+from medvae_engine.cli.study import add_study_arguments, run_study
 from medvae_engine.imaging.io import read_volume, write_volume
-from medvae_engine.study.cli_study import add_study_arguments, run_study
 from medvae_engine.study.session import ReaderSession
 
 

@@ -12,9 +12,9 @@ import shutil
 import pytest
 from study_helpers import real_originals
 
+from medvae_engine.cli.study import add_study_arguments, run_study
 from medvae_engine.errors import InputError, OutputError
 from medvae_engine.study import ReaderSession, analyze_study, create_study, spec_from_folders
-from medvae_engine.study.cli_study import add_study_arguments, run_study
 from medvae_engine.study.create import default_key_path
 from medvae_engine.study.export import export_answers
 from medvae_engine.study.merge import merge_logs

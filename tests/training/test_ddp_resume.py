@@ -28,7 +28,7 @@ def test_two_process_ddp_equals_one_process(write_config, tmp_path):
                            "run": {"output_dir": "single"}}, "single.yaml")
     ddp = write_config({"data": {"batch_size": 2}, "optim": optim, "run": {"output_dir": "ddp"}},
                        "ddp.yaml")
-    cli = ["-m", "medvae_engine.training.cli_train"]
+    cli = ["-m", "medvae_engine.cli.train"]
     subprocess.run([sys.executable, *cli, str(single)], check=True, env=env, timeout=120)
     subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
@@ -86,7 +86,7 @@ def test_killed_process_resumes_to_the_same_weights(write_config, tmp_path):
               "data": {"crop": [32, 32], "batch_size": 4}}
     full = write_config(merge_out(update, "full"), "full.yaml")
     killed = write_config(merge_out(update, "killed"), "killed.yaml")
-    cmd = [sys.executable, "-m", "medvae_engine.training.cli_train", str(killed)]
+    cmd = [sys.executable, "-m", "medvae_engine.cli.train", str(killed)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     process = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / "killed" / "checkpoint.pt"

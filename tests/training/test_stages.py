@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medvae_engine.cli import train as cli_train
 from medvae_engine.models.autoencoder import AutoencoderKL
 from medvae_engine.models.checkpoints import save_model
 from medvae_engine.models.loading import load_model
-from medvae_engine.training import cli_train
 from medvae_engine.training.config import load_config
 from medvae_engine.training.data import PatchDataset, load_sources
 from medvae_engine.training.embedders import build_embedder

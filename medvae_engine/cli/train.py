@@ -1,6 +1,6 @@
 """`medvae train CONFIG.yaml [--resume]`: argument wiring; progress through the one CLI driver.
 
-Also runnable as ``python -m medvae_engine.training.cli_train`` (and under ``torchrun``).
+Also runnable as ``python -m medvae_engine.cli.train`` (and under ``torchrun``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 from ..errors import MedVAEError
 from ..runtime.cli_progress import drive
-from .config import config_overrides
+from ..training.config import config_overrides
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run a training with the progress bar on rank 0. MedVAEError propagates for the CLI to print."""
-    from .trainer import run_training
+    from ..training.trainer import run_training
 
     steps = run_training(args.config, resume=args.resume, overrides=config_overrides(args),
                          export_only=args.export_only)

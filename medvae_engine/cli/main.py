@@ -14,9 +14,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .codec.spec import load_codec
-from .errors import InputError, MedVAEError, OutputError
-from .version import __version__
+from ..codec.spec import load_codec
+from ..errors import InputError, MedVAEError, OutputError
+from ..version import __version__
+from .common import (
+    add_codec_args,
+    add_format_arg,
+    add_model_args,
+    add_output_arg,
+    add_png_arg,
+    add_read_args,
+    add_trust_arg,
+    read_input,
+    run_steps,
+    write_image,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,13 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--inspect", metavar="FILE",
         help="a checkpoint's inferred architecture, model tensors and ignored tensors",
     )
-    _trust_arg(p)
+    add_trust_arg(p)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("convert", help="checkpoint -> safetensors in this project's safe format")
     p.add_argument("checkpoint", help=".ckpt/.pt/.pth/.safetensors holding a MedVAE autoencoder")
-    _output(p, "new .safetensors file (architecture and source in its header)")
-    _trust_arg(p)
+    add_output_arg(p, "new .safetensors file (architecture and source in its header)")
+    add_trust_arg(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("encode", help="image(s) -> latent NIfTI + JSON sidecar")
@@ -70,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         "mirror their paths, resume skips unchanged inputs, failures go to failures.csv) or a CSV; "
         "a 2D model takes 2D images of one size --batch-size at a time while the next files are read",
     )
-    _output(p, "latent file (.nii.gz) or folder")
-    _model_args(p)
-    _codec_args(p)
-    _read_args(p)
+    add_output_arg(p, "latent file (.nii.gz) or folder")
+    add_model_args(p)
+    add_codec_args(p)
+    add_read_args(p)
     p.add_argument(
         "--projected",
         action="store_true",
@@ -83,28 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decode", help="latent file -> image in the original geometry and units")
     p.add_argument("latent", help="latent .nii.gz with its .json sidecar")
-    _output(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...) or, with --format dicom, a new folder")
-    format_arg(p)
+    add_output_arg(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...) or, with --format dicom, a new folder")
+    add_format_arg(p)
     p.add_argument("-m", "--model", help="override the model named in the sidecar")
     p.add_argument("--weights", help="weights file for the model")
-    _trust_arg(p)
-    _codec_args(p, decode_only=True)
-    _png_arg(p)
+    add_trust_arg(p)
+    add_codec_args(p, decode_only=True)
+    add_png_arg(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser(
         "reconstruct", help="encode + decode; output in the input's geometry and units"
     )
     p.add_argument("input", help="image file or DICOM series folder")
-    _output(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...) or, with --format dicom, a new folder")
-    _model_args(p)
-    _codec_args(p)
-    _read_args(p)
-    format_arg(p)
+    add_output_arg(p, "image file (.nii.gz, .mha, .nrrd, .tif, ...) or, with --format dicom, a new folder")
+    add_model_args(p)
+    add_codec_args(p)
+    add_read_args(p)
+    add_format_arg(p)
     p.add_argument(
         "--metrics", metavar="FILE", help="write PSNR and MS-SSIM against the input as JSON"
     )
-    _png_arg(p)
+    add_png_arg(p)
     p.set_defaults(func=cmd_reconstruct)
 
     _optional_commands(sub)
@@ -113,12 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _optional_commands(sub) -> None:
     """Commands whose implementation lives in other subpackages."""
-    from .analysis.report import add_analyze_arguments, run_analyze
-    from .benchmarks.speed import add_bench_arguments
-    from .cad.cli_cad import add_cad_arguments, run_cad
-    from .sr.cli_sr import add_sr_arguments, add_train_sr_arguments, run_sr, run_train_sr
-    from .study.cli_study import add_study_arguments
-    from .training.cli_train import add_train_arguments, run_train
+    from ..analysis.report import add_analyze_arguments, run_analyze
+    from .bench import add_bench_arguments
+    from .cad import add_cad_arguments, run_cad
+    from .sr import add_sr_arguments, add_train_sr_arguments, run_sr, run_train_sr
+    from .study import add_study_arguments
+    from .train import add_train_arguments, run_train
 
     p = sub.add_parser("analyze", help="metrics, maps, subbands, hallucination and figures")
     add_analyze_arguments(p)
@@ -151,129 +163,15 @@ def _optional_commands(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _output(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("-o", "--output", required=True, help=what)
-
-
-def format_arg(p: argparse.ArgumentParser) -> None:
-    """--format for commands that write images: from the suffix, or a DICOM series folder."""
-    p.add_argument(
-        "--format",
-        default="auto",
-        choices=["auto", "dicom"],
-        help="output format: auto (from the -o suffix) or dicom (a new derived DICOM series in "
-        "the new folder -o, in the source's study and geometry; patient fields with --keep-phi)",
-    )
-
-
-def write_image(volume, path, args: argparse.Namespace, description: str) -> Path:
-    """Write a result image in the format --format asks for; say so when DICOM export has no
-    DICOM source."""
-    from .imaging.dicom_write import dicom_source_note
-    from .imaging.io import write_output
-
-    fmt = getattr(args, "format", "auto")
-    written = write_output(volume, path, fmt=fmt, description=description,
-                           keep_phi=getattr(args, "keep_phi", False),
-                           png_range=_png_range(args, volume))
-    note = dicom_source_note(volume) if fmt == "dicom" else None
-    if note:
-        print(f"note: {path}: {note}", file=sys.stderr)
-    return written
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-m",
-        "--model",
-        default=None,
-        help="zoo name, checkpoint file, diffusers VAE folder or a baseline "
-        "(nearest, bilinear, bicubic, trilinear, spline); default: a starter model",
-    )
-    p.add_argument("--weights", help="weights file for a named model")
-    p.add_argument(
-        "--factor", type=int, default=4, help="downsizing per side for baselines (default 4)"
-    )
-    _trust_arg(p)
-
-
-def _trust_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="UNSAFE: unpickle Python objects in the checkpoint file, which runs code from it; "
-        "only for files from a source you trust",
-    )
-
-
-def _codec_args(p: argparse.ArgumentParser, decode_only: bool = False) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--batch-size", type=int, default=8, help="slices per batch for 2D models")
-    p.add_argument("--roi", type=int, default=160, help="3D sliding-window side (default 160)")
-    p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
-    p.add_argument(
-        "--tile", type=int, help="tile side for huge 2D images (default: whole up to 2048^2)"
-    )
-    if decode_only:
-        return
-    p.add_argument(
-        "--axis", type=int, help="slice axis for 2D models on volumes (default: coarsest)"
-    )
-    p.add_argument(
-        "--sample", action="store_true", help="sample z from the posterior (default: mean)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed for --sample")
-    p.add_argument(
-        "--window",
-        type=float,
-        nargs=2,
-        metavar=("LO", "HI"),
-        help="intensity window mapped to [-1, 1] (default: CT [-1000, 1000], else min-max)",
-    )
-
-
-def _png_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--png-range",
-        type=float,
-        nargs=2,
-        metavar=("LO", "HI"),
-        help="PNG output: map LO..HI to 0..255 (default: a PNG/JPEG input's own bit depth, "
-        "else the --window; other float results need it)",
-    )
-
-
-def _png_range(args: argparse.Namespace, volume) -> tuple[float, float] | None:
-    """--png-range, else --window for results that did not come from a PNG/JPEG (see README)."""
-    from .imaging.raster import picture_dtype
-
-    if getattr(args, "png_range", None):
-        return tuple(args.png_range)
-    window = getattr(args, "window", None)
-    return tuple(window) if window and picture_dtype(volume.metadata) is None else None
-
-
-def _read_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--modality", default="auto", choices=["auto", "ct", "mri", "xray"])
-    p.add_argument("--frame", type=int, help="frame of a 4D image")
-    p.add_argument("--series-uid", help="DICOM series to read from a folder holding several")
-    p.add_argument(
-        "--keep-phi",
-        action="store_true",
-        help="keep patient-identifying DICOM fields in output metadata (default: dropped)",
-    )
-
-
 # ----------------------------------------------------------------------------- commands
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import get_spec, list_models, list_sr_models
-    from .models.loading import download_steps
+    from ..models import get_spec, list_models, list_sr_models
+    from ..models.loading import download_steps
 
     if args.download:
-        path = _run(f"download {args.download}", download_steps(get_spec(args.download)), unit="B")
+        path = run_steps(f"download {args.download}", download_steps(get_spec(args.download)), unit="B")
         print(f"downloaded {args.download} to {path}")
         return 0
     if args.inspect:
@@ -296,7 +194,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _print_inspection(args: argparse.Namespace) -> int:
-    from .models.checkpoints import inspect_checkpoint
+    from ..models.checkpoints import inspect_checkpoint
 
     report = inspect_checkpoint(args.inspect, args.trust_checkpoint)
     if args.json:
@@ -314,7 +212,7 @@ def _print_inspection(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .models.checkpoints import convert_checkpoint
+    from ..models.checkpoints import convert_checkpoint
 
     target = convert_checkpoint(args.checkpoint, args.output, args.trust_checkpoint)
     print(f"{args.checkpoint} -> {target}: safetensors, loads by path (-m {target})")
@@ -322,7 +220,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from .codec.dataset import (
+    from ..codec.dataset import (
         Encoder,
         encode_dataset,
         find_inputs,
@@ -331,11 +229,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
         shard,
         write_failures,
     )
-    from .codec.pipeline import model_name
-    from .imaging.normalization import fit_normalization
-    from .models import weights_sha256
-    from .runtime.cli_progress import drive, write
-    from .runtime.distributed import rank_device
+    from ..codec.pipeline import model_name
+    from ..imaging.normalization import fit_normalization
+    from ..models import weights_sha256
+    from ..runtime.cli_progress import drive, write
+    from ..runtime.distributed import rank_device
 
     inputs = find_inputs(args.inputs)
     many = len(inputs) > 1 or is_dataset(args.inputs)
@@ -356,7 +254,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         return fit_normalization(volume.array, volume.modality, window=args.window)
 
     encoder = Encoder(model_for, _options(args), normalization if args.window else lambda v: None,
-                      args.projected, lambda steps: _run("encode", steps))
+                      args.projected, lambda steps: run_steps("encode", steps))
 
     def identity(ndim: int) -> tuple[str, str | None]:
         model = model_for(ndim)
@@ -375,7 +273,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     jobs = [(i, out / i.latent if many or out.is_dir() else out) for i in inputs[rank::world]]
     if many and rank == 0:
         write_failures(out, [])  # a failures list from an earlier run no longer holds
-    mine = drive(encode_dataset(jobs, lambda item: _read(item.path, args), encoder,
+    mine = drive(encode_dataset(jobs, lambda item: read_input(item.path, args), encoder,
                                 identity if many else None, keep_going=many),
                  "encode dataset", unit="input", report=report, terminal_only=True)
     summary = gather(mine, world)
@@ -395,41 +293,41 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from .codec.latents import load_latent
-    from .codec.pipeline import decode_steps
-    from .imaging.io import check_output
+    from ..codec.latents import load_latent
+    from ..codec.pipeline import decode_steps
+    from ..imaging.io import check_output
 
     check_output(args.output, args.format)
     latent = load_latent(args.latent)
     model = None
     if args.model or args.weights:
         model = _load_model(args, len(latent.image_shape), default=latent.model)
-    volume = _run("decode", decode_steps(latent, model, _options(args)))
+    volume = run_steps("decode", decode_steps(latent, model, _options(args)))
     write_image(volume, args.output, args, f"MedVAE decoded {latent.model}")
     print(f"{args.latent} -> {args.output}: image {volume.shape}")
     return 0
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .codec.pipeline import decode_steps
-    from .imaging.io import check_output
+    from ..codec.pipeline import decode_steps
+    from ..imaging.io import check_output
 
     check_output(args.output, args.format)
-    volume = _read(args.input, args)
+    volume = read_input(args.input, args)
     model = _load_model(args, volume.ndim)
     _announce_long_run(model, volume, args)
-    latent = _run("encode", _encode_steps(volume, model, args))
-    recon = _run("decode", decode_steps(latent, model, _options(args)))
+    latent = run_steps("encode", _encode_steps(volume, model, args))
+    recon = run_steps("decode", decode_steps(latent, model, _options(args)))
     metrics = None
     if args.metrics:  # PSNR / MS-SSIM as in `medvae bench quality` (CT: within the HU window)
-        from .benchmarks.quality import scored_range, scores
+        from ..benchmarks.quality import scored_range, scores
 
         value_range = scored_range(volume)
         metrics = scores(volume.array, recon.array, value_range) | {"data_range": list(value_range)}
     write_image(recon, args.output, args, f"MedVAE reconstruction {_model_label(model)}")
     line = f"{args.input} -> {args.output}: {_model_label(model)}, shape {recon.shape}"
     if metrics:
-        from .imaging.atomic import atomic_write_text
+        from ..imaging.atomic import atomic_write_text
 
         metrics.update(input=str(args.input), output=str(args.output), model=_model_label(model))
         atomic_write_text(Path(args.metrics), json.dumps(metrics, indent=2))
@@ -449,20 +347,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _read(path: str, args: argparse.Namespace):
-    from .imaging.io import read_volume
-
-    return read_volume(
-        path,
-        frame=args.frame,
-        series_uid=args.series_uid,
-        modality=args.modality,
-        keep_phi=args.keep_phi,
-    )
-
-
 def _load_model(args: argparse.Namespace, ndim: int, default: str | None = None):
-    from .models.zoo import DEFAULT_2D, DEFAULT_3D, get_spec
+    from ..models.zoo import DEFAULT_2D, DEFAULT_3D, get_spec
 
     volume_default = DEFAULT_3D if ndim == 3 and get_spec(DEFAULT_3D).available else DEFAULT_2D
     name = args.model or default or volume_default  # 2D starter slice-wise if the 3D one is missing
@@ -477,7 +363,7 @@ def _model_label(model) -> str:
 
 
 def _options(args: argparse.Namespace):
-    from .codec.pipeline import CodecOptions
+    from ..codec.pipeline import CodecOptions
 
     try:
         return CodecOptions(
@@ -496,7 +382,7 @@ def _options(args: argparse.Namespace):
 
 def _announce_long_run(model, volume, args: argparse.Namespace) -> None:
     """Say how long a reconstruction will take when the prediction is over a minute."""
-    from .codec.estimate import LONG_RUN_SECONDS, estimate_reconstruction
+    from ..codec.estimate import LONG_RUN_SECONDS, estimate_reconstruction
 
     estimate = estimate_reconstruction(model, volume, _options(args))
     if estimate is not None and estimate.seconds > LONG_RUN_SECONDS:
@@ -504,8 +390,8 @@ def _announce_long_run(model, volume, args: argparse.Namespace) -> None:
 
 
 def _encode_steps(volume, model, args: argparse.Namespace):
-    from .codec.pipeline import encode_steps
-    from .imaging.normalization import fit_normalization
+    from ..codec.pipeline import encode_steps
+    from ..imaging.normalization import fit_normalization
 
     norm = (
         fit_normalization(volume.array, volume.modality, window=args.window)
@@ -513,13 +399,6 @@ def _encode_steps(volume, model, args: argparse.Namespace):
         else None
     )
     return encode_steps(volume, model, _options(args), normalization=norm)
-
-
-def _run(stage: str, steps, unit: str = "step"):
-    """Drive a codec generator with the progress bar (ETA included) when stderr is a terminal."""
-    from .runtime.cli_progress import drive
-
-    return drive(steps, stage, unit=unit, terminal_only=True)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from medvae_engine.codec.spec import parse_codec
-from medvae_engine.errors import InputError, MedVAEError, ModelError
+from ..codec.spec import parse_codec
+from ..errors import InputError, MedVAEError, ModelError
 
 
 def add_study_arguments(parser: argparse.ArgumentParser | argparse._SubParsersAction) -> None:
@@ -99,8 +99,8 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 
 def _spec_from_args(args: argparse.Namespace):
-    from medvae_engine.study.create import spec_from_folders
-    from medvae_engine.study.spec import load_spec
+    from ..study.create import spec_from_folders
+    from ..study.spec import load_spec
 
     if args.spec:
         if args.originals or args.method or args.codec or args.model or args.forward_only \
@@ -126,8 +126,8 @@ def _spec_from_args(args: argparse.Namespace):
 
 
 def _create(args: argparse.Namespace) -> int:
-    from medvae_engine.runtime.cli_progress import drive
-    from medvae_engine.study.create import default_key_path, iter_create_study
+    from ..runtime.cli_progress import drive
+    from ..study.create import default_key_path, iter_create_study
 
     spec = _spec_from_args(args)
     drive(iter_create_study(spec, args.output, args.key), "study create", unit="item")
@@ -137,8 +137,8 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from medvae_engine.study.create import missing_files, validate_study
-    from medvae_engine.study.spec import load_spec, load_study
+    from ..study.create import missing_files, validate_study
+    from ..study.spec import load_spec, load_study
 
     path = Path(args.path)
     if path.is_dir():
@@ -155,9 +155,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from medvae_engine.study.persistence import read_log
-    from medvae_engine.study.session import replay_log
-    from medvae_engine.study.spec import ANSWERS_DIR, load_study
+    from ..study.persistence import read_log
+    from ..study.session import replay_log
+    from ..study.spec import ANSWERS_DIR, load_study
 
     study = load_study(args.study)
     item_ids = [item.id for item in study.items]
@@ -172,7 +172,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from medvae_engine.study.analyze import analyze_study
+    from ..study.analyze import analyze_study
 
     results = analyze_study(args.study, args.output, args.key, args.include_unconfirmed)
     for row in results["summary"]:
@@ -185,7 +185,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from medvae_engine.study.export import export_answers
+    from ..study.export import export_answers
 
     rows = export_answers(args.study, args.output, args.key)
     print(f"{rows} rows written to {args.output}")
@@ -193,7 +193,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from medvae_engine.study.merge import merge_logs
+    from ..study.merge import merge_logs
 
     for step in merge_logs(args.study, args.sources):
         done = f"{len(step.new_records)} new records" if step.new_records else "nothing new"

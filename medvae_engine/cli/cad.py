@@ -1,34 +1,24 @@
-"""CLI hooks: ``medvae cad train|proxy`` (add_cad_arguments/run_cad) and ``medvae bench
-efficiency`` (add_efficiency_arguments/run_efficiency)."""
+"""``medvae cad train|proxy``: classifiers on images, interpolated images and latents."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 from collections.abc import Generator
 from pathlib import Path
 
 import torch
 
-from ..benchmarks.efficiency import (
-    MODES,
-    STORAGE_DTYPES,
-    EfficiencySettings,
-    efficiency_figure,
-    efficiency_markdown,
-)
-from ..benchmarks.efficiency import run_efficiency as efficiency_steps
+from ..cad.datasets import cached_represent, load_input, read_labelled_csv, split_indices
+from ..cad.models import STEMS
+from ..cad.proxy import LESION_KINDS, LesionSpec, ProxySettings, proxy_markdown, run_proxy
+from ..cad.train import Split, TrainSettings, evaluate_inputs, training_epochs
 from ..errors import InputError
-from ..imaging.atomic import atomic_write, atomic_write_text
 from ..models.zoo import cache_dir
 from ..runtime.cli_progress import drive
 from ..runtime.progress import Progress, rebased
-from .datasets import cached_represent, load_input, read_labelled_csv, split_indices
-from .models import STEMS
-from .proxy import LESION_KINDS, LesionSpec, ProxySettings, proxy_markdown, run_proxy
-from .train import Split, TrainSettings, evaluate_inputs, training_epochs
+from .common import write_results
 
 INPUTS_HELP = ("classifier inputs, as codec specs: 'pixels' (the image itself), a baseline at a "
                "factor ('bicubic@4': the image downsampled to the latent size) or an autoencoder "
@@ -124,7 +114,7 @@ def run_cad(args: argparse.Namespace) -> int:
         results = drive(_csv_experiment(args, settings, cache), "cad train", unit="unit")
         table = csv_markdown(results)
     if int(os.environ.get("RANK", "0")) == 0:
-        _write(args.output, results, args.markdown, table)
+        write_results(args.output, results, args.markdown, table)
         print(table, end="")
     return 0
 
@@ -173,56 +163,3 @@ def csv_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def add_efficiency_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``medvae bench efficiency``."""
-    d = EfficiencySettings()
-    p.add_argument("--arch", default=d.arch, help="classifier (resnet/seresnet/densenet + size)")
-    p.add_argument("--dims", type=int, nargs="+", choices=[2, 3], default=list(d.dims))
-    p.add_argument("--size2d", type=int, default=d.size2d, help="2D image side")
-    p.add_argument("--size3d", type=int, default=d.size3d, help="3D volume side")
-    p.add_argument("--factors", type=int, nargs="+", default=list(d.factors),
-                   help="downsizing per side; 1 is the image (2D area f^2, 3D volume f^3)")
-    p.add_argument("--latent-channels", type=int, default=d.latent_channels)
-    p.add_argument("--batch", type=int, default=d.batch, help="batch size for latency")
-    p.add_argument("--repeats", type=int, default=d.repeats)
-    p.add_argument("--budget-mb", type=float, default=d.budget_mb,
-                   help="memory budget for the largest-batch search")
-    p.add_argument("--max-batch", type=int, default=d.max_batch, help="stop the search here")
-    p.add_argument("--mode", choices=MODES, default=d.mode, help="training step or inference")
-    p.add_argument("--stem", choices=STEMS, default=d.stem)
-    p.add_argument("--storage-dtype", choices=list(STORAGE_DTYPES), default=d.storage_dtype)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--threads", type=int, help="torch CPU threads for the latency runs")
-    p.add_argument("-o", "--output", default="cad_efficiency.json", help="results JSON")
-    p.add_argument("--plot", help="figure PNG (default: next to the JSON)")
-    p.add_argument("--markdown", help="also write the table as Markdown")
-
-
-def run_efficiency(args: argparse.Namespace) -> int:
-    """Run the efficiency benchmark; writes JSON, PNG and optionally Markdown."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if any(f < 1 for f in args.factors) or args.batch < 1 or args.max_batch < 1:
-        raise InputError("factors, --batch and --max-batch must be positive")
-    for dims, size in ((2, args.size2d), (3, args.size3d)):
-        bad = [f for f in args.factors if dims in args.dims and size % f]
-        if bad:
-            raise InputError(f"{dims}D side {size} is not divisible by factor(s) {bad}")
-    settings = EfficiencySettings(
-        args.arch, tuple(args.dims), args.size2d, args.size3d, tuple(args.factors),
-        args.latent_channels, args.batch, args.repeats, args.budget_mb, args.max_batch,
-        args.mode, args.stem, args.storage_dtype, args.device,
-    )
-    results = drive(efficiency_steps(settings), "bench efficiency", unit="step")
-    table = efficiency_markdown(results)
-    plot = Path(args.plot) if args.plot else Path(args.output).with_suffix(".png")
-    _write(args.output, results, args.markdown, table)
-    atomic_write(plot, lambda tmp: efficiency_figure(results, tmp))
-    print(table, end="")
-    return 0
-
-
-def _write(output: str, results: dict, markdown: str | None, table: str) -> None:
-    atomic_write_text(output, json.dumps(results, indent=2) + "\n")
-    if markdown:
-        atomic_write_text(markdown, table)

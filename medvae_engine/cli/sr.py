@@ -1,6 +1,6 @@
 """`medvae sr` and `medvae train-sr`: argument wiring for super-resolution.
 
-Also runnable as ``python -m medvae_engine.sr.cli_sr sr|train-sr ...`` (train-sr under torchrun).
+Also runnable as ``python -m medvae_engine.cli.sr sr|train-sr ...`` (train-sr under torchrun).
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import format_arg
 from ..codec.spec import load_codec
 from ..errors import InputError, MedVAEError, ModelError
 from ..models.zoo import DEFAULT_SR
-from .samplers import SAMPLERS
+from ..sr.samplers import SAMPLERS
+from .common import add_format_arg, read_input, run_steps, write_image
 
 
 def add_sr_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def add_sr_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="LR image file or DICOM series folder (2D image or volume)")
     p.add_argument("-o", "--output", required=True, help="SR image file (.nii.gz, .mha, .png, ...)"
                    " or, with --format dicom, a new DICOM series folder")
-    format_arg(p)
+    add_format_arg(p)
     p.add_argument("--sr-model", default=DEFAULT_SR,
                    help=f"SR UNet: a shipped name (default {DEFAULT_SR}), a .safetensors or "
                    "diffusers folder from 'medvae train-sr', or a latent-sr .ckpt")
@@ -72,16 +72,15 @@ def add_train_sr_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_sr(args: argparse.Namespace) -> int:
     """Super-resolve one input (and reconstruct the reference); MedVAEError for the CLI to print."""
-    from ..cli import _read, _run, write_image
     from ..imaging.io import check_output, write_volume
     from ..imaging.normalization import fit_normalization
-    from .pipeline import (
+    from ..sr.pipeline import (
         SROptions,
         reconstruct_reference_steps,
         super_resolve_samples_steps,
         super_resolve_steps,
     )
-    from .unet import load_sr_model
+    from ..sr.unet import load_sr_model
 
     if bool(args.reference) != bool(args.ae_output):
         raise InputError("--reference and --ae-output go together")
@@ -98,23 +97,23 @@ def run_sr(args: argparse.Namespace) -> int:
         raise InputError(str(e)) from None
     sr_model = load_sr_model(args.sr_model, device=args.device)
     autoencoder = _autoencoder(args, sr_model)
-    volume = _read(args.input, args)
+    volume = read_input(args.input, args)
     norm = (fit_normalization(volume.array, volume.modality, window=args.window)
             if args.window else None)
     sd = None
     if args.samples:
-        result, sd = _run("super-resolve", super_resolve_samples_steps(
+        result, sd = run_steps("super-resolve", super_resolve_samples_steps(
             volume, autoencoder, sr_model, options, args.samples, normalization=norm))
     else:
-        result = _run("super-resolve", super_resolve_steps(volume, autoencoder, sr_model, options,
+        result = run_steps("super-resolve", super_resolve_steps(volume, autoencoder, sr_model, options,
                                                            normalization=norm))
     ae = None
     if args.reference:
-        reference = _read(args.reference, args)
+        reference = read_input(args.reference, args)
         if reference.shape != result.shape:
             raise InputError(f"{args.reference}: reference shape {reference.shape} differs from "
                              f"the SR output's {result.shape}")
-        ae = _run("reconstruct", reconstruct_reference_steps(reference, autoencoder, options))
+        ae = run_steps("reconstruct", reconstruct_reference_steps(reference, autoencoder, options))
     label = f"MedVAE SR x{result.metadata.get('sr_scale', '')} {Path(args.sr_model).stem}"
     written = [write_image(result, args.output, args, label)]
     if sd is not None:  # the uncertainty map stays in float NIfTI, beside the output
@@ -156,8 +155,8 @@ def _autoencoder(args: argparse.Namespace, sr_model):
 def run_train_sr(args: argparse.Namespace) -> int:
     """Run an SR training with the progress bar on rank 0."""
     from ..runtime.cli_progress import drive
+    from ..sr.train_sr import run_sr_training
     from ..training.config import config_overrides
-    from .train_sr import run_sr_training
 
     steps = run_sr_training(args.config, resume=args.resume, overrides=config_overrides(args))
     drive(steps, "train-sr", keys=("loss", "val_psnr_sr", "val_psnr_bicubic"))
