@@ -22,6 +22,17 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import torch
+
+from medvae_engine.codec.pipeline import CodecOptions, encode_steps
+from medvae_engine.models import get_spec, load_model, save_model
+
+from ._layers import layer_to_volume
+from ._sample_data import mr_shoulder, mri_brain
+from ._session import CUSTOM, get_session
+from ._threading import JobState, start_job
+from .demo import start_xvfb
+from .widgets import EncodeWidget, ModelWidget
 
 TARGET_MS = 250.0
 HEARTBEAT_MS = 10
@@ -33,9 +44,7 @@ CANCEL_AFTER_S = 3.0
 
 def bench_model():
     """The starter model, or its architecture with seeded random weights (same cost)."""
-    import torch
 
-    from medvae_engine.models import get_spec, load_model
 
     spec = get_spec("starter_4_1_2d")
     if spec.available:
@@ -88,9 +97,6 @@ def measure() -> dict:
     import napari
     from napari.qt import get_qapp
 
-    from ._sample_data import mr_shoulder, mri_brain
-    from ._session import get_session
-    from .widgets import EncodeWidget
 
     os.environ.pop("NAPARI_MEDVAE_SYNC", None)
     app = get_qapp()
@@ -123,15 +129,8 @@ def measure() -> dict:
 def measure_official_3d(app, viewer) -> dict:
     """Load the official-size 3D architecture from the Model panel, encode a volume in windows,
     and cancel a second encode during a window; stalls of the GUI thread throughout."""
-    import torch
 
-    from medvae_engine.codec.pipeline import CodecOptions, encode_steps
-    from medvae_engine.models import get_spec, save_model
 
-    from ._layers import layer_to_volume
-    from ._session import CUSTOM, get_session
-    from ._threading import JobState, start_job
-    from .widgets import ModelWidget
 
     record: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     xvfb = None
     if not os.environ.get("DISPLAY"):
-        from .demo import start_xvfb
-
         xvfb = start_xvfb()
     try:
         record = measure()

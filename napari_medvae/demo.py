@@ -15,7 +15,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from ._layers import layer_kind
+from ._sample_data import mri_brain
 from ._session import get_session, is_baseline
+from ._writer import write_layer
+from .widgets import CompareWidget, EncodeWidget, MapsWidget, ModelWidget
+from .widgets._common import grid_of
 
 SAMPLE = "mri_brain"
 AXIAL = (2, 1, 0)  # slice along the MNI z axis: y (anterior) vertical, x (right) horizontal
@@ -56,8 +61,6 @@ def build_viewer(show: bool = True):
 
 def populate(viewer):
     """Dock the widgets and load the brain sample into ``viewer``; returns (image, widgets)."""
-    from ._sample_data import mri_brain
-    from .widgets import CompareWidget, EncodeWidget, MapsWidget, ModelWidget
 
     data, attributes, _ = mri_brain()[0]
     image = viewer.add_image(data, **attributes)
@@ -121,8 +124,6 @@ def run_pipeline(viewer, image, widgets, finished) -> None:
 
 
 def reconstruction(viewer):
-    from ._layers import layer_kind
-
     return next(layer for layer in viewer.layers if layer_kind(layer) == "reconstruction")
 
 
@@ -136,9 +137,6 @@ def demo_panels(viewer, image_name: str) -> list[tuple[str, str]]:
 
 def write_outputs(viewer, out: Path, screenshots: bool) -> list[Path]:
     """NIfTI files of every layer the pipeline made, the latent file, and PNG screenshots."""
-    from ._layers import layer_kind
-    from ._writer import write_layer
-    from .widgets._common import grid_of
 
     out.mkdir(parents=True, exist_ok=True)
     written = []

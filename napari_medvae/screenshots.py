@@ -20,6 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import pydicom.data
+from PIL import Image
+
+from medvae_engine.study import create_study, spec_from_folders
+
+from ._display import install_display
+from ._layers import layer_kind
+from ._session import get_session
+from ._threading import SYNC_ENV
+from .demo import start_xvfb
+from .widgets._captions import caption_of
+from .widgets._common import grid_of
 
 PLUGIN = "napari-medvae"
 WINDOW_SIZE = (1280, 800)
@@ -58,7 +69,6 @@ def write_readme_screenshots(out_dir: str | Path, viewer=None) -> dict[str, dict
 @contextmanager
 def synchronous_jobs():
     """Engine jobs in the calling thread, so each shot shows finished results."""
-    from ._threading import SYNC_ENV
 
     before = os.environ.get(SYNC_ENV)
     os.environ[SYNC_ENV] = "1"
@@ -114,7 +124,6 @@ def canvas_box(viewer) -> list[int]:
 
 def save_window(viewer, path: Path) -> Path:
     """The whole window (canvas and docked panels) as a compressed PNG."""
-    from PIL import Image
 
     settle()
     pixels = viewer.screenshot(canvas_only=False)
@@ -129,7 +138,6 @@ def camera_state(viewer) -> dict:
 
 def shot_ct(viewer, panels: dict, path: Path) -> dict:
     """A head CT opened through the plugin's reader: axial, soft-tissue window, letters, scale bar."""
-    from ._display import install_display
 
     source = pydicom.data.get_testdata_file(CT_FILE)
     [layer] = viewer.open(source, plugin=PLUGIN)
@@ -146,10 +154,6 @@ def shot_ct(viewer, panels: dict, path: Path) -> dict:
 
 def shot_compare(viewer, panels: dict, path: Path) -> dict:
     """A CT reconstructed with the starter, its maps, and the captioned 2 x 2 compare grid."""
-    from ._layers import layer_kind
-    from ._session import get_session
-    from .widgets._captions import caption_of
-    from .widgets._common import grid_of
 
     viewer.layers.clear()
     [layer] = viewer.open(pydicom.data.get_testdata_file(COMPARE_FILE), plugin=PLUGIN)
@@ -180,9 +184,7 @@ def shot_compare(viewer, panels: dict, path: Path) -> dict:
 
 def shot_study(viewer, panels: dict, path: Path, scratch: Path) -> dict:
     """A blinded A/B study of two real CT slices (original vs starter) read in the docked panel."""
-    from medvae_engine.study import create_study, spec_from_folders
 
-    from .widgets._common import grid_of
 
     compare = panels["Compare"]
     compare.grid_off()
@@ -216,7 +218,6 @@ def _extent(viewer, layer) -> list[list[float]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the screenshots into the folder given (default docs/images), in Xvfb when installed."""
-    from .demo import start_xvfb
 
     args = sys.argv[1:] if argv is None else argv
     out = Path(args[0] if args else "docs/images")

@@ -27,6 +27,7 @@ from .checkpoints import (
     read_checkpoint,
     read_state_dict,
 )
+from .sd_vae import load_diffusers_vae
 from .zoo import HUB_REPO, MODELS, ModelSpec, cache_dir, get_spec
 
 DOWNLOAD_CHUNK = 1 << 20  # bytes per progress step (and per cancel check)
@@ -234,8 +235,6 @@ def load_model_steps(
     else:
         path = Path(name).expanduser()
         if path.is_dir():
-            from .sd_vae import load_diffusers_vae
-
             model = load_diffusers_vae(path)
         elif path.is_file():
             yield Progress(0, 3, "read weights")

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import ModelError
 from .autoencoder import OFFICIAL_NORM_GROUPS, AutoencoderKL
 
 HUB_REPO = "stanfordmimi/MedVAE"
@@ -168,7 +169,6 @@ DEFAULT_SR = "starter_sr_x4"
 
 def get_spec(name: str) -> ModelSpec:
     """The spec of a named model; ModelError listing the known names otherwise."""
-    from ..errors import ModelError
 
     try:
         return MODELS[name]

@@ -9,15 +9,19 @@ model files are safetensors with the config and a training card in the header.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import ModelError
 from ..imaging.atomic import atomic_write
+from ..models.checkpoints import file_sha256, load_strict
+from ..models.zoo import SR_MODELS
 from .objectives import OBJECTIVES
 from .schedules import TRAIN_STEPS
 
@@ -190,8 +194,6 @@ def save_sr_folder(model: SRDenoiser, folder: str | Path, card: dict | None = No
     """A diffusers folder: ``UNet2DModel.save_pretrained`` (config.json + safetensors weights)
     plus our sr_config.json (objective, timesteps, conditioning, residual, latent shift/scale)
     and model_card.json; written beside, then moved into place."""
-    import shutil
-    import tempfile
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +214,6 @@ def save_sr_folder(model: SRDenoiser, folder: str | Path, card: dict | None = No
 
 def load_sr_folder(folder: Path) -> SRDenoiser:
     """An SR model from a diffusers folder written by ``save_sr_folder``."""
-    from safetensors.torch import load_file
 
     try:
         config = json.loads((folder / SR_CONFIG_FILE).read_text())
@@ -232,8 +233,6 @@ def load_sr_folder(folder: Path) -> SRDenoiser:
 def load_sr_model(name_or_path: str | Path, device: str = "cpu") -> SRDenoiser:
     """An SR model in eval mode: a shipped name (``starter_sr_x4``), our safetensors, our
     diffusers folder, or a published latent-sr Lightning checkpoint."""
-    from ..models.checkpoints import file_sha256
-    from ..models.zoo import SR_MODELS
 
     spec = SR_MODELS.get(str(name_or_path))
     path = spec.local_path() if spec else Path(name_or_path).expanduser()
@@ -248,8 +247,7 @@ def load_sr_model(name_or_path: str | Path, device: str = "cpu") -> SRDenoiser:
     if spec and spec.sha256 and file_sha256(path) != spec.sha256:
         raise ModelError(f"{path}: checksum differs from the expected one for {spec.name}")
     if path.suffix != ".safetensors":
-        from .compat import load_latent_sr_checkpoint
-
+        from .compat import load_latent_sr_checkpoint  # compat builds SRDenoiser: a cycle at the top
         model = load_latent_sr_checkpoint(path)
     else:
         try:
@@ -269,6 +267,5 @@ def load_sr_model(name_or_path: str | Path, device: str = "cpu") -> SRDenoiser:
 
 def load_unet_weights(model: SRDenoiser, sd: dict[str, torch.Tensor], source: str) -> None:
     """Strict load with a one-line ModelError naming what does not match."""
-    from ..models.checkpoints import load_strict
 
     load_strict(model.unet, sd, source)

@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import ModelError
 from ..models.autoencoder import AutoencoderKL
 from ..models.checkpoints import inflate_state_dict, load_strict, model_from_checkpoint
+from ..models.loading import load_model
 from ..models.lora import LoRAConv, inject_lora
 from ..models.zoo import MODELS
 from .config import TrainConfig, resolve_path
@@ -58,8 +59,6 @@ def initial_model(config: TrainConfig) -> tuple[AutoencoderKL, str]:
                               norm_groups=m.norm_groups)
         return model, "scratch"
     if m.init in MODELS:
-        from ..models.loading import load_model
-
         model = load_model(m.init)
         if not isinstance(model, AutoencoderKL):
             raise ModelError(f"{m.init}: not a MedVAE autoencoder")
