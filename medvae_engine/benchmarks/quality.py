@@ -6,26 +6,48 @@ every method (baselines included) is given: air padding at -3024 HU would otherw
 2D models and 2D baselines run slice-wise on volumes; 3D models are compared with the 3D baselines
 (trilinear, cubic spline). Writes JSON, a Markdown table, PNG figures (reconstructions and error
 maps of the central slice) and a model card per model.
+An image reference may end in a region, ``REF[a:b, :]`` with ``start:stop`` fractions or ``:`` per
+array axis (the training configs' ``region``): the held-out half of the RG1_UNCR radiograph (DICOM
+rows 978-1954; rows 0-977 train starter_4_1_2d) is scored at its native pixel size (a centred crop of at most
+``--max-side`` pixels a side: whole-image attention is quadratic and slow on a CPU). A model whose
+training card lists the image's pixels for training is marked in the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
 
+from ..analysis.metrics import Unavailable, ms_ssim, psnr, to_unit_range
+from ..codec.baselines import get_baseline
+from ..codec.pipeline import CodecOptions, reconstruct
+from ..data.sources import region_slices, regions_disjoint, resolve_builtin
+from ..errors import ConfigError
 from ..imaging.atomic import atomic_write, atomic_write_text
+from ..imaging.io import read_volume
+from ..imaging.normalization import CT_WINDOW
+from ..imaging.volume import Volume
+from ..models import load_model
+from ..models.checkpoints import read_state_dict
 from ..runtime.cli_progress import drive
 from ..runtime.progress import Progress, run
+from ..training.config import check_region
+from ..training.trainer import model_card_markdown
 
 # The [starter] issue's targets: mean PSNR margin (dB) over bicubic (2D models) or over the best 3D
 # interpolation (3D models) on the held-out images.
 TARGET_MARGIN_DB = {"starter_4_1_2d": 1.0, "starter_4_3_2d": 4.0, "starter_4_1_3d": 1.0}
-HELD_OUT = ["builtin:pydicom/MR_small.dcm", "builtin:pydicom/693_UNCR.dcm", "builtin:nibabel/anatomical"]
+HELD_OUT = ["builtin:pydicom/MR_small.dcm", "builtin:pydicom/693_UNCR.dcm", "builtin:nibabel/anatomical",
+            "builtin:pydicom/RG1_UNCR.dcm[:, 0.5:1]"]
+MAX_SIDE = 768  # 2D images larger than this a side are scored on their centred crop
+FLAT_BLOCK = 32  # flat regions: blocks of this side whose SD is below FLAT_SD of the data range
+FLAT_SD = 0.01
 BASELINES_2D = ("nearest", "bilinear", "bicubic")
 BASELINES_3D = ("trilinear", "spline")
 
@@ -37,13 +59,16 @@ def add_quality_arguments(p: argparse.ArgumentParser) -> None:
                    help="held-out images (files or builtin:<package>/<name>)")
     p.add_argument("--axis", type=int, default=None, help="slice axis for 2D methods on volumes")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--max-side", type=int, default=MAX_SIDE,
+                   help="2D images larger than this (pixels a side) are scored on their centred "
+                        "crop at native size (0: whole images; large ones are slow on a CPU)")
     p.add_argument("--quality-out", default="docs/model_cards/quality",
                    help="output stem: writes STEM.json, STEM.md and STEM_<image>.png")
 
 
 def run_quality(args: argparse.Namespace) -> int:
-    report = drive(quality_report_steps(args.models, args.images, args.axis, args.precision),
-                   "bench quality", unit="image")
+    report = drive(quality_report_steps(args.models, args.images, args.axis, args.precision,
+                                        args.max_side), "bench quality", unit="image")
     stem = Path(args.quality_out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stem.with_suffix(".json"), json.dumps(without_arrays(report), indent=2))
@@ -58,9 +83,6 @@ def run_quality(args: argparse.Namespace) -> int:
 
 def write_model_card(name: str, report: dict, stem: Path) -> None:
     """docs/model_cards/<model>.md/.json: the training card, the quality margins and timings."""
-    from ..models import load_model
-    from ..models.checkpoints import read_state_dict
-    from ..training.trainer import model_card_markdown
 
     model = load_model(name)
     _, meta = read_state_dict(model.weights_path)
@@ -95,7 +117,7 @@ def target_check(name: str, spatial_dims: int, report: dict) -> dict | None:
     mean over volumes of PSNR minus the best 3D interpolation's (3D)."""
     if name not in TARGET_MARGIN_DB:
         return None
-    rows = [r for r in report["images"] if name in r["methods"]]
+    rows = [r for r in report["images"] if name in r["methods"] and name not in r.get("trained_on", ())]
     if spatial_dims == 2:
         what = "mean PSNR at least bicubic"
         measured = float(np.mean([r["methods"][name]["psnr_db"] - r["methods"]["bicubic"]["psnr_db"]
@@ -119,8 +141,6 @@ def target_line(target: dict) -> str:
 
 def inference_seconds(model) -> dict:
     """Reconstruction time of a 256^2 slice (2D models) or a 128^3 volume (3D), fp32 and bf16."""
-    from ..codec.pipeline import CodecOptions, reconstruct
-    from ..imaging.volume import Volume
 
     shape = (256, 256) if model.spatial_dims == 2 else (128, 128, 128)
     vol = Volume(np.random.default_rng(0).random(shape).astype(np.float32), np.eye(4), "mri")
@@ -133,38 +153,41 @@ def inference_seconds(model) -> dict:
     return out
 
 
-def quality_report(models: list[str], images: list[str], axis: int | None, precision: str) -> dict:
+def quality_report(models: list[str], images: list[str], axis: int | None, precision: str,
+                   max_side: int = MAX_SIDE) -> dict:
     """Every method's scores on every image, and their means (see `quality_report_steps`)."""
-    return run(quality_report_steps(models, images, axis, precision))
+    return run(quality_report_steps(models, images, axis, precision, max_side))
 
 
-def quality_report_steps(models: list[str], images: list[str], axis: int | None,
-                         precision: str) -> Generator[Progress, None, dict]:
+def quality_report_steps(models: list[str], images: list[str], axis: int | None, precision: str,
+                         max_side: int = MAX_SIDE) -> Generator[Progress, None, dict]:
     """Reconstruct and score each image with every model and baseline, yielding Progress per
     image; returns the report."""
-    from ..codec.baselines import get_baseline
-    from ..codec.pipeline import CodecOptions, reconstruct
-    from ..models import load_model
 
     loaded = [load_model(m) for m in models]
+    sources = {m.name: training_sources(m) for m in loaded}
     rows = []
     for ref in images:
         volume = read_reference(ref)
+        native = list(volume.shape)
+        volume = centred_crop(volume, max_side)
         methods = [(m.name, m) for m in loaded]
         dims = {m.spatial_dims for m in loaded}
         if 2 in dims:
             methods += [(b, get_baseline(b, 2, 4)) for b in BASELINES_2D]
         if 3 in dims and volume.ndim == 3:
             methods += [(b, get_baseline(b, 3, 4)) for b in BASELINES_3D]
-        entry = {"image": ref, "label": Path(ref.split("/")[-1]).name.split(".")[0],
-                 "shape": list(volume.shape), "modality": volume.modality, "methods": {}}
+        entry = {"image": ref, "label": reference_label(ref), "shape": list(volume.shape),
+                 "native_shape": native, "modality": volume.modality, "methods": {},
+                 "trained_on": [m for m in sources if trained_on(sources[m], ref)]}
         for name, model in methods:
             if model.spatial_dims == 3 and volume.ndim != 3:
                 continue
             t0 = time.perf_counter()
             recon = reconstruct(volume, model, CodecOptions(axis=axis, precision=precision))
             entry["methods"][name] = scores(volume.array, recon.array, scored_range(volume)) | {
-                "seconds": time.perf_counter() - t0, "_recon": recon.array}
+                "seconds": time.perf_counter() - t0, "_recon": recon.array,
+                "flat_offset_pct": flat_offset(volume.array, recon.array, scored_range(volume))}
         entry["_original"] = np.clip(volume.array, *scored_range(volume))  # what the scores compare
         rows.append(entry)
         yield Progress(len(rows), len(images), "quality", info={"image": entry["label"]})
@@ -172,9 +195,30 @@ def quality_report_steps(models: list[str], images: list[str], axis: int | None,
             "mean": _means(rows)}
 
 
+def flat_offset(reference: np.ndarray, test: np.ndarray, value_range: tuple[float, float]) -> float | None:
+    """Mean absolute brightness offset (% of the data range) of the reconstruction over the flat
+    regions of a 2D image: FLAT_BLOCK-side blocks whose SD is below FLAT_SD of the range. The
+    low-frequency error a model trained on small textured crops makes on wide uniform areas."""
+    if reference.ndim != 2:
+        return None
+    lo, hi = value_range
+    ref = (np.clip(reference, lo, hi) - lo) / (hi - lo)
+    tst = (np.clip(test, lo, hi) - lo) / (hi - lo)
+    b = FLAT_BLOCK
+    h, w = ref.shape[0] // b * b, ref.shape[1] // b * b
+
+    def blocks(a):
+        return a[:h, :w].reshape(h // b, b, w // b, b)
+
+    flat = blocks(ref).std(axis=(1, 3)) < FLAT_SD
+    if not flat.any():
+        return None
+    offset = np.abs(blocks(tst).mean(axis=(1, 3)) - blocks(ref).mean(axis=(1, 3)))
+    return float(100.0 * offset[flat].mean())
+
+
 def scored_range(volume) -> tuple[float, float]:
     """The intensity range scores use: the image's own, or for CT the HU window every codec keeps."""
-    from ..imaging.normalization import CT_WINDOW
 
     if volume.modality == "ct":
         return CT_WINDOW
@@ -183,7 +227,6 @@ def scored_range(volume) -> tuple[float, float]:
 
 def scores(reference: np.ndarray, test: np.ndarray, value_range: tuple[float, float]) -> dict:
     """PSNR (dB) and MS-SSIM after mapping ``value_range`` to [0, 1] (data range 1)."""
-    from ..analysis.metrics import Unavailable, ms_ssim, psnr, to_unit_range
 
     ref, tst = to_unit_range(reference, value_range), to_unit_range(test, value_range)
     ms = ms_ssim(ref, tst)
@@ -204,13 +247,44 @@ def _means(rows: list[dict]) -> dict:
 def markdown(report: dict) -> str:
     names = list(report["mean"])
     lines = ["| image | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    seen = {n for r in report["images"] for n in r.get("trained_on", [])}
     for r in report["images"]:
-        cells = [table_cell(r["methods"].get(n)) for n in names]
-        lines.append(f"| {r['label']} {tuple(r['shape'])} {r['modality']} | " + " | ".join(cells) + " |")
+        cells = [table_cell(r["methods"].get(n)) + (" (trained on)" if n in r.get("trained_on", [])
+                                                    else "") for n in names]
+        lines.append(f"| {image_title(r)} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(table_cell(report["mean"][n]) for n in names) + " |")
+    flat = [r for r in report["images"]
+            if any(m.get("flat_offset_pct") is not None for m in r["methods"].values())]
+    notes = []
+    if seen:
+        notes.append("(trained on): the model's training card lists these pixels for training, so "
+                     "the image is not held out for it (its target margin leaves the image out).")
+    if any(r.get("native_shape", r["shape"]) != r["shape"] for r in report["images"]):
+        notes.append("A shape 'of N x M' is a centred crop at native pixel size of the image (or "
+                     "region) named: `--max-side` bounds it, whole-image attention being quadratic.")
+    if flat:
+        notes += ["", f"Mean absolute offset over flat regions ({FLAT_BLOCK}-pixel blocks with SD "
+                  f"< {100 * FLAT_SD:g}% of the range), % of the data range:", "",
+                  "| image | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for r in flat:
+            cells = [_pct(r["methods"].get(n, {}).get("flat_offset_pct")) for n in names]
+            notes.append(f"| {image_title(r)} | " + " | ".join(cells) + " |")
     return ("PSNR dB / MS-SSIM in original units, f=4 per side; data range: the image's own range "
             "(CT: the [-1000, 1000] HU window that every method keeps).\n\n") + \
-        "\n".join(lines) + "\n"
+        "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def image_title(row: dict) -> str:
+    """'label (shape) modality', the shape noting a crop of a larger native image."""
+    shape = "x".join(map(str, row["shape"]))
+    native = row.get("native_shape", row["shape"])
+    if native != row["shape"]:
+        shape += " of " + "x".join(map(str, native))
+    return f"{row['label']} ({shape}) {row['modality']}"
 
 
 def table_cell(v: dict | None) -> str:
@@ -256,12 +330,93 @@ def _central(a: np.ndarray) -> np.ndarray:
 
 
 def read_reference(ref: str):
-    """A held-out image: a file path or builtin:<package>/<name>."""
-    from ..data.sources import resolve_builtin
-    from ..imaging.io import read_volume
+    """A held-out image: a file path or builtin:<package>/<name>, optionally ending in a region
+    ``[start:stop, ...]`` (fractions per axis, ``:`` for a whole axis)."""
 
-    path = resolve_builtin(ref.removeprefix("builtin:")) if ref.startswith("builtin:") else Path(ref)
-    return read_volume(path)
+    name, region = split_region(ref)
+    path = resolve_builtin(name.removeprefix("builtin:")) if name.startswith("builtin:") else Path(name)
+    volume = read_volume(path)
+    if region is None:
+        return volume
+    return crop_volume(volume, region_slices(region, volume.shape, path))
+
+
+def split_region(ref: str) -> tuple[str, tuple | None]:
+    """``REF[a:b, :]`` -> (REF, ((a, b), None)); a reference without brackets has no region."""
+    m = re.fullmatch(r"(.+)\[([^\]]*)\]", ref.strip())
+    if not m:
+        return ref, None
+    region = []
+    for part in m.group(2).split(","):
+        part = part.strip()
+        if part == ":":
+            region.append(None)
+            continue
+        try:
+            a, b = (float(x) for x in part.split(":"))
+        except ValueError:
+            raise ConfigError(f"{ref}: region entries must be ':' or start:stop fractions, got "
+                              f"'{part}'") from None
+        region.append((a, b))
+
+    def fail(why):
+        raise ConfigError(f"{ref}: region {why}")
+
+    check_region(region, fail)
+    return m.group(1), tuple(region)
+
+
+def reference_label(ref: str) -> str:
+    """A file-name-safe label: the image's stem, plus the region's fractions if any."""
+    name, region = split_region(ref)
+    label = Path(name.split("/")[-1]).name.split(".")[0]
+    if region:
+        label += "_" + "_".join("all" if b is None else f"{b[0]:g}-{b[1]:g}" for b in region)
+    return label
+
+
+def crop_volume(volume, slices: tuple[slice, ...]):
+    """The sub-image at these slices, its affine moved to the new first voxel."""
+    affine = volume.affine.copy()
+    start = np.zeros(3)
+    start[: len(slices)] = [s.start for s in slices]
+    affine[:3, 3] += affine[:3, :3] @ start
+    return Volume(np.ascontiguousarray(volume.array[slices]), affine, volume.modality,
+                  dict(volume.metadata))
+
+
+def centred_crop(volume, max_side: int):
+    """A 2D image's centred crop of at most ``max_side`` a side (volumes and 0: unchanged)."""
+    if volume.ndim != 2 or max_side <= 0 or max(volume.shape) <= max_side:
+        return volume
+    slices = tuple(slice((n - min(n, max_side)) // 2, (n - min(n, max_side)) // 2 + min(n, max_side))
+                   for n in volume.shape)
+    return crop_volume(volume, slices)
+
+
+def training_sources(model) -> list[dict]:
+    """The training sources (path, region) the model's card lists ([] without a card)."""
+    if not getattr(model, "weights_path", None):
+        return []
+    try:
+        _, meta = read_state_dict(model.weights_path)
+        card = json.loads(meta.get("card", "{}"))
+    except (OSError, ValueError):
+        return []
+    return [s if isinstance(s, dict) else {"path": s}
+            for s in card.get("config", {}).get("data", {}).get("train", [])]
+
+
+def trained_on(sources: list[dict], ref: str) -> bool:
+    """Whether a training source of the same name (and any frame) covers pixels of the
+    reference: regions compared as in the training start-up check."""
+    name, region = split_region(ref)
+    for s in sources:
+        theirs = None if s.get("region") is None else tuple(
+            None if b is None else tuple(b) for b in s["region"])
+        if s["path"] == name and not regions_disjoint(region, theirs):
+            return True
+    return False
 
 
 def without_arrays(obj):

@@ -151,35 +151,34 @@ def load_image(ref: ImageRef) -> np.ndarray:
                          modality=ref.modality)
     norm = fit_normalization(volume.array, volume.modality)
     array = norm.forward(volume.array)
-    if ref.region is not None:
-        array = array[region_slices(ref, array.shape)]
+    if ref.region is not None:  # normalised on the whole image: a region's values match it
+        array = array[region_slices(ref.region, array.shape, ref.path)]
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def region_slices(ref: ImageRef, shape: tuple[int, ...]) -> tuple[slice, ...]:
-    """The pixel slices of ``ref.region`` in an image of this shape (normalised on the whole
-    image first, so a region's intensities match the whole image's)."""
-    if len(ref.region) != len(shape):
-        raise ConfigError(f"{ref.path}: region lists {len(ref.region)} axes, the image has "
+def region_slices(region: tuple, shape: tuple[int, ...], name: object) -> tuple[slice, ...]:
+    """The pixel slices of a region (per axis None or (start, stop) fractions) in an image of
+    this shape; ``name`` (the file) goes into the error."""
+    if len(region) != len(shape):
+        raise ConfigError(f"{name}: region lists {len(region)} axes, the image has "
                           f"{len(shape)} (shape {tuple(shape)})")
     out = []
-    for b, n in zip(ref.region, shape, strict=True):
+    for b, n in zip(region, shape, strict=True):
         start, stop = (0, n) if b is None else (round(b[0] * n), round(b[1] * n))
         if stop <= start:
-            raise ConfigError(f"{ref.path}: region {b} holds no pixel of an axis of length {n}")
+            raise ConfigError(f"{name}: region {list(b)} holds no pixel of an axis of length {n}")
         out.append(slice(start, stop))
     return tuple(out)
 
 
 def regions_overlap(a: ImageRef, b: ImageRef) -> bool:
     """Whether two references to the same image can share a pixel (no region: the whole image)."""
-    if a.key != b.key:
+    return a.key == b.key and not regions_disjoint(a.region, b.region)
+
+
+def regions_disjoint(a: tuple | None, b: tuple | None) -> bool:
+    """Whether two regions of one image share no pixel: their ranges part on some axis."""
+    if a is None or b is None or len(a) != len(b):
         return False
-    if a.region is None or b.region is None:
-        return True
-    if len(a.region) != len(b.region):
-        return True
-    for x, y in zip(a.region, b.region, strict=True):
-        if x is not None and y is not None and (x[1] <= y[0] or y[1] <= x[0]):
-            return False
-    return True
+    return any(x is not None and y is not None and (x[1] <= y[0] or y[1] <= x[0])
+               for x, y in zip(a, b, strict=True))
