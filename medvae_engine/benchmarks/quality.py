@@ -33,7 +33,7 @@ from ..imaging.atomic import atomic_write, atomic_write_text
 from ..imaging.io import read_volume
 from ..imaging.normalization import CT_WINDOW
 from ..imaging.volume import Volume
-from ..models import load_model
+from ..models import MODELS, load_model
 from ..models.checkpoints import read_state_dict
 from ..runtime.cli_progress import drive
 from ..runtime.progress import Progress, run
@@ -42,7 +42,6 @@ from ..training.trainer import model_card_markdown
 
 # The [starter] issue's targets: mean PSNR margin (dB) over bicubic (2D models) or over the best 3D
 # interpolation (3D models) on the held-out images.
-TARGET_MARGIN_DB = {"starter_4_1_2d": 1.0, "starter_4_3_2d": 4.0, "starter_4_1_3d": 1.0}
 HELD_OUT = ["builtin:pydicom/MR_small.dcm", "builtin:pydicom/693_UNCR.dcm", "builtin:nibabel/anatomical",
             "builtin:pydicom/RG1_UNCR.dcm[:, 0.5:1]"]
 MAX_SIDE = 768  # 2D images larger than this a side are scored on their centred crop
@@ -115,7 +114,8 @@ def write_model_card(name: str, report: dict, stem: Path) -> None:
 def target_check(name: str, spatial_dims: int, report: dict) -> dict | None:
     """The model's target margin and the measured one: mean PSNR minus bicubic's (2D), or the
     mean over volumes of PSNR minus the best 3D interpolation's (3D)."""
-    if name not in TARGET_MARGIN_DB:
+    goal = MODELS[name].target_margin_db if name in MODELS else None
+    if goal is None:
         return None
     rows = [r for r in report["images"] if name in r["methods"] and name not in r.get("trained_on", ())]
     if spatial_dims == 2:
@@ -126,7 +126,6 @@ def target_check(name: str, spatial_dims: int, report: dict) -> dict | None:
         what = "PSNR at least the best 3D interpolation (trilinear, cubic spline)"
         measured = float(np.mean([r["methods"][name]["psnr_db"] - max(
             r["methods"][b]["psnr_db"] for b in BASELINES_3D) for r in rows]))
-    goal = TARGET_MARGIN_DB[name]
     return {"target": f"{what} + {goal:.1f} dB", "target_db": goal, "measured_db": measured,
             "met": measured >= goal}
 

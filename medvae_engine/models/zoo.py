@@ -37,6 +37,9 @@ class ModelSpec:
     num_res_blocks: int = 2
     norm_groups: int = OFFICIAL_NORM_GROUPS
     description: str = ""
+    # `medvae bench quality`'s goal: mean PSNR margin over interpolation (2D: bicubic; 3D: the
+    # better of trilinear and cubic spline), in dB, on held-out real images; None: no goal
+    target_margin_db: float | None = None
 
     def config(self) -> dict:
         """Keyword arguments of AutoencoderKL for this model."""
@@ -101,10 +104,11 @@ _STARTER_SHA256 = _starter_checksums()
 STARTER_NORM_GROUPS = 8  # width 32 with 4 channels a group (the official 32 groups would be 1)
 
 
-def _starter(name, dims, c, description):
+def _starter(name, dims, c, description, target_margin_db):
     return ModelSpec(
         name, dims, 4, c, 1, 32, (1, 2, 4), "starter", f"{name}.safetensors",
         sha256=_STARTER_SHA256.get(name), norm_groups=STARTER_NORM_GROUPS, description=description,
+        target_margin_db=target_margin_db,
     )
 
 
@@ -127,9 +131,9 @@ MODELS: dict[str, ModelSpec] = {
         _official(
             "medvae_8_1_3d", 3, 8, 1, 1, "vae_8x_1c_3D.ckpt", "official 3D, 512x compression"
         ),
-        _starter("starter_4_1_2d", 2, 1, "starter 2D, 16x, trained on bundled real images"),
-        _starter("starter_4_3_2d", 2, 3, "starter 2D, 3 latent channels, 1-channel images"),
-        _starter("starter_4_1_3d", 3, 1, "starter 3D, inflated from starter_4_1_2d"),
+        _starter("starter_4_1_2d", 2, 1, "starter 2D, 16x, trained on bundled real images", 1.0),
+        _starter("starter_4_3_2d", 2, 3, "starter 2D, 3 latent channels, 1-channel images", 4.0),
+        _starter("starter_4_1_3d", 3, 1, "starter 3D, inflated from starter_4_1_2d", 1.0),
     )
 }
 
