@@ -56,6 +56,10 @@ def drive(
                 unit_scale=unit == "B", dynamic_ncols=True, file=sys.stderr,
                 mininterval=TERMINAL_INTERVAL if tty else LOG_INTERVAL, leave=not terminal_only)
             bar.start_t = bar.last_print_t = began  # the rate counts from the start of the job
+        if p.done < bar.n:  # a new stage counting from its own start: time it afresh
+            bar.initial = 0
+            bar.reset(total=p.total)
+            state["timed"] = False
         if p.total != bar.total:
             bar.total = p.total
         label = desc if not p.stage or p.stage == desc else f"{desc}: {p.stage}"
