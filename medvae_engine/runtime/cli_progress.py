@@ -36,7 +36,7 @@ def drive(
     """Run ``steps`` to its result with a progress bar; ``report`` sees every Progress too.
 
     The bar shows the ``info`` entries named in ``keys`` (all when None) beside it, and the stage
-    when it differs from ``desc``. ``terminal_only``: no bar unless stderr is a terminal (for
+    unless ``desc`` already ends with it. ``terminal_only``: no bar unless stderr is a terminal (for
     commands whose output is often piped, like encode and decode).
     """
     tty = sys.stderr.isatty()
@@ -56,9 +56,13 @@ def drive(
                 unit_scale=unit == "B", dynamic_ncols=True, file=sys.stderr,
                 mininterval=TERMINAL_INTERVAL if tty else LOG_INTERVAL, leave=not terminal_only)
             bar.start_t = bar.last_print_t = began  # the rate counts from the start of the job
+        if p.done < bar.n:  # a new stage counting from its own start: time it afresh
+            bar.initial = 0
+            bar.reset(total=p.total)
+            state["timed"] = False
         if p.total != bar.total:
             bar.total = p.total
-        label = desc if not p.stage or p.stage == desc else f"{desc}: {p.stage}"
+        label = desc if not p.stage or desc.endswith(p.stage) else f"{desc}: {p.stage}"
         if label != bar.desc:
             bar.set_description_str(label, refresh=False)
         postfix = {k: _short(v) for k, v in p.info.items() if keys is None or k in keys}

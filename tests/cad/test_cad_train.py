@@ -149,3 +149,28 @@ def test_multiclass_scores_are_log_odds_of_each_class_against_the_rest():
     expected = [1 - np.logaddexp(2, 3), 2 - np.logaddexp(1, 3), 3 - np.logaddexp(1, 2)]
     np.testing.assert_allclose(predict(Fixed(), np.zeros((2, 1, 1, 1), np.float32), 2, "cpu"),
                                [expected, expected])
+
+
+def test_cad_proxy_progress_counts_every_unit_of_the_whole_run(capsys):
+    """One Progress protocol: encodes and training epochs of every input, seed and contrast are
+    units of one total from the start, so the CLI bar's ETA covers the whole run."""
+    from medvae_engine.cad.proxy import ProxySettings, run_proxy
+    from medvae_engine.cad.train import TrainSettings
+    from medvae_engine.runtime.cli_progress import drive
+
+    proxy = ProxySettings(("image", "bicubic@4"), (0.3, 0.6), LesionSpec(), 32, 16, 12, 0, None)
+    train = TrainSettings("resnet10", epochs=2, batch_size=8, seeds=(0, 1))
+    seen = []
+    results = drive(run_proxy(proxy, train), "cad proxy", unit="unit", report=seen.append)
+    per_contrast = 2 + 2 * 2 * 2  # two encodes, then 2 inputs x 2 seeds x 2 epochs
+    assert [p.done for p in seen] == list(range(1, 2 * per_contrast + 1))
+    assert {p.total for p in seen} == {2 * per_contrast}
+    assert [p.stage for p in seen[:per_contrast]] == ["encode"] * 2 + ["train"] * 8
+    assert [(p.info["input"], p.info["seed"]) for p in seen[2:10:2]] == [
+        ("image", 0), ("image", 1), ("bicubic@4", 0), ("bicubic@4", 1)]
+    assert {p.info["contrast"] for p in seen[per_contrast:]} == {0.6}
+    assert all(np.isfinite(p.info["loss"]) for p in seen if p.stage == "train")
+    assert len(results["rows"]) == 4
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert any("1/20" in line and "<?" not in line for line in bar)
+    assert "20/20" in [line for line in bar if line.strip()][-1]

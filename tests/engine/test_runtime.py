@@ -122,3 +122,19 @@ def test_runtime_imports_nothing_above_it():
 def test_the_layering_check_sees_a_forbidden_import(tmp_path):
     (tmp_path / "bad.py").write_text("from ..codec.pipeline import encode\nimport scipy\n")
     assert _imports(tmp_path / "bad.py") == [(2, "codec.pipeline"), (0, "scipy")]
+
+
+def test_driver_restarts_the_bar_when_a_stage_counts_from_its_start(capsys):
+    """Loading a model (3 steps) then encoding 4 windows in one generator: the encode stage gets
+    its own rate and ETA instead of a negative rate from counting backwards."""
+    def job():
+        for i in range(4):
+            yield Progress(i, 3, "load weights")
+        yield from _slow_units(4, 0.05)
+        return "ok"
+
+    assert drive(job(), "reconstruct") == "ok"
+    lines = _bar_lines(capsys.readouterr().err)
+    first = next(line for line in lines if "1/4" in line)
+    assert "reconstruct: work" in first and "<?" not in first and "-" not in first.split("|")[2]
+    assert "4/4" in lines[-1] and "100%" in lines[-1]
