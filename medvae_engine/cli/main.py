@@ -400,6 +400,3 @@ def _encode_steps(volume, model, args: argparse.Namespace):
     )
     return encode_steps(volume, model, _options(args), normalization=norm)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
