@@ -4,9 +4,9 @@ Conventions (FACTS section 2): every metric compares arrays mapped to [0, 1] wit
 Images in physical units (HU, MRI signal) are mapped with `to_unit_range`, which uses the
 *reference's* range (or an explicit window such as a CT window) for both reference and test, so the
 same linear map applies to both and the test cannot rescale itself into agreement.
-SSIM uses the Gaussian window of Wang et al. (sigma 1.5, truncated at 3.5 sigma = 11 taps,
-K1 = 0.01, K2 = 0.03, population covariances), the setting of scikit-image's
-``gaussian_weights=True, use_sample_covariance=False``. MS-SSIM uses the standard five scales
+SSIM is scikit-image's ``structural_similarity`` with the Gaussian window of Wang et al. (sigma
+1.5, truncated at 3.5 sigma = 11 taps, K1 = 0.01, K2 = 0.03, population covariances:
+``gaussian_weights=True, use_sample_covariance=False``). MS-SSIM uses the standard five scales
 and weights with 'valid' 11-tap Gaussian filtering, as pytorch-msssim does.
 """
 
@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
+from skimage.metrics import structural_similarity
 
 from ..errors import InputError
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 SSIM_SIGMA = 1.5
-SSIM_TRUNCATE = 3.5
 SSIM_WIN = 11
 K1, K2 = 0.01, 0.03
 
@@ -139,20 +139,26 @@ def psnr(
     return psnr_from_mse(mse(reference, test, region), data_range)
 
 
-def _gaussian(a: np.ndarray) -> np.ndarray:
-    return ndimage.gaussian_filter(a, SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
+def _window_fits(shape: Sequence[int]) -> int:
+    """An odd ``win_size`` that passes scikit-image's size check: with Gaussian weights the
+    filter ignores it (11 taps from sigma and truncate), it only sets the border skimage skips."""
+    side = min(shape)
+    return SSIM_WIN if side >= SSIM_WIN else side - (1 - side % 2)
+
+
+def _skimage_ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> tuple[float, np.ndarray]:
+    """(scikit-image's mean SSIM, the SSIM map) in float64 with Wang et al.'s Gaussian window."""
+    x = np.asarray(reference, np.float64)
+    y = np.asarray(test, np.float64)
+    return structural_similarity(
+        x, y, data_range=data_range, gaussian_weights=True, sigma=SSIM_SIGMA,
+        use_sample_covariance=False, K1=K1, K2=K2, win_size=_window_fits(x.shape), full=True,
+    )
 
 
 def ssim_map(reference: np.ndarray, test: np.ndarray, data_range: float = 1.0) -> np.ndarray:
     """Local SSIM at every pixel/voxel (same shape as the input; 2D or 3D Gaussian window)."""
-    x = np.asarray(reference, np.float64)
-    y = np.asarray(test, np.float64)
-    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    mx, my = _gaussian(x), _gaussian(y)
-    vx = _gaussian(x * x) - mx * mx
-    vy = _gaussian(y * y) - my * my
-    cxy = _gaussian(x * y) - mx * my
-    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return _skimage_ssim(reference, test, data_range)[1]
 
 
 def ssim(
@@ -161,13 +167,16 @@ def ssim(
     data_range: float = 1.0,
     region: np.ndarray | None = None,
 ) -> float:
-    """Mean SSIM; over the whole image it skips the 5-pixel border as scikit-image does.
+    """Mean SSIM (scikit-image's); over the whole image it skips the 5-pixel border as skimage
+    does, along axes longer than 10 only (a thin slab keeps all its slices).
 
     Within a region the SSIM map is averaged over the region's voxels (border included).
     """
-    smap = ssim_map(reference, test, data_range)
+    mean, smap = _skimage_ssim(reference, test, data_range)
     if region is not None:
         return float(smap[region].mean())
+    if min(smap.shape) >= SSIM_WIN:
+        return float(mean)
     pad = (SSIM_WIN - 1) // 2
     inner = tuple(slice(pad, s - pad) if s > 2 * pad else slice(None) for s in smap.shape)
     return float(smap[inner].mean())
