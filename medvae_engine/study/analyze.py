@@ -331,10 +331,7 @@ def _json_safe(value: Any) -> Any:
 
 def plot_scores(results: dict[str, Any], path: str | Path) -> Path:
     """A bar chart of mean score per question and method with 95% CI error bars (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib takes about half a second to import
 
     methods, questions = results["methods"], results["questions"]
     bounds = [r[k] for r in results["summary"] for k in ("ci_low", "ci_high", "mean")]
