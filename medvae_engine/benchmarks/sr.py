@@ -101,10 +101,9 @@ def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed
     from ..analysis.metrics import to_unit_range
     from ..codec.pipeline import CodecOptions
     from ..codec.pipeline import reconstruct as ae_reconstruct
+    from ..data.degradation import resize
     from ..errors import InputError
-    from ..imaging.volume import Volume
     from ..runtime.progress import run
-    from ..sr.degradations import resize
     from ..sr.pipeline import SROptions, load_autoencoder, super_resolve_steps
     from .quality import read_reference, scored_range, scores
 
@@ -113,15 +112,13 @@ def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed
                          "(bench sr scores models from 'medvae train-sr')")
     autoencoder = load_autoencoder(sr_model.card["autoencoder"])
     degradation = sr_model.card.get("degradation") or {"kind": "bicubic", "scale": 4}
-    scale = int(degradation["scale"])
     rows = []
     for ref in images:
         volume = read_reference(ref)
         if volume.ndim != 2:
             raise InputError(f"{ref}: bench sr scores 2D images, this one is {volume.ndim}D")
-        h, w = (s // scale * scale for s in volume.shape)
-        hr = Volume(volume.array[:h, :w], volume.affine, volume.modality, volume.metadata)
-        lr, norm, lr_model_space = degrade_in_model_space(hr, degradation)
+        lr, hr, norm, lr_model_space = degrade_in_model_space(volume, degradation)
+        h, w = hr.shape
         value_range = scored_range(hr)
         outputs = {"bicubic": norm.inverse(resize(lr_model_space, (h, w), "bicubic")),
                    "AE ceiling": ae_reconstruct(hr, autoencoder,
@@ -172,17 +169,20 @@ def sr_report(sr_model, images: list[str], samplers: list[tuple[str, int]], seed
             "samples": samples, "images": rows, "summary": summary(rows, samplers)}
 
 
-def degrade_in_model_space(hr, degradation: dict):
-    """(LR image in ``hr``'s units, the normalisation, LR in model space): ``hr`` normalised, then
-    degraded as the SR model was trained (``degradation`` as in its card: kind, scale, sigma)."""
+def degrade_in_model_space(image, degradation: dict):
+    """(LR image in ``image``'s units, HR reference, the normalisation, LR in model space): the 2D
+    ``image`` cropped to sides divisible by the scale, normalised and degraded as the SR model was
+    trained (``degradation`` as in its card: kind, scale, sigma)."""
+    from ..data.degradation import crop_to_multiple, degrade_volume
     from ..imaging.normalization import fit_normalization
     from ..imaging.volume import Volume
-    from ..sr.degradations import degrade
 
+    scale = int(degradation["scale"])
+    hr = crop_to_multiple(image, (0, 1), scale)
     norm = fit_normalization(hr.array, hr.modality)
-    low = degrade(norm.forward(hr.array), degradation["kind"], int(degradation["scale"]),
-                  degradation.get("sigma"))
-    return Volume(norm.inverse(low), np.eye(4), hr.modality), norm, low
+    model_space = Volume(norm.forward(hr.array), hr.affine, hr.modality)
+    low, _ = degrade_volume(model_space, degradation["kind"], scale, sigma=degradation.get("sigma"))
+    return Volume(norm.inverse(low.array), low.affine, hr.modality), hr, norm, low.array
 
 
 def summary(rows: list[dict], samplers: list[tuple[str, int]]) -> dict:

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
 from ..analysis.metrics import psnr
+from ..data.degradation import degrade, lr_scale
 from ..errors import MedVAEError
 from ..imaging.atomic import atomic_write, atomic_write_text
 from ..models import weights_sha256
@@ -52,7 +53,6 @@ from ..training.trainer import (
     _set_rng_states,
     run_folder,
 )
-from .degradations import degrade, lr_scale
 from .objectives import diffuse, diffusion_target, flow_interpolate, flow_target, regression_loss
 from .pipeline import (
     PIXELS,

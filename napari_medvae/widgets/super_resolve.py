@@ -23,10 +23,10 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_warning
 
+from medvae_engine.data.degradation import DEGRADATIONS, degrade_volume, lr_scale
 from medvae_engine.errors import MedVAEError, ModelError
 from medvae_engine.models.zoo import DEFAULT_SR, SR_MODELS
 from medvae_engine.runtime.progress import Progress
-from medvae_engine.sr.degradations import DEGRADATIONS, lr_scale
 from medvae_engine.sr.pipeline import PIXELS, PixelCodec, SROptions, load_autoencoder
 from medvae_engine.sr.samplers import DEFAULT_STEPS, SAMPLERS
 
@@ -34,7 +34,6 @@ from .._layers import META_KEY, add_layers, layer_kind, layer_to_volume, volume_
 from .._session import get_session
 from .._super_resolve import (
     NO_SR_MODEL,
-    degrade_volume,
     describe_sr_model,
     sr_header,
     sr_job_steps,
