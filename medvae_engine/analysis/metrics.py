@@ -7,7 +7,8 @@ same linear map applies to both and the test cannot rescale itself into agreemen
 SSIM is scikit-image's ``structural_similarity`` with the Gaussian window of Wang et al. (sigma
 1.5, truncated at 3.5 sigma = 11 taps, K1 = 0.01, K2 = 0.03, population covariances:
 ``gaussian_weights=True, use_sample_covariance=False``). MS-SSIM uses the standard five scales
-and weights with 'valid' 11-tap Gaussian filtering, as pytorch-msssim does.
+and weights with 'valid' 11-tap Gaussian filtering, as pytorch-msssim does: the differentiable
+implementation of ``msssim`` that the training loss uses too, here in float64.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 from ..errors import InputError
-
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-SSIM_SIGMA = 1.5
-SSIM_WIN = 11
-K1, K2 = 0.01, 0.03
+from .msssim import K1, K2, SSIM_SIGMA, SSIM_WIN, scales_that_fit
+from .msssim import ms_ssim as torch_ms_ssim
 
 Box = Sequence[tuple[int, int]]
 
@@ -182,64 +181,22 @@ def ssim(
     return float(smap[inner].mean())
 
 
-def _valid_gaussian(a: np.ndarray) -> np.ndarray:
-    taps = np.arange(SSIM_WIN) - SSIM_WIN // 2
-    g = np.exp(-(taps**2) / (2 * SSIM_SIGMA**2))
-    g /= g.sum()
-    pad = SSIM_WIN // 2
-    out = a
-    for axis in range(a.ndim):
-        out = ndimage.correlate1d(out, g, axis=axis, mode="constant")
-    return out[tuple(slice(pad, s - pad) for s in a.shape)]
-
-
-def _ssim_cs(x: np.ndarray, y: np.ndarray, data_range: float) -> tuple[float, float]:
-    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    mx, my = _valid_gaussian(x), _valid_gaussian(y)
-    vx = _valid_gaussian(x * x) - mx * mx
-    vy = _valid_gaussian(y * y) - my * my
-    cxy = _valid_gaussian(x * y) - mx * my
-    cs = (2 * cxy + c2) / (vx + vy + c2)
-    lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
-    return float((lum * cs).mean()), float(cs.mean())
-
-
-def _halve(a: np.ndarray) -> np.ndarray:
-    """2x average pooling; odd sides get one zero on each end first (as pytorch-msssim pads)."""
-    a = np.pad(a, [(s % 2, s % 2) for s in a.shape])
-    cut = a[tuple(slice(0, (s // 2) * 2) for s in a.shape)]
-    shape = []
-    for s in cut.shape:
-        shape += [s // 2, 2]
-    return cut.reshape(shape).mean(axis=tuple(range(1, 2 * a.ndim, 2)))
-
-
 def ms_ssim(
     reference: np.ndarray, test: np.ndarray, data_range: float = 1.0, scales: int = 5
 ) -> MsSsimResult | Unavailable:
-    """Multi-scale SSIM (Wang 2003) on a 2D image or 3D volume.
+    """Multi-scale SSIM (Wang 2003) on a 2D image or 3D volume (``msssim.ms_ssim`` in float64).
 
     The five standard scales need every side > 160 voxels. Smaller images use the largest number
     of scales that fits (weights renormalised, noted in the result); below 11 voxels per side
     MS-SSIM is unavailable.
     """
-    x = np.asarray(reference, np.float64)
-    y = np.asarray(test, np.float64)
-    side = min(x.shape)
-    fit = 0
-    while fit < scales and side > (SSIM_WIN - 1) * 2**fit:
-        fit += 1
+    x = torch.from_numpy(np.asarray(reference, np.float64))
+    y = torch.from_numpy(np.asarray(test, np.float64))
+    fit = scales_that_fit(x.shape, scales)
     if fit == 0:
-        return Unavailable(f"MS-SSIM needs every side > {SSIM_WIN - 1}, got shape {x.shape}")
-    weights = np.asarray(MS_SSIM_WEIGHTS[:fit])
-    weights = weights / weights.sum()
-    values = []
-    for level in range(fit):
-        s, cs = _ssim_cs(x, y, data_range)
-        values.append(max(s if level == fit - 1 else cs, 0.0))
-        if level < fit - 1:
-            x, y = _halve(x), _halve(y)
-    value = float(np.prod(np.asarray(values) ** weights))
+        return Unavailable(f"MS-SSIM needs every side > {SSIM_WIN - 1}, got shape {tuple(x.shape)}")
+    with torch.no_grad():
+        value = float(torch_ms_ssim(x[None, None], y[None, None], data_range, scales)[0])
     note = "" if fit == scales else (
         f"{fit} of {scales} scales: the standard 5 need every side > 160, shape is "
         f"{np.shape(reference)}"
