@@ -29,21 +29,23 @@ def scales_that_fit(spatial_shape: Sequence[int], scales: int = len(MS_SSIM_WEIG
     return fit
 
 
-def _gaussian(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    taps = torch.arange(SSIM_WIN, device=device, dtype=dtype) - SSIM_WIN // 2
+def _gaussian() -> list[float]:
+    """The 11 normalised Gaussian taps (sigma 1.5), computed in float64."""
+    taps = torch.arange(SSIM_WIN, dtype=torch.float64) - SSIM_WIN // 2
     g = torch.exp(-(taps**2) / (2 * SSIM_SIGMA**2))
-    return g / g.sum()
+    return (g / g.sum()).tolist()
 
 
-def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """'Valid' separable Gaussian filtering along every spatial axis, channel by channel."""
-    spatial = x.ndim - 2
-    conv = F.conv2d if spatial == 2 else F.conv3d
-    channels = x.shape[1]
-    for axis in range(spatial):
-        shape = [1] * spatial
-        shape[axis] = SSIM_WIN
-        x = conv(x, g.view(1, 1, *shape).expand(channels, 1, *shape), groups=channels)
+def _blur(x: torch.Tensor, taps: list[float]) -> torch.Tensor:
+    """'Valid' separable Gaussian filtering along every spatial axis: a weighted sum of shifted
+    views accumulated in place (as fast as scipy's correlate1d; a float64 convolution is 5-10x
+    slower on the CPU)."""
+    for axis in range(2, x.ndim):
+        n = x.shape[axis] - SSIM_WIN + 1
+        out = x.narrow(axis, 0, n) * taps[0]
+        for k in range(1, SSIM_WIN):
+            out.add_(x.narrow(axis, k, n), alpha=taps[k])
+        x = out
     return x
 
 
@@ -71,7 +73,7 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0,
     dtype = torch.promote_types(x.dtype, torch.float32)
     with torch.autocast(x.device.type, enabled=False):
         x, y = x.to(dtype), y.to(dtype)
-        g = _gaussian(x.device, dtype)
+        g = _gaussian()
         weights = torch.tensor(MS_SSIM_WEIGHTS[:fit], device=x.device, dtype=dtype)
         weights = weights / weights.sum()
         c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
