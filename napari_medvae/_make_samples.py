@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medvae_engine.imaging.grid import block_affine
 from medvae_engine.imaging.io import read_volume, write_volume
 from medvae_engine.imaging.volume import Volume
 
@@ -23,11 +24,8 @@ def block_mean(volume: Volume, factor: int) -> Volume:
     a = a[tuple(slice(0, s * factor) for s in shape)]
     blocks = a.reshape([x for s in shape for x in (s, factor)])
     out = blocks.mean(axis=tuple(range(1, 2 * len(shape), 2)))
-    scale = np.eye(4)
-    for i in range(volume.ndim):
-        scale[i, i] = factor
-        scale[i, 3] = (factor - 1) / 2.0
-    return Volume(out.astype(np.float32), volume.affine @ scale, volume.modality, volume.metadata)
+    affine = block_affine(volume.affine, [factor] * volume.ndim)
+    return Volume(out.astype(np.float32), affine, volume.modality, volume.metadata)
 
 
 def crop(volume: Volume, start: tuple[int, ...], size: tuple[int, ...]) -> Volume:

@@ -1,8 +1,8 @@
 """Qt-free work behind the Super-resolve widget: LR inputs made from HR images, the SR job itself.
 
-A degraded HR image gets the affine that ``hr_affine`` inverts exactly, so the super-resolved result
-lands on the HR reference's own grid (same shape, same voxel centres) and the maps compare them
-voxel by voxel.
+LR inputs come from ``medvae_engine.data.degradation.degrade_volume``: the degraded HR image gets the
+block-grid affine that SR inverts exactly, so the super-resolved result lands on the HR reference's
+own grid (same shape, same voxel centres) and the maps compare them voxel by voxel.
 """
 
 from __future__ import annotations
@@ -11,14 +11,11 @@ import json
 from collections.abc import Generator
 from pathlib import Path
 
-import numpy as np
-
 from medvae_engine.errors import InputError, ModelError
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.models import weights_sha256
 from medvae_engine.models.checkpoints import file_sha256
 from medvae_engine.runtime.progress import Progress
-from medvae_engine.sr.degradations import degrade, lr_scale
 from medvae_engine.sr.pipeline import (
     SROptions,
     model_scale,
@@ -31,47 +28,6 @@ from medvae_engine.sr.unet import load_sr_model
 NO_SR_MODEL = ("choose an SR model file: the shipped starter_sr_x4, one trained with "
                "`medvae train-sr` (sr_model.safetensors) or a published latent-sr .ckpt "
                "(see docs/sr.md)")
-
-
-def in_plane_axes(ndim: int, axis: int | None) -> tuple[int, ...]:
-    """The axes a 2D model works on: all but the slice axis."""
-    return tuple(a for a in range(ndim) if a != axis)
-
-
-def lr_affine(affine: np.ndarray, axes: tuple[int, ...], scale: int) -> np.ndarray:
-    """The affine of a grid ``scale`` times coarser along ``axes``; ``hr_affine`` inverts it."""
-    out = np.array(affine, dtype=np.float64, copy=True)
-    for a in axes:
-        out[:3, 3] += affine[:3, a] * (scale - 1) / 2
-        out[:3, a] = affine[:3, a] * scale
-    return out
-
-
-def crop_to_multiple(volume: Volume, axes: tuple[int, ...], scale: int) -> Volume:
-    """The volume cut to sides divisible by ``scale`` along ``axes`` (origin unchanged)."""
-    index = tuple(slice(0, s - s % scale) if a in axes else slice(None)
-                  for a, s in enumerate(volume.shape))
-    if any(s < scale for a, s in enumerate(volume.shape) if a in axes):
-        raise InputError(f"image {volume.shape} is smaller than the degradation factor {scale}")
-    return Volume(np.ascontiguousarray(volume.array[index]), volume.affine, volume.modality,
-                  dict(volume.metadata))
-
-
-def degrade_volume(hr: Volume, kind: str, scale: int, axis: int | None) -> tuple[Volume, Volume]:
-    """(LR input, HR reference): every slice across ``axis`` degraded; the reference is ``hr``
-    cropped to sides divisible by ``scale``."""
-    axes = in_plane_axes(hr.ndim, axis)
-    reference = crop_to_multiple(hr, axes, scale)
-    array = reference.array.astype(np.float32)
-    if axis is None:
-        low = degrade(array, kind, scale)
-    else:
-        low = np.stack([degrade(s, kind, scale) for s in np.moveaxis(array, axis, 0)], axis=axis)
-    factor = lr_scale(kind, scale)
-    affine = lr_affine(reference.affine, axes, factor) if factor > 1 else reference.affine
-    metadata = {k: v for k, v in hr.metadata.items() if k != "source_path"}
-    metadata.update(degradation=kind, degradation_scale=scale)
-    return Volume(low, affine, hr.modality, metadata), reference
 
 
 def sr_header(path: str | Path | None) -> dict | None:

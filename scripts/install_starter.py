@@ -77,7 +77,7 @@ def install_sr(run_dir: Path, spec) -> tuple[Path, float, float]:
     save_sr_model(trained, target, trained.card | {"storage": "fp16"}, half=True)
     shipped = load_sr_model(target)
     hr = read_volume(resolve_builtin("pydicom/MR_small.dcm"))
-    lr, norm, _ = degrade_in_model_space(hr, {"kind": "bicubic", "scale": spec.scale})
+    lr, hr, norm, _ = degrade_in_model_space(hr, {"kind": "bicubic", "scale": spec.scale})
     autoencoder = load_model(spec.autoencoder)
     out = [run(super_resolve_steps(lr, autoencoder, m, SROptions(steps=50), normalization=norm))
            for m in (trained, shipped)]

@@ -18,8 +18,8 @@ Metrics (arrays in [0, 1]):
 Perceptual (local weights only; Unavailable with the missing file otherwise):
     load_lpips(backbone, heads), lpips_distance(reference, test, model)
     feature_statistics(features), frechet_distance(mu1, s1, mu2, s2), fid(refs, tests, extractor)
-Statistics: paired_comparison(a, b) (Wilcoxon, Cohen's d / d_z, rank-biserial, bootstrap CIs,
-    Bland-Altman) and the single functions in `stats`.
+Statistics: paired_comparison(a, b) (Wilcoxon, Cohen's d / d_z, rank-biserial, bootstrap or t CIs,
+    Bland-Altman; also the reader study's paired differences) and the single functions in `stats`.
 Volumes: compute_maps(reference, test, ae) -> overlay maps as Volumes in the reference geometry.
 CLI: `report.add_analyze_arguments(parser)` and `report.run_analyze(args)` implement
     `medvae analyze`.

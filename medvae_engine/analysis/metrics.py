@@ -4,10 +4,11 @@ Conventions (FACTS section 2): every metric compares arrays mapped to [0, 1] wit
 Images in physical units (HU, MRI signal) are mapped with `to_unit_range`, which uses the
 *reference's* range (or an explicit window such as a CT window) for both reference and test, so the
 same linear map applies to both and the test cannot rescale itself into agreement.
-SSIM uses the Gaussian window of Wang et al. (sigma 1.5, truncated at 3.5 sigma = 11 taps,
-K1 = 0.01, K2 = 0.03, population covariances), the setting of scikit-image's
-``gaussian_weights=True, use_sample_covariance=False``. MS-SSIM uses the standard five scales
-and weights with 'valid' 11-tap Gaussian filtering, as pytorch-msssim does.
+SSIM is scikit-image's ``structural_similarity`` with the Gaussian window of Wang et al. (sigma
+1.5, truncated at 3.5 sigma = 11 taps, K1 = 0.01, K2 = 0.03, population covariances:
+``gaussian_weights=True, use_sample_covariance=False``). MS-SSIM uses the standard five scales
+and weights with 'valid' 11-tap Gaussian filtering, as pytorch-msssim does: the differentiable
+implementation of ``msssim`` that the training loss uses too, here in float64.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 from scipy import ndimage
+from skimage.metrics import structural_similarity
 
 from ..errors import InputError
-
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-SSIM_SIGMA = 1.5
-SSIM_TRUNCATE = 3.5
-SSIM_WIN = 11
-K1, K2 = 0.01, 0.03
+from .msssim import K1, K2, SSIM_SIGMA, SSIM_WIN, scales_that_fit
+from .msssim import ms_ssim as torch_ms_ssim
 
 Box = Sequence[tuple[int, int]]
 
@@ -139,20 +138,26 @@ def psnr(
     return psnr_from_mse(mse(reference, test, region), data_range)
 
 
-def _gaussian(a: np.ndarray) -> np.ndarray:
-    return ndimage.gaussian_filter(a, SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
+def _window_fits(shape: Sequence[int]) -> int:
+    """An odd ``win_size`` that passes scikit-image's size check: with Gaussian weights the
+    filter ignores it (11 taps from sigma and truncate), it only sets the border skimage skips."""
+    side = min(shape)
+    return SSIM_WIN if side >= SSIM_WIN else side - (1 - side % 2)
+
+
+def _skimage_ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> tuple[float, np.ndarray]:
+    """(scikit-image's mean SSIM, the SSIM map) in float64 with Wang et al.'s Gaussian window."""
+    x = np.asarray(reference, np.float64)
+    y = np.asarray(test, np.float64)
+    return structural_similarity(
+        x, y, data_range=data_range, gaussian_weights=True, sigma=SSIM_SIGMA,
+        use_sample_covariance=False, K1=K1, K2=K2, win_size=_window_fits(x.shape), full=True,
+    )
 
 
 def ssim_map(reference: np.ndarray, test: np.ndarray, data_range: float = 1.0) -> np.ndarray:
     """Local SSIM at every pixel/voxel (same shape as the input; 2D or 3D Gaussian window)."""
-    x = np.asarray(reference, np.float64)
-    y = np.asarray(test, np.float64)
-    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    mx, my = _gaussian(x), _gaussian(y)
-    vx = _gaussian(x * x) - mx * mx
-    vy = _gaussian(y * y) - my * my
-    cxy = _gaussian(x * y) - mx * my
-    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return _skimage_ssim(reference, test, data_range)[1]
 
 
 def ssim(
@@ -161,76 +166,37 @@ def ssim(
     data_range: float = 1.0,
     region: np.ndarray | None = None,
 ) -> float:
-    """Mean SSIM; over the whole image it skips the 5-pixel border as scikit-image does.
+    """Mean SSIM (scikit-image's); over the whole image it skips the 5-pixel border as skimage
+    does, along axes longer than 10 only (a thin slab keeps all its slices).
 
     Within a region the SSIM map is averaged over the region's voxels (border included).
     """
-    smap = ssim_map(reference, test, data_range)
+    mean, smap = _skimage_ssim(reference, test, data_range)
     if region is not None:
         return float(smap[region].mean())
+    if min(smap.shape) >= SSIM_WIN:
+        return float(mean)
     pad = (SSIM_WIN - 1) // 2
     inner = tuple(slice(pad, s - pad) if s > 2 * pad else slice(None) for s in smap.shape)
     return float(smap[inner].mean())
 
 
-def _valid_gaussian(a: np.ndarray) -> np.ndarray:
-    taps = np.arange(SSIM_WIN) - SSIM_WIN // 2
-    g = np.exp(-(taps**2) / (2 * SSIM_SIGMA**2))
-    g /= g.sum()
-    pad = SSIM_WIN // 2
-    out = a
-    for axis in range(a.ndim):
-        out = ndimage.correlate1d(out, g, axis=axis, mode="constant")
-    return out[tuple(slice(pad, s - pad) for s in a.shape)]
-
-
-def _ssim_cs(x: np.ndarray, y: np.ndarray, data_range: float) -> tuple[float, float]:
-    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    mx, my = _valid_gaussian(x), _valid_gaussian(y)
-    vx = _valid_gaussian(x * x) - mx * mx
-    vy = _valid_gaussian(y * y) - my * my
-    cxy = _valid_gaussian(x * y) - mx * my
-    cs = (2 * cxy + c2) / (vx + vy + c2)
-    lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
-    return float((lum * cs).mean()), float(cs.mean())
-
-
-def _halve(a: np.ndarray) -> np.ndarray:
-    """2x average pooling; odd sides get one zero on each end first (as pytorch-msssim pads)."""
-    a = np.pad(a, [(s % 2, s % 2) for s in a.shape])
-    cut = a[tuple(slice(0, (s // 2) * 2) for s in a.shape)]
-    shape = []
-    for s in cut.shape:
-        shape += [s // 2, 2]
-    return cut.reshape(shape).mean(axis=tuple(range(1, 2 * a.ndim, 2)))
-
-
 def ms_ssim(
     reference: np.ndarray, test: np.ndarray, data_range: float = 1.0, scales: int = 5
 ) -> MsSsimResult | Unavailable:
-    """Multi-scale SSIM (Wang 2003) on a 2D image or 3D volume.
+    """Multi-scale SSIM (Wang 2003) on a 2D image or 3D volume (``msssim.ms_ssim`` in float64).
 
     The five standard scales need every side > 160 voxels. Smaller images use the largest number
     of scales that fits (weights renormalised, noted in the result); below 11 voxels per side
     MS-SSIM is unavailable.
     """
-    x = np.asarray(reference, np.float64)
-    y = np.asarray(test, np.float64)
-    side = min(x.shape)
-    fit = 0
-    while fit < scales and side > (SSIM_WIN - 1) * 2**fit:
-        fit += 1
+    x = torch.from_numpy(np.asarray(reference, np.float64))
+    y = torch.from_numpy(np.asarray(test, np.float64))
+    fit = scales_that_fit(x.shape, scales)
     if fit == 0:
-        return Unavailable(f"MS-SSIM needs every side > {SSIM_WIN - 1}, got shape {x.shape}")
-    weights = np.asarray(MS_SSIM_WEIGHTS[:fit])
-    weights = weights / weights.sum()
-    values = []
-    for level in range(fit):
-        s, cs = _ssim_cs(x, y, data_range)
-        values.append(max(s if level == fit - 1 else cs, 0.0))
-        if level < fit - 1:
-            x, y = _halve(x), _halve(y)
-    value = float(np.prod(np.asarray(values) ** weights))
+        return Unavailable(f"MS-SSIM needs every side > {SSIM_WIN - 1}, got shape {tuple(x.shape)}")
+    with torch.no_grad():
+        value = float(torch_ms_ssim(x[None, None], y[None, None], data_range, scales)[0])
     note = "" if fit == scales else (
         f"{fit} of {scales} scales: the standard 5 need every side > 160, shape is "
         f"{np.shape(reference)}"

@@ -487,12 +487,10 @@ def _jsonable(value):
 
 
 def write_figures(folder: Path, metrics: dict, example: dict | None) -> list[Path]:
-    """The report's PNG figures (matplotlib Agg): subband bars, spectra, hallucination rates,
-    example overlays and, with LPIPS, the perception-distortion plane."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The report's PNG figures (matplotlib Figure objects; the caller's backend is left alone):
+    subband bars, spectra, hallucination rates, example overlays and, with LPIPS, the
+    perception-distortion plane."""
+    from matplotlib.figure import Figure  # lazy: matplotlib takes about half a second to import
 
     folder.mkdir(parents=True, exist_ok=True)
     methods = metrics["methods"]
@@ -501,10 +499,10 @@ def write_figures(folder: Path, metrics: dict, example: dict | None) -> list[Pat
     def save(fig, name: str) -> None:
         fig.tight_layout()
         fig.savefig(folder / name, dpi=120)
-        plt.close(fig)
         written.append(folder / name)
 
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax = fig.subplots()
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(SUBBANDS_2D))
     for i, (name, summary) in enumerate(methods.items()):
@@ -519,7 +517,8 @@ def write_figures(folder: Path, metrics: dict, example: dict | None) -> list[Pat
     ax.legend()
     save(fig, "subband_psnr.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     bins = np.arange(1, len(metrics["reference_spectrum"]) + 1)
     ax.plot(bins, metrics["reference_spectrum"], "k-", lw=2, label="reference (HR)")
     for name, summary in methods.items():
@@ -532,7 +531,8 @@ def write_figures(folder: Path, metrics: dict, example: dict | None) -> list[Pat
 
     rated = {n: s for n, s in methods.items() if "hallucination_rate" in s}
     if rated:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         x = np.arange(len(rated))
         for j, (key, label) in enumerate((("hallucination_rate", "hallucinated (D > \u03c4)"),
                                           ("loss_rate", "lost (D < -\u03c4)"))):
@@ -546,7 +546,8 @@ def write_figures(folder: Path, metrics: dict, example: dict | None) -> list[Pat
 
     with_lpips = {n: s for n, s in methods.items() if "lpips" in s}
     if with_lpips:
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig = Figure(figsize=(5, 4))
+        ax = fig.subplots()
         for name, s in with_lpips.items():
             ax.errorbar(s["lpips"]["mean"], s["psnr"]["mean"], xerr=s["lpips"]["sd"],
                         yerr=s["psnr"]["sd"], fmt="o", capsize=3, label=name)
@@ -559,8 +560,8 @@ def write_figures(folder: Path, metrics: dict, example: dict | None) -> list[Pat
     if example:
         tests = example["tests"]
         rows = 3 if example["labels"] else 2
-        fig, axes = plt.subplots(rows, len(tests) + 1, figsize=(3 * (len(tests) + 1), 3 * rows),
-                                 squeeze=False)
+        fig = Figure(figsize=(3 * (len(tests) + 1), 3 * rows))
+        axes = fig.subplots(rows, len(tests) + 1, squeeze=False)
         axes[0, 0].imshow(example["ref"], cmap="gray", vmin=0, vmax=1)
         axes[0, 0].set_title(f"reference ({example['case']})")
         for a in axes[1:, 0]:

@@ -265,16 +265,13 @@ def _bytes(n: int) -> str:
 
 def efficiency_figure(results: dict, path) -> None:
     """Bars per factor (like MedVAE Figure 2): throughput, max batch, latency, storage; log axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # lazy: matplotlib takes about half a second to import
 
     dims = sorted({c["dims"] for c in results["cases"]})
     panels = [("throughput", "samples / s"), ("max_batch", "largest batch in budget"),
               ("latency_s", "seconds / batch"), ("storage_bytes", "bytes / sample")]
-    fig, axes = plt.subplots(len(dims), len(panels), figsize=(3.2 * len(panels), 2.8 * len(dims)),
-                             squeeze=False)
+    fig = Figure(figsize=(3.2 * len(panels), 2.8 * len(dims)))
+    axes = fig.subplots(len(dims), len(panels), squeeze=False)
     for row, d in zip(axes, dims):
         cases = [c for c in results["cases"] if c["dims"] == d]
         labels = ["image" if c["factor"] == 1 else f"f={c['factor']}\n({c['compression']}x)"
@@ -287,7 +284,6 @@ def efficiency_figure(results: dict, path) -> None:
             ax.tick_params(labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
 
 
 if __name__ == "__main__":

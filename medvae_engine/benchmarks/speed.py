@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..analysis.metrics import psnr
 from ..errors import InputError
 from ..imaging.atomic import atomic_write_text
 from ..runtime.cli_progress import drive, write
@@ -154,7 +155,8 @@ def run_case(case: dict, args: argparse.Namespace) -> dict:
     _rates(res, "ours")
     fp32 = Path(case["outputs"].replace(f"_{case['precision']}.npz", "_fp32.npz"))
     if case["precision"] != "fp32" and fp32.is_file():
-        res["ours"]["psnr_vs_fp32_db"] = _psnr(np.load(fp32)["y"], np.load(case["outputs"])["y"])
+        ref = np.load(fp32)["y"]
+        res["ours"]["psnr_vs_fp32_db"] = psnr(ref, np.load(case["outputs"])["y"], float(np.ptp(ref)))
     official_ok = (
         case["dims"] == "2d" and case["side"] <= args.official_max_side and case["roi"] is None
     )
@@ -352,13 +354,6 @@ def _subprocess(cmd: list[str]) -> dict:
         tail = (proc.stderr.strip().splitlines() or ["killed"])[-1]
         return {"error": f"exit {proc.returncode}: {tail[:160]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _psnr(ref: np.ndarray, test: np.ndarray) -> float:
-    """PSNR in dB of ``test`` against ``ref`` with the reference's own range as data range."""
-    ref = ref.astype(np.float64)
-    mse = float(np.mean((ref - test) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(float(np.ptp(ref)) ** 2 / mse)
 
 
 def _rss_mb() -> float:

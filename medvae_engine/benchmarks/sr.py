@@ -107,10 +107,9 @@ def sr_report_steps(sr_model, images: list[str], samplers: list[tuple[str, int]]
     from ..codec.pipeline import CodecOptions
     from ..codec.pipeline import reconstruct as ae_reconstruct
     from ..codec.spec import load_codec
+    from ..data.degradation import resize
     from ..errors import InputError
-    from ..imaging.volume import Volume
     from ..runtime.progress import run
-    from ..sr.degradations import resize
     from ..sr.pipeline import SROptions, super_resolve_steps
     from .quality import read_reference, scored_range, scores
 
@@ -119,15 +118,13 @@ def sr_report_steps(sr_model, images: list[str], samplers: list[tuple[str, int]]
                          "(bench sr scores models from 'medvae train-sr')")
     autoencoder = load_codec(sr_model.card["autoencoder"])
     degradation = sr_model.card.get("degradation") or {"kind": "bicubic", "scale": 4}
-    scale = int(degradation["scale"])
     rows = []
     for ref in images:
         volume = read_reference(ref)
         if volume.ndim != 2:
             raise InputError(f"{ref}: bench sr scores 2D images, this one is {volume.ndim}D")
-        h, w = (s // scale * scale for s in volume.shape)
-        hr = Volume(volume.array[:h, :w], volume.affine, volume.modality, volume.metadata)
-        lr, norm, lr_model_space = degrade_in_model_space(hr, degradation)
+        lr, hr, norm, lr_model_space = degrade_in_model_space(volume, degradation)
+        h, w = hr.shape
         value_range = scored_range(hr)
         outputs = {"bicubic": norm.inverse(resize(lr_model_space, (h, w), "bicubic")),
                    "AE ceiling": ae_reconstruct(hr, autoencoder,
@@ -179,17 +176,20 @@ def sr_report_steps(sr_model, images: list[str], samplers: list[tuple[str, int]]
             "samples": samples, "images": rows, "summary": summary(rows, samplers)}
 
 
-def degrade_in_model_space(hr, degradation: dict):
-    """(LR image in ``hr``'s units, the normalisation, LR in model space): ``hr`` normalised, then
-    degraded as the SR model was trained (``degradation`` as in its card: kind, scale, sigma)."""
+def degrade_in_model_space(image, degradation: dict):
+    """(LR image in ``image``'s units, HR reference, the normalisation, LR in model space): the 2D
+    ``image`` cropped to sides divisible by the scale, normalised and degraded as the SR model was
+    trained (``degradation`` as in its card: kind, scale, sigma)."""
+    from ..data.degradation import crop_to_multiple, degrade_volume
     from ..imaging.normalization import fit_normalization
     from ..imaging.volume import Volume
-    from ..sr.degradations import degrade
 
+    scale = int(degradation["scale"])
+    hr = crop_to_multiple(image, (0, 1), scale)
     norm = fit_normalization(hr.array, hr.modality)
-    low = degrade(norm.forward(hr.array), degradation["kind"], int(degradation["scale"]),
-                  degradation.get("sigma"))
-    return Volume(norm.inverse(low), np.eye(4), hr.modality), norm, low
+    model_space = Volume(norm.forward(hr.array), hr.affine, hr.modality)
+    low, _ = degrade_volume(model_space, degradation["kind"], scale, sigma=degradation.get("sigma"))
+    return Volume(norm.inverse(low.array), low.affine, hr.modality), hr, norm, low.array
 
 
 def summary(rows: list[dict], samplers: list[tuple[str, int]]) -> dict:
@@ -291,17 +291,15 @@ def card_markdown(report: dict, card: dict) -> str:
 def figure(entry: dict, path: Path) -> None:
     """HR, bicubic, both SR samples and the AE ceiling; below, |error| maps and the fast sample's
     hallucinated (red) / lost (blue) voxels over the HR image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # lazy: matplotlib takes about half a second to import
 
     hr, outputs = entry["_original"], entry["_outputs"]
     names = list(outputs)
     fast = next(n for n in names if n.startswith("SR "))
     lo, hi = float(hr.min()), float(hr.max())
     err_max = max(float(np.abs(v - hr).max()) for v in outputs.values()) or 1.0
-    fig, axes = plt.subplots(2, len(names) + 1, figsize=(2.6 * (len(names) + 1), 6.0))
+    fig = Figure(figsize=(2.6 * (len(names) + 1), 6.0))
+    axes = fig.subplots(2, len(names) + 1)
     axes[0, 0].imshow(hr, cmap="gray", vmin=lo, vmax=hi)
     axes[0, 0].set_title("HR reference", fontsize=9)
     labels = entry["methods"][fast]["_labels"]
@@ -323,4 +321,3 @@ def figure(entry: dict, path: Path) -> None:
     fig.suptitle(f"{entry['label']} ({entry['modality']}, {h}x{w})", fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
-    plt.close(fig)

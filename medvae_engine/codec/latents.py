@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..imaging.atomic import atomic_write, atomic_write_text
+from ..imaging.grid import block_affine
 from ..imaging.normalization import Normalization
 from ..imaging.orientation import reorient, reoriented_affine, reoriented_shape
 from ..version import __version__
@@ -91,11 +92,7 @@ class Latent:
     def affine(self) -> np.ndarray:
         """Latent voxel index -> world: voxel j sits over voxels [f*j, f*j + f - 1] of the image
         grid in the latent's voxel order (``grid_affine``)."""
-        scale = np.eye(4)
-        for i, f in enumerate(self.factors):
-            scale[i, i] = f
-            scale[i, 3] = (f - 1) / 2.0
-        return self.grid_affine @ scale
+        return block_affine(self.grid_affine, self.factors)
 
     @property
     def storage_ratio(self) -> float:

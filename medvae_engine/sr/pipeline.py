@@ -22,7 +22,9 @@ from torch import nn
 
 from ..codec.pipeline import CodecOptions, check_finite, slice_axis
 from ..codec.pipeline import reconstruct_steps as codec_reconstruct_steps
+from ..data.degradation import resize
 from ..errors import InputError, ModelError
+from ..imaging.grid import axis_factors, block_affine
 from ..imaging.normalization import Normalization, fit_normalization
 from ..imaging.volume import Volume
 from ..runtime.precision import autocast, model_device
@@ -104,8 +106,6 @@ def condition(z_lr: torch.Tensor, hr_size: tuple[int, int]) -> torch.Tensor:
 
 def upsample_bicubic(lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, 1, h, w) images bicubic-resized to ``size`` with PIL (the bench's bicubic baseline)."""
-    from .degradations import resize
-
     return torch.from_numpy(np.stack([resize(x[0].float().cpu().numpy(), size, "bicubic")
                                       for x in lr]))[:, None]
 
@@ -155,19 +155,6 @@ def super_resolve_images_steps(lr: torch.Tensor, autoencoder: nn.Module, sr_mode
     return y[..., : scale * h, : scale * w]
 
 
-def hr_affine(affine: np.ndarray, axes: tuple[int, ...], scale: int) -> np.ndarray:
-    """The affine of the upsampled grid: columns of ``axes`` / scale, centres kept consistent.
-
-    LR voxel i spans [i - 1/2, i + 1/2]; HR voxel j's centre sits at LR index (j + 1/2)/s - 1/2,
-    so the origin moves by (1/(2s) - 1/2) LR voxels along each upsampled axis.
-    """
-    out = np.array(affine, dtype=np.float64, copy=True)
-    for a in axes:
-        out[:3, 3] += affine[:3, a] * (0.5 / scale - 0.5)
-        out[:3, a] = affine[:3, a] / scale
-    return out
-
-
 def super_resolve_steps(volume: Volume, autoencoder: nn.Module, sr_model: SRDenoiser,
                         options: SROptions | None = None, *,
                         normalization: Normalization | None = None
@@ -208,8 +195,8 @@ def super_resolve_steps(volume: Volume, autoencoder: nn.Module, sr_model: SRDeno
     metadata = {k: v for k, v in volume.metadata.items() if k != "source_path"}
     metadata.update(sr_scale=scale, sr_sampler=opts.sampler, sr_steps=steps, sr_seed=opts.seed,
                     model=getattr(autoencoder, "name", ""))
-    return Volume(norm.inverse(out), hr_affine(volume.affine, in_plane, scale), volume.modality,
-                  metadata)
+    affine = block_affine(volume.affine, axis_factors(volume.ndim, in_plane, 1 / scale))  # finer grid
+    return Volume(norm.inverse(out), affine, volume.modality, metadata)
 
 
 def super_resolve_samples_steps(volume: Volume, autoencoder: nn.Module, sr_model: SRDenoiser,

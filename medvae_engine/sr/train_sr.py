@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..analysis.metrics import psnr
 from ..codec.baselines import PIXELS
 from ..codec.spec import load_codec
+from ..data.degradation import degrade, lr_scale
 from ..data.sources import SourceSpec, expand_source, load_image
 from ..errors import ConfigError, MedVAEError
 from ..imaging.atomic import atomic_write, atomic_write_text
@@ -44,7 +45,6 @@ from ..runtime.seeding import rng_states, set_rng_states
 from ..training.config import AugmentSection, build_dataclass, read_yaml_config, resolve_path
 from ..training.data import ImageSet, PatchDataset
 from ..version import __version__
-from .degradations import degrade, lr_scale
 from .objectives import diffuse, diffusion_target, flow_interpolate, flow_target, regression_loss
 from .pipeline import (
     condition,

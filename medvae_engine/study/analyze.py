@@ -9,7 +9,7 @@ Definitions (one place, so reports and tests agree):
   mean, SD and 95% CI (Student t, readers - 1 degrees of freedom) are across those reader means.
 - Paired difference of two methods: per case, the mean over readers of (score A - score B) for
   readers who scored both; mean, SD and t CI across cases, and the Wilcoxon signed-rank test across
-  cases.
+  cases (``analysis.stats.paired_comparison`` with ``ci="t"``: the key names of `medvae analyze`).
 - Agreement: ICC(2,1) (Shrout & Fleiss: two-way random effects, absolute agreement, single rater)
   over items scored by every reader, and Krippendorff's alpha (ordinal metric) over all items.
 """
@@ -21,13 +21,12 @@ import io
 import itertools
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
+from medvae_engine.analysis.stats import icc_2_1, krippendorff_alpha, mean_ci, paired_comparison
 from medvae_engine.errors import InputError
 from medvae_engine.imaging.atomic import atomic_write, atomic_write_text
 from medvae_engine.study.create import default_key_path, load_key
@@ -35,83 +34,9 @@ from medvae_engine.study.persistence import read_log
 from medvae_engine.study.session import replay_log
 from medvae_engine.study.spec import ANSWERS_DIR, Question, Study, load_study
 
-
-# -- statistics --------------------------------------------------------------------------------
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
-    """Mean, sample SD and Student-t confidence interval of the mean (NaN where undefined)."""
-    x = np.asarray(values, dtype=float)
-    n = x.size
-    mean = float(x.mean()) if n else math.nan
-    sd = float(x.std(ddof=1)) if n > 1 else math.nan
-    if n > 1:
-        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    else:
-        half = math.nan
-    return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half}
-
-
-def icc_2_1(ratings: np.ndarray) -> float:
-    """ICC(2,1) of a targets x raters matrix without missing values (Shrout & Fleiss 1979)."""
-    x = np.asarray(ratings, dtype=float)
-    n, k = x.shape
-    if n < 2 or k < 2 or np.isnan(x).any():
-        return math.nan
-    grand = x.mean()
-    ss_targets = k * ((x.mean(axis=1) - grand) ** 2).sum()
-    ss_raters = n * ((x.mean(axis=0) - grand) ** 2).sum()
-    ss_error = ((x - grand) ** 2).sum() - ss_targets - ss_raters
-    bms = ss_targets / (n - 1)
-    jms = ss_raters / (k - 1)
-    ems = ss_error / ((n - 1) * (k - 1))
-    denominator = bms + (k - 1) * ems + k * (jms - ems) / n
-    return float((bms - ems) / denominator) if denominator > 0 else math.nan
-
-
-def krippendorff_alpha(data: np.ndarray, level: str = "ordinal") -> float:
-    """Krippendorff's alpha of a raters x units matrix (NaN = missing) for nominal, ordinal or
-    interval data, computed from the coincidence matrix."""
-    x = np.asarray(data, dtype=float)
-    values = np.unique(x[~np.isnan(x)])
-    if values.size < 1:
-        return math.nan
-    coincidence = np.zeros((values.size, values.size))
-    for unit in x.T:
-        present = unit[~np.isnan(unit)]
-        if present.size < 2:
-            continue
-        counts = np.bincount(np.searchsorted(values, present), minlength=values.size)
-        coincidence += (np.outer(counts, counts) - np.diag(counts)) / (present.size - 1)
-    n_c = coincidence.sum(axis=1)
-    n = n_c.sum()
-    if n < 2:
-        return math.nan
-    if level == "nominal":
-        delta = (values[:, None] != values[None, :]).astype(float)
-    elif level == "interval":
-        delta = (values[:, None] - values[None, :]) ** 2
-    elif level == "ordinal":
-        cumulative = np.cumsum(n_c)
-        low = np.minimum.outer(np.arange(values.size), np.arange(values.size))
-        high = np.maximum.outer(np.arange(values.size), np.arange(values.size))
-        between = cumulative[high] - cumulative[low] + n_c[low]
-        delta = (between - (n_c[:, None] + n_c[None, :]) / 2) ** 2
-    else:
-        raise ValueError(f"level must be nominal, ordinal or interval, got {level!r}")
-    observed = (coincidence * delta).sum() / n
-    expected = (np.outer(n_c, n_c) * delta).sum() / (n * (n - 1))
-    return float(1 - observed / expected) if expected > 0 else math.nan
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-    """Mean difference a - b with its t CI and a two-sided Wilcoxon signed-rank test."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    result = mean_ci(d)
-    if d.size == 0:
-        return {**result, "wilcoxon_statistic": math.nan, "p_value": math.nan}
-    if np.allclose(d, 0):
-        return {**result, "wilcoxon_statistic": 0.0, "p_value": 1.0}
-    test = stats.wilcoxon(d)
-    return {**result, "wilcoxon_statistic": float(test.statistic), "p_value": float(test.pvalue)}
+# columns of paired.csv: the names of analysis.stats.paired_comparison (as in `medvae analyze`)
+PAIRED_KEYS = ("n", "mean_difference", "sd_difference", "mean_difference_ci_low",
+               "mean_difference_ci_high", "wilcoxon_statistic", "wilcoxon_p")
 
 
 # -- collecting ratings ------------------------------------------------------------------------
@@ -200,8 +125,8 @@ def summarize(study: Study, key: dict[str, Any], data: dict[str, Any]) -> dict[s
             case_means[method] = {c: float(np.mean(v)) for c, v in by_case.items()}
             across = mean_ci(reader_means)
             all_values = [r["value"] for r in mine]
-            versus_zero = paired_difference(
-                list(case_means[method].values()), [0.0] * len(case_means[method])
+            versus_zero = paired_comparison(
+                list(case_means[method].values()), [0.0] * len(case_means[method]), ci="t"
             )
             summary.append(
                 {
@@ -216,7 +141,7 @@ def summarize(study: Study, key: dict[str, Any], data: dict[str, Any]) -> dict[s
                     "ratings_sd": float(np.std(all_values, ddof=1))
                     if len(all_values) > 1
                     else math.nan,
-                    "p_vs_zero": versus_zero["p_value"],
+                    "p_vs_zero": versus_zero["wilcoxon_p"],
                 }
             )
         for a, b in itertools.combinations(methods, 2):
@@ -231,20 +156,10 @@ def summarize(study: Study, key: dict[str, Any], data: dict[str, Any]) -> dict[s
                 both = [v[a] - v[b] for v in per_reader.values() if a in v and b in v]
                 if both:
                     diffs.append(float(np.mean(both)))
-            result = paired_difference(diffs, [0.0] * len(diffs))
+            result = paired_comparison(diffs, [0.0] * len(diffs), ci="t")
             paired.append(
-                {
-                    "question": question.id,
-                    "method_a": a,
-                    "method_b": b,
-                    "n_cases": result["n"],
-                    "mean_difference": result["mean"],
-                    "sd": result["sd"],
-                    "ci_low": result["ci_low"],
-                    "ci_high": result["ci_high"],
-                    "wilcoxon_statistic": result["wilcoxon_statistic"],
-                    "p_value": result["p_value"],
-                }
+                {"question": question.id, "method_a": a, "method_b": b}
+                | {key: result[key] for key in PAIRED_KEYS}
             )
         readers = sorted({r["reader"] for r in rows})
         items = sorted({r["item"] for r in rows})
@@ -331,10 +246,7 @@ def _json_safe(value: Any) -> Any:
 
 def plot_scores(results: dict[str, Any], path: str | Path) -> Path:
     """A bar chart of mean score per question and method with 95% CI error bars (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib takes about half a second to import
 
     methods, questions = results["methods"], results["questions"]
     bounds = [r[k] for r in results["summary"] for k in ("ci_low", "ci_high", "mean")]

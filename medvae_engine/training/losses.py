@@ -13,66 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..analysis.msssim import ms_ssim
 from ..models.lpips import load_lpips
 
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-SSIM_WIN, SSIM_SIGMA = 11, 1.5
 ADAPTIVE_MAX = 1e4
 
 
-# ---- MS-SSIM (differentiable) -------------------------------------------------------------------
-
-def _gauss_window(size: int, device, dtype) -> torch.Tensor:
-    taps = torch.arange(size, device=device, dtype=dtype) - size // 2
-    g = torch.exp(-(taps**2) / (2 * SSIM_SIGMA**2))
-    return g / g.sum()
-
-
-def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    c = x.shape[1]
-    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image MS-SSIM of (B, C, H, W) images; small images use fewer scales (renormalised).
-
-    Always computed in float32 outside autocast: local variances are differences of large terms
-    that bf16 would cancel into noise (and negative denominators).
-    """
-    with torch.autocast(x.device.type, enabled=False):
-        return _ms_ssim(x.float(), y.float(), data_range)
-
-
-def _ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
-    side = min(x.shape[-2:])
-    win = min(SSIM_WIN, side if side % 2 else side - 1)
-    scales = 1
-    while scales < len(MS_SSIM_WEIGHTS) and side // 2**scales > (win - 1):
-        scales += 1
-    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], device=x.device)
-    weights = weights / weights.sum()
-    g = _gauss_window(win, x.device, x.dtype)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    values = []
-    for level in range(scales):
-        mx, my = _blur(x, g), _blur(y, g)
-        vx = (_blur(x * x, g) - mx**2).clamp_min(0)
-        vy = (_blur(y * y, g) - my**2).clamp_min(0)
-        cxy = _blur(x * y, g) - mx * my
-        cs = (2 * cxy + c2) / (vx + vy + c2)
-        if level == scales - 1:
-            cs = cs * (2 * mx * my + c1) / (mx**2 + my**2 + c1)
-        values.append(F.relu(cs.flatten(1).mean(1)))
-        if level < scales - 1:
-            pad = [0, x.shape[-1] % 2, 0, x.shape[-2] % 2]
-            x, y = F.avg_pool2d(F.pad(x, pad), 2), F.avg_pool2d(F.pad(y, pad), 2)
-    stacked = torch.stack(values, dim=1)
-    return torch.prod((stacked + 1e-8) ** weights, dim=1)
-
+# ---- MS-SSIM (the metric's implementation) ----------------------------------------------------
 
 class MsSsimLoss(nn.Module):
-    """1 - MS-SSIM of images mapped from [-1, 1] to [0, 1]: a structural loss needing no weights."""
+    """1 - MS-SSIM of images mapped from [-1, 1] to [0, 1]: a structural loss needing no weights
+    (``analysis.msssim``, the implementation the MS-SSIM metric uses)."""
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return 1 - ms_ssim((x + 1) / 2, (y + 1) / 2)

@@ -25,9 +25,9 @@ from napari.utils.notifications import show_error, show_warning
 
 from medvae_engine.codec.baselines import PIXELS, PixelCodec
 from medvae_engine.codec.spec import load_codec_steps
+from medvae_engine.data.degradation import DEGRADATIONS, degrade_volume, lr_scale
 from medvae_engine.errors import MedVAEError, ModelError
 from medvae_engine.models.zoo import DEFAULT_SR, SR_MODELS
-from medvae_engine.sr.degradations import DEGRADATIONS, lr_scale
 from medvae_engine.sr.pipeline import SROptions
 from medvae_engine.sr.samplers import DEFAULT_STEPS, SAMPLERS
 
@@ -35,7 +35,6 @@ from .._layers import META_KEY, add_layers, layer_kind, layer_to_volume, volume_
 from .._session import get_session
 from .._super_resolve import (
     NO_SR_MODEL,
-    degrade_volume,
     describe_sr_model,
     sr_header,
     sr_job_steps,

@@ -64,7 +64,25 @@ def test_bland_altman_and_full_comparison():
     out = stats.paired_comparison(a, b, n_resamples=1000)
     assert out["wilcoxon_p"] == pytest.approx(sps.wilcoxon(a, b).pvalue)
     assert out["wilcoxon_p"] < 0.05
-    assert out["mean_difference_ci"][0] < out["mean_difference"] < out["mean_difference_ci"][1]
+    assert out["mean_difference_ci_low"] < out["mean_difference"] < out["mean_difference_ci_high"]
     assert out["cohen_dz"] == pytest.approx(stats.cohen_dz(a, b))
     with pytest.raises(InputError, match="finite"):
         stats.paired_comparison([1.0, np.inf], [1.0, 2.0])
+
+
+def test_t_intervals_match_scipy_and_few_pairs_give_nan_not_errors():
+    a, b = samples()
+    out = stats.paired_comparison(a, b, ci="t")
+    interval = sps.ttest_rel(a, b).confidence_interval(0.95)
+    assert out["ci_method"] == "t"
+    assert (out["mean_difference_ci_low"], out["mean_difference_ci_high"]) == pytest.approx(
+        (interval.low, interval.high))
+    assert out["sd_difference"] == pytest.approx((a - b).std(ddof=1))
+    boot = stats.paired_comparison(a, b, n_resamples=1000)
+    assert boot["ci_method"] == "bootstrap" and set(boot) == set(out)  # one set of key names
+    one = stats.paired_comparison([1.0], [0.5], ci="t")
+    assert one["n"] == 1 and one["mean_difference"] == 0.5
+    assert all(np.isnan(one[k]) for k in ("sd_difference", "mean_difference_ci_low", "cohen_dz"))
+    assert np.isnan(stats.paired_comparison([], [])["wilcoxon_p"])
+    with pytest.raises(ValueError, match="ci must be"):
+        stats.paired_comparison(a, b, ci="normal")

@@ -10,6 +10,7 @@ import torch
 from conftest import tiny_model
 
 from medvae_engine import CodecOptions, Volume, decode, encode, reconstruct
+from medvae_engine.analysis.metrics import psnr
 from medvae_engine.codec.baselines import get_baseline
 from medvae_engine.codec.pipeline import encode_steps
 from medvae_engine.codec.windows import blend, window_starts
@@ -18,8 +19,8 @@ from medvae_engine.runtime.progress import run
 
 
 def _psnr(a, b):
-    rng = a.max() - a.min()
-    return 10 * np.log10(rng**2 / np.mean((a.astype(np.float64) - b) ** 2))
+    """PSNR with the reference's own range (the project's metric)."""
+    return psnr(a, b, float(np.ptp(a)))
 
 
 def test_odd_sizes_come_back_exactly(mr_slice):

@@ -10,15 +10,16 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 
+from medvae_engine.data.degradation import degrade_volume
+from medvae_engine.imaging.grid import axis_factors, block_affine
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.models.checkpoints import file_sha256
 from medvae_engine.models.zoo import DEFAULT_SR, SR_MODELS
-from medvae_engine.sr.pipeline import hr_affine
 from medvae_engine.sr.unet import SRDenoiser, save_sr_model, unet_config
 from napari_medvae._layers import layer_kind, volume_to_layer_data
 from napari_medvae._session import CUSTOM, get_session
-from napari_medvae._super_resolve import NO_SR_MODEL, degrade_volume, lr_affine
+from napari_medvae._super_resolve import NO_SR_MODEL
 from napari_medvae.widgets import MapsWidget, SuperResolveWidget
 from napari_medvae.widgets.super_resolve import DEGRADE_HR, LR_INPUT
 
@@ -286,11 +287,12 @@ def test_degraded_volume_affine_is_what_sr_inverts(mri_crop):
     affine = np.eye(4)
     affine[:3, :3] = rotation * [0.7, 2.0, 1.1]
     affine[:3, 3] = rng.normal(size=3) * 20
-    np.testing.assert_allclose(hr_affine(lr_affine(affine, (0, 2), 3), (0, 2), 3), affine)
+    coarse = block_affine(affine, axis_factors(3, (0, 2), 3))
+    np.testing.assert_allclose(block_affine(coarse, axis_factors(3, (0, 2), 1 / 3)), affine)
     hr = Volume(mri_crop.array[:30, :5, :34], affine, "mri")
     lr, reference = degrade_volume(hr, "bicubic", 4, axis=1)
     assert lr.shape == (7, 5, 8) and reference.shape == (28, 5, 32)
-    np.testing.assert_allclose(hr_affine(lr.affine, (0, 2), 4), hr.affine)
+    np.testing.assert_allclose(block_affine(lr.affine, [1 / 4, 1, 1 / 4]), hr.affine)
     np.testing.assert_allclose(lr.array.mean(), reference.array.mean(),
                                rtol=0.05)  # a smoothing downsample keeps the mean
 

@@ -9,10 +9,10 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from medvae_engine.cli.sr import main
+from medvae_engine.data.degradation import degrade
+from medvae_engine.imaging.grid import block_affine
 from medvae_engine.imaging.io import read_volume, write_volume
 from medvae_engine.imaging.volume import Volume
-from medvae_engine.sr.degradations import degrade
-from medvae_engine.sr.pipeline import hr_affine
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_2d_dicom_deterministic_for_a_seed(sr_file, tmp_path):
         outs.append(read_volume(out))
     lr = read_volume(source)
     assert outs[0].shape == (256, 256)
-    np.testing.assert_allclose(outs[0].affine, hr_affine(lr.affine, (0, 1), 4), atol=1e-5)
+    np.testing.assert_allclose(outs[0].affine, block_affine(lr.affine, [1 / 4, 1 / 4]), atol=1e-5)
     np.testing.assert_array_equal(outs[0].array, outs[1].array)
     assert not np.array_equal(outs[0].array, outs[2].array)
 
@@ -46,7 +46,7 @@ def test_volume_and_reference_reconstruction(sr_file, tmp_path, mni_block):
     volume = read_volume(mni_block)
     result = read_volume(out)
     assert result.shape == (160, 192, 3)
-    np.testing.assert_allclose(result.affine, hr_affine(volume.affine, (0, 1), 4), atol=1e-5)
+    np.testing.assert_allclose(result.affine, block_affine(volume.affine, [1 / 4, 1 / 4]), atol=1e-5)
     assert nib.load(str(out)).header.get_zooms()[:3] == pytest.approx((0.25, 0.25, 1.0))
 
 

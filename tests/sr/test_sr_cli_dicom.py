@@ -8,8 +8,8 @@ import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 
 from medvae_engine.cli.sr import main
+from medvae_engine.imaging.grid import block_affine
 from medvae_engine.imaging.io import read_volume
-from medvae_engine.sr.pipeline import hr_affine
 
 LPS = np.array([-1.0, -1.0, 1.0])
 
@@ -25,7 +25,7 @@ def test_sr_writes_a_derived_dicom_series_on_the_hr_grid(trained_run, tmp_path):
     assert ds.StudyInstanceUID == original.StudyInstanceUID
     assert ds.SeriesInstanceUID != original.SeriesInstanceUID and ds.Modality == "MR"
     assert ds.SeriesDescription == "MedVAE SR x4 sr_model"
-    expected = hr_affine(read_volume(source).affine, (0, 1), 4)
+    expected = block_affine(read_volume(source).affine, [1 / 4, 1 / 4])
     image = sitk.ReadImage(str(path))
     np.testing.assert_allclose(image.GetOrigin(), expected[:3, 3] * LPS, atol=1e-4)
     np.testing.assert_allclose(image.GetSpacing()[:2], np.linalg.norm(expected[:3, :2], axis=0),

@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 
 from medvae_engine.cli.sr import main
 from medvae_engine.codec.spec import load_codec
+from medvae_engine.data.degradation import degrade, resize
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.imaging.normalization import fit_normalization
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.runtime.progress import run
-from medvae_engine.sr.degradations import degrade, resize
 from medvae_engine.sr.pipeline import SROptions, super_resolve_steps
 from medvae_engine.sr.samplers import run_sampler
 from medvae_engine.sr.train_sr import run_sr_training

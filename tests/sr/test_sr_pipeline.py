@@ -15,13 +15,13 @@ from pydicom.data import get_testdata_file
 from medvae_engine.codec.baselines import PixelCodec
 from medvae_engine.codec.spec import load_codec
 from medvae_engine.errors import Cancelled, InputError, ModelError
+from medvae_engine.imaging.grid import block_affine
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.models import AutoencoderKL
 from medvae_engine.runtime.progress import run
 from medvae_engine.sr.pipeline import (
     SROptions,
-    hr_affine,
     lr_multiple,
     reconstruct_reference_steps,
     super_resolve,
@@ -48,13 +48,13 @@ def small(volume: Volume) -> Volume:
     return Volume(volume.array[16:48, 16:48], volume.affine, volume.modality)
 
 
-def test_hr_affine_keeps_voxel_centres_consistent():
+def test_finer_block_grid_keeps_voxel_centres_consistent():
     rng = np.random.default_rng(0)
     affine = np.eye(4)
     affine[:3, :3] = rng.normal(size=(3, 3))
     affine[:3, 3] = rng.normal(size=3) * 10
     s = 4
-    out = hr_affine(affine, (0, 1), s)
+    out = block_affine(affine, [1 / s, 1 / s])
     lr_centre = affine @ np.array([2.0, 5.0, 1.0, 1.0])
     block = [out @ np.array([2 * s + a, 5 * s + b, 1.0, 1.0]) for a in range(s) for b in range(s)]
     np.testing.assert_allclose(np.mean(block, axis=0), lr_centre, atol=1e-9)
@@ -75,7 +75,7 @@ def test_trained_model_on_real_slice(trained_run, tiny_ae_dir, mr_slice):
     seen = []
     out = super_resolve(mr_slice, ae, sr_model, SROptions(steps=3, seed=1), progress=seen.append)
     assert out.shape == (256, 256)
-    np.testing.assert_allclose(out.affine, hr_affine(mr_slice.affine, (0, 1), 4))
+    np.testing.assert_allclose(out.affine, block_affine(mr_slice.affine, [1 / 4, 1 / 4]))
     assert out.modality == "mri" and np.isfinite(out.array).all()
     lo, hi = mr_slice.array.min(), mr_slice.array.max()
     assert out.array.min() >= lo - 1e-3 and out.array.max() <= hi + 1e-3
@@ -94,7 +94,7 @@ def test_volume_slicewise_independent_of_batch_size(mni_block, tiny_ae_dir):
     three = super_resolve(volume, ae, sr_model, SROptions(steps=2, axis=2, batch_size=3))
     assert one.shape == (80, 96, 3)
     np.testing.assert_allclose(one.array, three.array, atol=1e-4)
-    np.testing.assert_allclose(one.affine, hr_affine(volume.affine, (0, 1), 2))
+    np.testing.assert_allclose(one.affine, block_affine(volume.affine, [1 / 2, 1 / 2]))
     across = super_resolve(volume, ae, sr_model, SROptions(steps=2, axis=0, scale=2))
     assert across.shape == (40, 96, 6)
 

@@ -11,8 +11,8 @@ from medvae_engine.analysis.metrics import psnr, to_unit_range
 from medvae_engine.benchmarks.quality import read_reference
 from medvae_engine.benchmarks.sr import high_frequency_error, uncertainty_scores
 from medvae_engine.cli import main
+from medvae_engine.data.degradation import degrade, resize
 from medvae_engine.imaging.normalization import fit_normalization
-from medvae_engine.sr.degradations import degrade, resize
 
 MR_SMALL = "builtin:pydicom/MR_small.dcm"
 

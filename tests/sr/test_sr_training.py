@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 import medvae_engine
 from medvae_engine.analysis.metrics import psnr
 from medvae_engine.codec.spec import load_codec
+from medvae_engine.data.degradation import degrade
 from medvae_engine.errors import ConfigError, MedVAEError
 from medvae_engine.imaging.io import read_volume
 from medvae_engine.imaging.normalization import fit_normalization
-from medvae_engine.sr.degradations import degrade
 from medvae_engine.sr.pipeline import decode_latents, encode_images
 from medvae_engine.sr.train_sr import load_sr_config, run_sr_training
 from medvae_engine.sr.unet import load_sr_model

@@ -14,12 +14,9 @@ import pytest
 from scipy import stats
 from study_helpers import write_key, write_study
 
+from medvae_engine.analysis.stats import icc_2_1, krippendorff_alpha, mean_ci, paired_comparison
 from medvae_engine.study.analyze import (
     analyze_study,
-    icc_2_1,
-    krippendorff_alpha,
-    mean_ci,
-    paired_difference,
 )
 from medvae_engine.study.session import ReaderSession
 from medvae_engine.study.spec import load_study
@@ -100,12 +97,12 @@ def test_mean_ci_by_hand():
 
 
 def test_paired_difference_by_hand():
-    result = paired_difference([1, 2, 3, -1, 4, 5], [0] * 6)
+    result = paired_comparison([1, 2, 3, -1, 4, 5], [0] * 6, ci="t")
     # |d| ranks: 1,1 -> 1.5 each; 2..5 -> 3..6; negative ranks sum to 1.5
     assert result["wilcoxon_statistic"] == 1.5
-    assert result["mean"] == pytest.approx(14 / 6)
-    assert result["p_value"] < 0.1
-    assert paired_difference([1, 1], [1, 1])["p_value"] == 1.0
+    assert result["mean_difference"] == pytest.approx(14 / 6)
+    assert result["wilcoxon_p"] < 0.1
+    assert paired_comparison([1, 1], [1, 1], ci="t")["wilcoxon_p"] == 1.0
 
 
 # A simulated study: 2 methods x 4 cases = 8 items, 3 readers. Fidelity scores by hand:
@@ -171,7 +168,18 @@ def test_analysis_matches_hand_computed_numbers(finished_study, tmp_path):
     per_case = (good - worse).mean(axis=0)  # [1.67, 1.33, 1.0, 1.0]
     assert (paired["method_a"], paired["method_b"]) == ("good", "bad")
     assert paired["mean_difference"] == pytest.approx(per_case.mean())
-    assert paired["p_value"] == pytest.approx(stats.wilcoxon(per_case).pvalue)
+    assert paired["wilcoxon_p"] == pytest.approx(stats.wilcoxon(per_case).pvalue)
+    t_interval = stats.ttest_1samp(per_case, 0).confidence_interval(0.95)
+    assert paired["mean_difference_ci_low"] == pytest.approx(t_interval.low)
+    assert paired["mean_difference_ci_high"] == pytest.approx(t_interval.high)
+    assert paired["sd_difference"] == pytest.approx(per_case.std(ddof=1))
+    with open(out / "paired.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    # the key names of `medvae analyze`'s comparisons (one paired-statistics function)
+    assert header == ["question", "method_a", "method_b", "n", "mean_difference", "sd_difference",
+                      "mean_difference_ci_low", "mean_difference_ci_high", "wilcoxon_statistic",
+                      "wilcoxon_p"]
+    assert set(header[3:]) <= set(paired_comparison([1.0, 2.0, 4.0], [0.5, 2.5, 1.0]))
 
     agreement = next(r for r in results["agreement"] if r["question"] == "fidelity")
     matrix = np.hstack([good, worse])  # readers x items, same items in the same columns
