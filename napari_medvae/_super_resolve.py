@@ -11,6 +11,8 @@ import json
 from collections.abc import Generator
 from pathlib import Path
 
+from safetensors import safe_open
+
 from medvae_engine.errors import InputError, ModelError
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.models import weights_sha256
@@ -34,7 +36,6 @@ def sr_header(path: str | Path | None) -> dict | None:
     """{"card", "objective"} from an SR safetensors header (no weights loaded), else None."""
     if not path or not Path(path).is_file() or Path(path).suffix != ".safetensors":
         return None
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:

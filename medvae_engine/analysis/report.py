@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import CodecOptions, reconstruct
 from ..codec.spec import DEFAULT_FACTOR, load_codec
 from ..data.files import image_stem, is_image_file
 from ..errors import InputError, OutputError
+from ..imaging.io import read_volume, write_volume
 from ..imaging.volume import Volume
 from ..runtime.cli_progress import drive
 from ..runtime.progress import Progress, run
@@ -181,8 +183,6 @@ def is_dicom_series(folder: Path) -> bool:
 
 
 def _read(path: Path, modality: str) -> Volume:
-    from ..imaging.io import read_volume
-
     volume = read_volume(path, modality=modality)
     array = np.asarray(volume.array, np.float64)
     if not np.all(np.isfinite(array)):
@@ -204,7 +204,6 @@ def model_label(spec: str) -> str:
 def reconstruct_with(volume: Volume, model, axis: int | None = None) -> Volume:
     """The model's encode-decode reconstruction of ``volume`` in its geometry and units (2D
     models run slice by slice along ``axis`` on volumes)."""
-    from .. import CodecOptions, reconstruct
 
     return reconstruct(volume, model, CodecOptions(axis=axis))
 
@@ -388,8 +387,6 @@ def _middle(array: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _write_maps(folder: Path, method: str, maps: dict[str, Volume]) -> None:
-    from ..imaging.io import write_volume
-
     safe = method.replace(":", "_").replace("/", "_")
     for kind, volume in maps.items():
         dtype = "uint8" if kind == "hallucination" else None

@@ -23,6 +23,7 @@ from ..codec.latents import load_latent
 from ..codec.pipeline import CodecOptions
 from ..imaging.atomic import atomic_write_text
 from ..imaging.io import read_volume
+from ..models import load_model
 from ..runtime.cli_progress import drive
 from ..runtime.progress import run
 from .speed import machine_info
@@ -46,7 +47,6 @@ def add_encode_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_encode_bench(args: argparse.Namespace) -> int:
     """Encode one folder of real slices each way in turn; print and write images/s and ratios."""
-    from ..models import load_model
 
     model = load_model(args.model)
     results = {"machine": machine_info(torch.get_num_threads()) | {"load_average": os.getloadavg()},

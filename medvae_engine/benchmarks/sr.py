@@ -17,11 +17,25 @@ from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
+from ..analysis.hallucination import hallucination
+from ..analysis.metrics import to_unit_range
+from ..analysis.spectrum import radial_spectrum
+from ..codec.pipeline import CodecOptions
+from ..codec.pipeline import reconstruct as ae_reconstruct
+from ..codec.spec import load_codec
+from ..data.degradation import crop_to_multiple, degrade_volume, resize
+from ..errors import InputError
 from ..imaging.atomic import atomic_write, atomic_write_text
+from ..imaging.normalization import fit_normalization
+from ..imaging.volume import Volume
 from ..models.zoo import DEFAULT_SR, SR_MODELS
 from ..runtime.cli_progress import drive
-from ..runtime.progress import Progress
+from ..runtime.progress import Progress, run
+from ..sr.pipeline import SROptions, super_resolve_steps
+from ..sr.unet import load_sr_model
+from .quality import read_reference, scored_range, scores, table_cell, without_arrays
 
 HELD_OUT_2D = ["builtin:pydicom/693_UNCR.dcm", "builtin:pydicom/MR_small.dcm"]
 
@@ -44,9 +58,6 @@ def add_sr_report_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_sr_report(args: argparse.Namespace) -> int:
     """Measure, then write the JSON, Markdown card and figures; prints the Markdown."""
-    from ..errors import InputError
-    from ..sr.unet import load_sr_model
-    from .quality import without_arrays
 
     samplers = []
     for text in (args.fast, args.full):
@@ -80,7 +91,6 @@ SD_DECILE = 0.9
 def high_frequency_error(test: np.ndarray, reference: np.ndarray) -> float:
     """Mean |log10 P_test - log10 P_HR| over the top three of ten radial spectrum bins: how far
     the fine-detail energy is from the truth (too little, as blur, or too much, as noise)."""
-    from ..analysis.spectrum import radial_spectrum
 
     diff = radial_spectrum(test, HF_BINS) - radial_spectrum(reference, HF_BINS)
     return float(np.mean(np.abs(diff[-HF_TOP:])))
@@ -89,7 +99,6 @@ def high_frequency_error(test: np.ndarray, reference: np.ndarray) -> float:
 def uncertainty_scores(sd: np.ndarray, error: np.ndarray, hallucinated: np.ndarray) -> dict:
     """How well a per-pixel SD map predicts the real error: Spearman correlation of SD with
     |SR - HR|, and the hallucinated-pixel rate among the top decile of SD against the rest."""
-    from scipy.stats import spearmanr
 
     top = sd >= np.quantile(sd, SD_DECILE)
     return {"spearman_sd_abs_error": float(spearmanr(sd.ravel(), error.ravel()).statistic),
@@ -102,16 +111,6 @@ def sr_report_steps(sr_model, images: list[str], samplers: list[tuple[str, int]]
     """Scores, high-frequency spectrum errors, hallucination rates and timings per image, their
     means, and (``samples`` >= 2) how well the SD over fast-sampler draws predicts the error;
     yields Progress per image."""
-    from ..analysis.hallucination import hallucination
-    from ..analysis.metrics import to_unit_range
-    from ..codec.pipeline import CodecOptions
-    from ..codec.pipeline import reconstruct as ae_reconstruct
-    from ..codec.spec import load_codec
-    from ..data.degradation import resize
-    from ..errors import InputError
-    from ..runtime.progress import run
-    from ..sr.pipeline import SROptions, super_resolve_steps
-    from .quality import read_reference, scored_range, scores
 
     if not sr_model.card.get("autoencoder"):
         raise InputError(f"{sr_model.weights_path}: the SR model does not name its autoencoder "
@@ -180,9 +179,6 @@ def degrade_in_model_space(image, degradation: dict):
     """(LR image in ``image``'s units, HR reference, the normalisation, LR in model space): the 2D
     ``image`` cropped to sides divisible by the scale, normalised and degraded as the SR model was
     trained (``degradation`` as in its card: kind, scale, sigma)."""
-    from ..data.degradation import crop_to_multiple, degrade_volume
-    from ..imaging.normalization import fit_normalization
-    from ..imaging.volume import Volume
 
     scale = int(degradation["scale"])
     hr = crop_to_multiple(image, (0, 1), scale)
@@ -223,7 +219,6 @@ def summary(rows: list[dict], samplers: list[tuple[str, int]]) -> dict:
 
 def card_markdown(report: dict, card: dict) -> str:
     """The SR model card: training summary, held-out table, sampler comparison, ceiling check."""
-    from .quality import table_cell
 
     s = report["summary"]
     names = list(s["mean"])

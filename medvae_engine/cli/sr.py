@@ -11,8 +11,22 @@ from pathlib import Path
 
 from ..codec.spec import load_codec
 from ..errors import InputError, MedVAEError, ModelError
+from ..imaging.atomic import full_suffix
+from ..imaging.io import check_output, write_volume
+from ..imaging.normalization import fit_normalization
+from ..models import weights_sha256
 from ..models.zoo import DEFAULT_SR
+from ..runtime.cli_progress import drive
+from ..sr.pipeline import (
+    SROptions,
+    reconstruct_reference_steps,
+    super_resolve_samples_steps,
+    super_resolve_steps,
+)
 from ..sr.samplers import SAMPLERS
+from ..sr.train_sr import run_sr_training
+from ..sr.unet import load_sr_model
+from ..training.config import config_overrides
 from .common import add_format_arg, read_input, run_steps, write_image
 
 
@@ -72,15 +86,6 @@ def add_train_sr_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_sr(args: argparse.Namespace) -> int:
     """Super-resolve one input (and reconstruct the reference); MedVAEError for the CLI to print."""
-    from ..imaging.io import check_output, write_volume
-    from ..imaging.normalization import fit_normalization
-    from ..sr.pipeline import (
-        SROptions,
-        reconstruct_reference_steps,
-        super_resolve_samples_steps,
-        super_resolve_steps,
-    )
-    from ..sr.unet import load_sr_model
 
     if bool(args.reference) != bool(args.ae_output):
         raise InputError("--reference and --ae-output go together")
@@ -128,7 +133,6 @@ def run_sr(args: argparse.Namespace) -> int:
 
 def sd_path(output: str | Path) -> Path:
     """Where the uncertainty map of ``output`` goes: its stem (format suffix removed) + .sd.nii.gz."""
-    from ..imaging.atomic import full_suffix
 
     output = Path(output)
     suffix = full_suffix(output)
@@ -138,7 +142,6 @@ def sd_path(output: str | Path) -> Path:
 
 def _autoencoder(args: argparse.Namespace, sr_model):
     """--model, else the autoencoder the SR model's card names; warn on a weights mismatch."""
-    from ..models import weights_sha256
 
     name = args.model or sr_model.card.get("autoencoder")
     if not name:
@@ -154,9 +157,6 @@ def _autoencoder(args: argparse.Namespace, sr_model):
 
 def run_train_sr(args: argparse.Namespace) -> int:
     """Run an SR training with the progress bar on rank 0."""
-    from ..runtime.cli_progress import drive
-    from ..sr.train_sr import run_sr_training
-    from ..training.config import config_overrides
 
     steps = run_sr_training(args.config, resume=args.resume, overrides=config_overrides(args))
     drive(steps, "train-sr", keys=("loss", "val_psnr_sr", "val_psnr_bicubic"))

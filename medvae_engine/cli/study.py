@@ -9,6 +9,20 @@ from pathlib import Path
 
 from ..codec.spec import parse_codec
 from ..errors import InputError, MedVAEError, ModelError
+from ..runtime.cli_progress import drive
+from ..study.analyze import analyze_study
+from ..study.create import (
+    default_key_path,
+    iter_create_study,
+    missing_files,
+    spec_from_folders,
+    validate_study,
+)
+from ..study.export import export_answers
+from ..study.merge import merge_logs
+from ..study.persistence import read_log
+from ..study.session import replay_log
+from ..study.spec import ANSWERS_DIR, load_spec, load_study
 
 
 def add_study_arguments(parser: argparse.ArgumentParser | argparse._SubParsersAction) -> None:
@@ -99,9 +113,6 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 
 def _spec_from_args(args: argparse.Namespace):
-    from ..study.create import spec_from_folders
-    from ..study.spec import load_spec
-
     if args.spec:
         if args.originals or args.method or args.codec or args.model or args.forward_only \
                 or args.no_lock:
@@ -126,9 +137,6 @@ def _spec_from_args(args: argparse.Namespace):
 
 
 def _create(args: argparse.Namespace) -> int:
-    from ..runtime.cli_progress import drive
-    from ..study.create import default_key_path, iter_create_study
-
     spec = _spec_from_args(args)
     drive(iter_create_study(spec, args.output, args.key), "study create", unit="item")
     print(f"study with {sum(len(c.candidates) for c in spec.cases)} items written to {args.output}; "
@@ -137,9 +145,6 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from ..study.create import missing_files, validate_study
-    from ..study.spec import load_spec, load_study
-
     path = Path(args.path)
     if path.is_dir():
         load_study(path)
@@ -155,10 +160,6 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from ..study.persistence import read_log
-    from ..study.session import replay_log
-    from ..study.spec import ANSWERS_DIR, load_study
-
     study = load_study(args.study)
     item_ids = [item.id for item in study.items]
     logs = sorted((study.root / ANSWERS_DIR).glob("*.jsonl"))
@@ -172,8 +173,6 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from ..study.analyze import analyze_study
-
     results = analyze_study(args.study, args.output, args.key, args.include_unconfirmed)
     for row in results["summary"]:
         print(
@@ -185,16 +184,12 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..study.export import export_answers
-
     rows = export_answers(args.study, args.output, args.key)
     print(f"{rows} rows written to {args.output}")
     return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from ..study.merge import merge_logs
-
     for step in merge_logs(args.study, args.sources):
         done = f"{len(step.new_records)} new records" if step.new_records else "nothing new"
         print(f"{step.reader}: {done} from {step.source}")

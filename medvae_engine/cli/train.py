@@ -11,6 +11,7 @@ import sys
 from ..errors import MedVAEError
 from ..runtime.cli_progress import drive
 from ..training.config import config_overrides
+from ..training.trainer import run_training
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +30,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run a training with the progress bar on rank 0. MedVAEError propagates for the CLI to print."""
-    from ..training.trainer import run_training
 
     steps = run_training(args.config, resume=args.resume, overrides=config_overrides(args),
                          export_only=args.export_only)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from nibabel.testing import data_path
 
 from ..errors import ConfigError
 from ..imaging.io import read_volume
@@ -72,8 +73,6 @@ def resolve_builtin(name: str) -> Path:
 
             path = Path(get_fnames(name="S0_10"))
         elif package == "nibabel":
-            from nibabel.testing import data_path
-
             path = Path(data_path) / NIBABEL_FILES.get(item, item)
     except ImportError as e:
         raise ConfigError(f"builtin:{name}: needs the {e.name} package") from None

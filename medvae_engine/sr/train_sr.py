@@ -35,7 +35,7 @@ from ..data.degradation import degrade, lr_scale
 from ..data.sources import SourceSpec, expand_source, load_image
 from ..errors import ConfigError, MedVAEError
 from ..imaging.atomic import atomic_write, atomic_write_text
-from ..models import weights_sha256
+from ..models import MODELS, weights_sha256
 from ..runtime.distributed import Distributed
 from ..runtime.loop import load_checkpoint, prepare_run, step_loop, warmup_cosine
 from ..runtime.metrics_log import METRICS, MetricsLog
@@ -180,7 +180,6 @@ def check_sr_semantics(config: SRTrainConfig, source: str) -> None:
 
 def _resolve_model_path(config: SRTrainConfig, value: str) -> str:
     """A zoo name or ``pixels`` as is; anything else as a path relative to the config file."""
-    from ..models import MODELS
 
     if value in MODELS or value == PIXELS:
         return value

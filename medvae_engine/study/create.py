@@ -1,7 +1,6 @@
 """Build a blinded study folder: neutral item images, a checksummed manifest, a private key.
 
 Layout of a study folder (handed to readers as it is)::
-
     study.yaml            what readers' tools read: questions, display, items (no method names)
     manifest.json         every file readers get with its sha256 and shape
     images/item_007_a.nii.gz, images/item_007_b.nii.gz ...
@@ -36,6 +35,7 @@ from medvae_engine.codec.spec import load_codec
 from medvae_engine.data.files import image_stem
 from medvae_engine.errors import InputError, OutputError
 from medvae_engine.imaging.atomic import atomic_write_text
+from medvae_engine.imaging.io import read_volume, write_volume
 from medvae_engine.imaging.normalization import fit_normalization
 from medvae_engine.imaging.volume import Volume
 from medvae_engine.runtime.progress import Progress, run
@@ -154,8 +154,6 @@ def _prepared(volume: Volume, reference: Volume, window: tuple[float, float]) ->
 
 
 def _read(path: Path, what: str) -> Volume:
-    from medvae_engine.imaging.io import read_volume
-
     try:
         return read_volume(path, keep_phi=False)
     except InputError:
@@ -201,7 +199,6 @@ def iter_create_study(
     leaves nothing at ``output``. The key goes beside the folder (``STUDY.key.json``) unless
     ``key_path`` puts it elsewhere; never inside the folder handed to readers.
     """
-    from medvae_engine.imaging.io import write_volume
 
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
