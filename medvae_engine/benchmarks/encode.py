@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from ..codec.dataset import Encoder, encode_dataset, find_inputs
+from ..codec.dataset import Encoder, encode_dataset, find_inputs, latent_path
 from ..codec.latents import load_latent
 from ..codec.pipeline import CodecOptions
 from ..imaging.atomic import atomic_write_text
@@ -56,20 +56,20 @@ def run_encode_bench(args: argparse.Namespace) -> int:
         data = write_slices(Path(tmp) / "slices", args.count, args.side)
         inputs = find_inputs([data])
         for batch in (1, args.batch_size):  # untimed: oneDNN builds kernels per batch shape
-            warm = [(i, Path(tmp) / f"warm{batch}" / i.latent) for i in inputs[: args.batch_size]]
+            warm = [(i, Path(tmp) / f"warm{batch}" / latent_path(i)) for i in inputs[: args.batch_size]]
             run(encode_dataset(warm, _read, Encoder(lambda ndim: model, CodecOptions(batch_size=batch))))
         latents = {}
         for label, batch, prefetch in WAYS:
             out = Path(tmp) / f"out{len(latents)}"
             encoder = Encoder(lambda ndim: model, CodecOptions(batch_size=batch or args.batch_size))
             start = time.perf_counter()
-            summary = drive(encode_dataset([(i, out / i.latent) for i in inputs], _read, encoder,
+            summary = drive(encode_dataset([(i, out / latent_path(i)) for i in inputs], _read, encoder,
                                            prefetch=prefetch), f"bench encode, {label}",
                             unit="image")
             seconds = time.perf_counter() - start
             if summary.encoded != len(inputs):
                 raise RuntimeError(f"{label}: {len(summary.failures)} slices failed")
-            latents[label] = np.stack([load_latent(out / i.latent).array for i in inputs])
+            latents[label] = np.stack([load_latent(out / latent_path(i)).array for i in inputs])
             way = {"way": label, "batch_size": batch or args.batch_size, "prefetch": prefetch,
                    "seconds": round(seconds, 2), "images_per_s": round(len(inputs) / seconds, 3)}
             results["ways"].append(way)

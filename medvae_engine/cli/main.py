@@ -226,6 +226,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         find_inputs,
         gather,
         is_dataset,
+        latent_path,
         shard,
         write_failures,
     )
@@ -270,7 +271,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         elif p.stage == "failed":
             write(f"failed: {done.error}")
 
-    jobs = [(i, out / i.latent if many or out.is_dir() else out) for i in inputs[rank::world]]
+    jobs = [(i, out / latent_path(i) if many or out.is_dir() else out) for i in inputs[rank::world]]
     if many and rank == 0:
         write_failures(out, [])  # a failures list from an earlier run no longer holds
     mine = drive(encode_dataset(jobs, lambda item: read_input(item.path, args), encoder,

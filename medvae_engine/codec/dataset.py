@@ -39,12 +39,12 @@ from collections.abc import Callable, Generator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import pydicom
 import torch.distributed as dist
 
+from ..data.discovery import FoundImage, find_images, is_dataset_folder
 from ..errors import Cancelled, InputError, MedVAEError, ModelError, OutputError
 from ..imaging.atomic import atomic_write_text, first_line, full_suffix
-from ..imaging.io import READ_SUFFIXES, file_format
+from ..imaging.io import READ_SUFFIXES
 from ..imaging.normalization import Normalization
 from ..imaging.volume import Volume
 from ..models.checkpoints import file_sha256
@@ -65,21 +65,12 @@ _ABORTS = (ModelError, OutputError, Cancelled)  # problems of the run, not of on
 _GATHER_TIMEOUT = datetime.timedelta(days=7)  # ranks with short shards wait for the longest one
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInput:
-    """One input: an image file or a DICOM series folder, and its path under the dataset root."""
-
-    path: Path
-    relative: PurePosixPath
-    files: tuple[Path, ...]  # what it is read from: the file itself, or the series' DICOM files
-
-    @property
-    def latent(self) -> PurePosixPath:
-        """Its latent's path under the output folder: the input's own suffix replaced."""
-        name, suffix = self.relative.name, full_suffix(self.relative.name)
-        if suffix in READ_SUFFIXES and not self.path.is_dir():
-            name = name[: -len(suffix)]
-        return self.relative.with_name(name + LATENT_SUFFIX)
+def latent_path(item: FoundImage) -> PurePosixPath:
+    """An input's latent path under the output folder: its relative path, own suffix replaced."""
+    name, suffix = item.relative.name, full_suffix(item.relative.name)
+    if suffix in READ_SUFFIXES and not item.path.is_dir():
+        name = name[: -len(suffix)]
+    return item.relative.with_name(name + LATENT_SUFFIX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +78,7 @@ class Outcome:
     """The payload of each input's Progress, whose stage says what happened to it: "encoded",
     "skipped" (already encoded from the same input and model) or "failed"."""
 
-    item: DatasetInput
+    item: FoundImage
     target: Path
     latent: Latent | None = None
     error: str | None = None
@@ -106,39 +97,31 @@ class Summary:
 def is_dataset(items: Sequence[str | Path]) -> bool:
     """True for a CSV list or a folder holding subfolders or non-DICOM images (else: one series)."""
     return any(
-        Path(i).suffix.lower() == ".csv" or (Path(i).is_dir() and _is_dataset_folder(Path(i)))
+        Path(i).suffix.lower() == ".csv" or (Path(i).is_dir() and is_dataset_folder(Path(i)))
         for i in items
     )
 
 
-def find_inputs(items: Sequence[str | Path]) -> list[DatasetInput]:
+def find_inputs(items: Sequence[str | Path]) -> list[FoundImage]:
     """Files, series folders, dataset folders and CSV lists -> inputs sorted by relative path.
 
     `InputError` when nothing is found or when two inputs would share one latent path.
     """
-    found: list[DatasetInput] = []
-    for item in items:
-        path = Path(item)
-        if path.suffix.lower() == ".csv":
-            found += _csv_inputs(path)
-        elif path.is_dir() and _is_dataset_folder(path):
-            found += _walk(path)
-        else:
-            found.append(_direct(path, PurePosixPath(Path(os.path.abspath(path)).name)))
+    found = find_images(items)
     if not found:
         raise InputError(f"{' '.join(map(str, items))}: no images found")
-    seen: dict[PurePosixPath, DatasetInput] = {}
+    seen: dict[PurePosixPath, FoundImage] = {}
     for item in found:
-        other = seen.setdefault(item.latent, item)
+        other = seen.setdefault(latent_path(item), item)
         if other is not item:
             raise InputError(
-                f"{item.path}: would be encoded to {item.latent}, as {other.path} is "
+                f"{item.path}: would be encoded to {latent_path(item)}, as {other.path} is "
                 "(rename one, or list them from a common folder or CSV)"
             )
     return sorted(found, key=lambda i: i.relative.as_posix())
 
 
-def source_record(item: DatasetInput) -> dict:
+def source_record(item: FoundImage) -> dict:
     """What identifies the input's bytes: size and sha256 (a series: over its files, see above)."""
     if not item.path.exists():
         raise InputError(f"{item.path}: file not found")
@@ -148,7 +131,7 @@ def source_record(item: DatasetInput) -> dict:
         raise InputError(f"{item.path}: cannot read ({e.strerror})") from None
 
 
-def _record(item: DatasetInput) -> dict:
+def _record(item: FoundImage) -> dict:
     if not item.path.is_dir():
         return {"path": str(item.relative), "size": item.path.stat().st_size,
                 "sha256": file_sha256(item.path)}
@@ -214,7 +197,7 @@ class _Fetched:
     of a matching earlier latent, the image (not read when an earlier latent may be kept), or
     the error that stopped it."""
 
-    item: DatasetInput
+    item: FoundImage
     target: Path
     record: dict | None = None
     previous: tuple | None = None
@@ -223,8 +206,8 @@ class _Fetched:
 
 
 def encode_dataset(
-    jobs: Sequence[tuple[DatasetInput, Path]],
-    read: Callable[[DatasetInput], Volume],
+    jobs: Sequence[tuple[FoundImage, Path]],
+    read: Callable[[FoundImage], Volume],
     encoder: Encoder,
     identity: Callable[[int], tuple[str, str | None]] | None = None,
     *,
@@ -308,8 +291,8 @@ def encode_dataset(
 
 
 def _read_ahead(
-    jobs: Sequence[tuple[DatasetInput, Path]],
-    read: Callable[[DatasetInput], Volume],
+    jobs: Sequence[tuple[FoundImage, Path]],
+    read: Callable[[FoundImage], Volume],
     projected: bool | None,
     depth: int,
 ) -> Generator[_Fetched, None, None]:
@@ -317,7 +300,7 @@ def _read_ahead(
 
     ``projected`` None: no resume check. Closing the generator stops and joins the thread.
     """
-    def fetch(item: DatasetInput, target: Path) -> _Fetched:
+    def fetch(item: FoundImage, target: Path) -> _Fetched:
         try:
             record = source_record(item)  # before reading: a later change means encoding again
             previous = None if projected is None else _previous(target, record, projected)
@@ -398,82 +381,6 @@ def gather(summary: Summary, world: int) -> Summary:
 
 
 # -- finding inputs ------------------------------------------------------------------------------
-
-
-def _is_dataset_folder(folder: Path) -> bool:
-    return any(
-        not p.name.startswith(".")
-        and (p.is_dir() or (p.is_file() and file_format(p) not in (None, "dicom")))
-        for p in folder.iterdir()
-    )
-
-
-def _walk(root: Path) -> list[DatasetInput]:
-    """Every image file under ``root``, and every folder directly holding DICOM images as a series."""
-    found: list[DatasetInput] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        here, is_series = Path(folder), False
-        for name in sorted(files):
-            file = here / name
-            kind = None if name.startswith(".") else file_format(file)
-            if kind == "dicom":
-                is_series = is_series or not _without_image(file)
-            elif kind is not None:
-                found.append(DatasetInput(file, _relative(file, root), (file,)))
-        if is_series:
-            name = _relative(here, root) if here != root else Path(os.path.abspath(root)).name
-            found.append(_direct(here, PurePosixPath(name)))
-    return found
-
-
-def _without_image(file: Path) -> bool:
-    """True for a readable DICOM object holding no image (DICOMDIR, report, presentation state);
-    an unreadable one counts as an image, so that reading it reports the problem."""
-    try:
-        ds = pydicom.dcmread(file, defer_size=1024)
-    except Exception:
-        return False
-    return not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-
-
-def _direct(path: Path, relative: PurePosixPath) -> DatasetInput:
-    """A file or series folder named directly (argument or CSV row)."""
-    if path.is_dir():
-        files = tuple(
-            Path(folder) / name
-            for folder, _, names in sorted(os.walk(path))
-            for name in sorted(names)
-            if not name.startswith(".") and file_format(Path(folder) / name) == "dicom"
-        )
-        return DatasetInput(path, relative, files)
-    return DatasetInput(path, relative, (path,))
-
-
-def _csv_inputs(path: Path) -> list[DatasetInput]:
-    if not path.is_file():
-        raise InputError(f"{path}: CSV file not found")
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and r[0].strip()]
-    if not rows:
-        raise InputError(f"{path}: CSV file is empty")
-    if rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
-        rows = rows[1:]
-    base = Path(os.path.abspath(path.parent))
-    found = []
-    for row in rows:
-        listed = Path(row[0].strip()).expanduser()
-        listed = Path(os.path.abspath(listed if listed.is_absolute() else base / listed))
-        found.append(_direct(listed, _relative(listed, base)))
-    return found
-
-
-def _relative(path: Path, root: Path) -> PurePosixPath:
-    """``path`` under ``root``; a path outside it keeps its absolute form without the anchor."""
-    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
-    if rel == ".." or rel.startswith(".." + os.sep):
-        return PurePosixPath(*Path(os.path.abspath(path)).parts[1:])
-    return PurePosixPath(Path(rel).as_posix())
 
 
 # -- resume and failures -------------------------------------------------------------------------

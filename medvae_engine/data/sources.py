@@ -7,7 +7,6 @@ images through these references.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,10 +14,11 @@ from pathlib import Path
 import numpy as np
 from nibabel.testing import data_path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..imaging.io import read_volume
 from ..imaging.normalization import fit_normalization
-from .files import IMAGE_SUFFIXES, is_image_file
+from .discovery import find_images
+from .files import IMAGE_SUFFIXES
 
 NIBABEL_FILES = {"example4d": "example4d.nii.gz", "anatomical": "anatomical.nii"}
 
@@ -88,28 +88,32 @@ def expand_source(spec: SourceSpec, default_axes: Sequence[int],
                   base_dir: str | Path) -> list[ImageRef]:
     """The images one source stands for (relative paths are relative to ``base_dir``)."""
     axes = tuple(spec.axes if spec.axes is not None else default_axes)
-    if spec.path.startswith("builtin:"):
-        paths = [resolve_builtin(spec.path.removeprefix("builtin:"))]
-    else:
-        root = Path(spec.path).expanduser()
-        root = root if root.is_absolute() else Path(base_dir) / root
-        if root.is_dir():
-            paths = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
-            if not paths:
-                known = ", ".join(IMAGE_SUFFIXES)
-                raise ConfigError(f"{root}: data folder holds no images ({known})")
-        elif root.suffix.lower() == ".csv":
-            return [dataclasses.replace(r, axes=axes) for r in _csv_refs(root, spec, axes)]
-        elif root.exists():
-            paths = [root]
-        else:
-            raise ConfigError(f"{root}: data source not found")
     region = _region_tuple(spec.region)
-    return [
-        ImageRef(p, spec.frame, axes, spec.modality, spec.series_uid,
-                 _region_label(spec.path if len(paths) == 1 else str(p), region), region)
-        for p in paths
-    ]
+    if spec.path.startswith("builtin:"):
+        path = resolve_builtin(spec.path.removeprefix("builtin:"))
+        return [ImageRef(path, spec.frame, axes, spec.modality, spec.series_uid,
+                         _region_label(spec.path, region), region)]
+    root = Path(spec.path).expanduser()
+    root = root if root.is_absolute() else Path(base_dir) / root
+    if not root.exists():
+        raise ConfigError(f"{root}: data source not found")
+    try:
+        found = find_images([root])
+    except InputError as e:
+        raise ConfigError(str(e)) from None
+    if root.is_dir():
+        found.sort(key=lambda f: f.relative.as_posix())  # a CSV keeps its own order
+    if not found:
+        raise ConfigError(f"{root}: data folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    refs = []
+    for f in found:
+        if not f.path.exists():
+            raise ConfigError(f"{root}: listed image {f.path} not found")
+        label = spec.path if len(found) == 1 and f.path == root else str(f.path)
+        refs.append(ImageRef(f.path, f.frame if f.frame is not None else spec.frame, axes,
+                             f.modality or spec.modality, spec.series_uid,
+                             _region_label(label, region), region))
+    return refs
 
 
 def _region_tuple(region: list | None) -> tuple | None:
@@ -120,28 +124,6 @@ def _region_label(label: str, region: tuple | None) -> str:
     if region is None:
         return label
     return label + "[" + ", ".join(":" if b is None else f"{b[0]:g}:{b[1]:g}" for b in region) + "]"
-
-
-def _csv_refs(path: Path, spec: SourceSpec, axes: tuple[int, ...]) -> list[ImageRef]:
-    rows = [r for r in csv.reader(path.read_text(encoding="utf-8").splitlines()) if r]
-    if not rows:
-        raise ConfigError(f"{path}: CSV list is empty")
-    header = [h.strip().lower() for h in rows[0]]
-    if "path" in header:
-        records = [dict(zip(header, (c.strip() for c in r), strict=False)) for r in rows[1:]]
-    else:
-        records = [{"path": r[0].strip()} for r in rows]
-    refs = []
-    for rec in records:
-        p = Path(rec["path"]).expanduser()
-        p = p if p.is_absolute() else path.parent / p
-        if not p.exists():
-            raise ConfigError(f"{path}: listed image {p} not found")
-        frame = int(rec["frame"]) if rec.get("frame") else spec.frame
-        region = _region_tuple(spec.region)
-        refs.append(ImageRef(p, frame, axes, rec.get("modality") or spec.modality,
-                             spec.series_uid, _region_label(str(p), region), region))
-    return refs
 
 
 def load_image(ref: ImageRef) -> np.ndarray:

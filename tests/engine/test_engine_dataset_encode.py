@@ -20,7 +20,7 @@ from conftest import tiny_model
 from pydicom.data import get_testdata_file
 
 from medvae_engine.cli import main
-from medvae_engine.codec.dataset import Encoder, encode_dataset, find_inputs
+from medvae_engine.codec.dataset import Encoder, encode_dataset, find_inputs, latent_path
 from medvae_engine.codec.latents import load_latent, sidecar_path
 from medvae_engine.codec.pipeline import CodecOptions, encode
 from medvae_engine.imaging.io import read_volume
@@ -257,7 +257,7 @@ def test_batches_across_files_give_one_at_a_time_latents(tmp_path, capsys, monke
     assert batches[:4] == [(1, 1, 64, 64), (2, 1, 128, 128), (1, 1, 64, 64), (8, 1, 112, 136)]
     assert sum(b[0] for b in batches[3:]) == 6 + 12
     batches.clear()
-    latents = {i.path: i.latent for i in find_inputs([data])}
+    latents = {i.path: latent_path(i) for i in find_inputs([data])}
     for src in inputs:
         src = src.parent if src.suffix == ".dcm" else src  # a folder of DICOM files: a series
         ref = tmp_path / "ref" / "one.latent.nii.gz"
@@ -278,7 +278,7 @@ def test_reader_thread_reads_ahead_and_stops_when_the_generator_is_closed(tmp_pa
     """Files are read by the reader thread while the model runs; closing the generator after the
     first latent (as a cancel does) leaves no reader thread alive and no further latent written."""
     paths = _mni_slices(tmp_path / "data", 8)
-    jobs = [(i, tmp_path / "out" / i.latent) for i in find_inputs([tmp_path / "data"])]
+    jobs = [(i, tmp_path / "out" / latent_path(i)) for i in find_inputs([tmp_path / "data"])]
     model = tiny_model(2)
     readers = []
 
@@ -304,7 +304,7 @@ def test_prefetched_failure_is_recorded_and_the_batch_encoded(tmp_path):
     with its one-line error; every other slice's latent equals its own one-at-a-time encode."""
     paths = _mni_slices(tmp_path / "data", 6)
     paths[2].write_bytes(paths[2].read_bytes()[:300])
-    jobs = [(i, tmp_path / "out" / i.latent) for i in find_inputs([tmp_path / "data"])]
+    jobs = [(i, tmp_path / "out" / latent_path(i)) for i in find_inputs([tmp_path / "data"])]
     model = tiny_model(2)
     encoder = Encoder(lambda ndim: model, CodecOptions(batch_size=4))
     steps = encode_dataset(jobs, lambda item: read_volume(item.path), encoder, lambda n: ("x", None))
@@ -328,7 +328,7 @@ def test_failed_batch_is_retried_one_input_at_a_time(tmp_path):
     """A model call over a whole batch fails (as when a batch does not fit in memory): each input
     of the batch is encoded alone instead, to the same latents, and none is recorded as failed."""
     paths = _mni_slices(tmp_path / "data", 4)
-    jobs = [(i, tmp_path / "out" / i.latent) for i in find_inputs([tmp_path / "data"])]
+    jobs = [(i, tmp_path / "out" / latent_path(i)) for i in find_inputs([tmp_path / "data"])]
     model, calls = tiny_model(2), []
 
     class SmallBatchesOnly(torch.nn.Module):
@@ -357,7 +357,7 @@ def test_progress_of_each_input_carries_its_outcome(tmp_path):
     its target and its latent or its one-line error; a truncated real slice is reported failed."""
     paths = _mni_slices(tmp_path / "data", 4)
     paths[1].write_bytes(paths[1].read_bytes()[:300])
-    jobs = [(i, tmp_path / "out" / i.latent) for i in find_inputs([tmp_path / "data"])]
+    jobs = [(i, tmp_path / "out" / latent_path(i)) for i in find_inputs([tmp_path / "data"])]
     model = tiny_model(2)
     seen = []
     summary = run(encode_dataset(jobs, lambda item: read_volume(item.path),

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from pydicom.data import get_testdata_file
 
 from medvae_engine.data.sources import resolve_builtin
 from medvae_engine.errors import MedVAEError, ModelError, WeightsNotFoundError
+from medvae_engine.imaging.dicom_write import write_dicom_series
+from medvae_engine.imaging.io import read_volume, write_volume
+from medvae_engine.imaging.volume import Volume
 from medvae_engine.models.lpips import BACKBONE_FILES, Lpips
 from medvae_engine.training.config import load_config
 from medvae_engine.training.data import (
@@ -54,13 +58,32 @@ def test_folder_and_csv_sources_and_deterministic_crops(write_config, tmp_path):
                                   "crop": [16, 32]}})
     config = load_config(path)
     dataset, train = _dataset(config)
-    assert [r.path.name for r in train.refs] == ["a.dcm", "a.dcm", "S0_10slices.nii.gz"]
+    # a folder directly holding DICOM files is one series (as `medvae encode` reads it)
+    assert [r.path.name for r in train.refs] == ["images", "a.dcm", "S0_10slices.nii.gz"]
     assert all(-1 <= a.min() and a.max() <= 1 for a in train.arrays)
     first = [dataset[i] for i in range(8)]
     again = [_dataset(config)[0][i] for i in range(8)]
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert [t.shape[-1] for t in first] == [dataset.crop_side(0)] * 4 + [dataset.crop_side(1)] * 4
     assert not torch.equal(first[0], first[1])
+
+
+def test_folder_sources_walk_like_dataset_encoding(write_config, tmp_path):
+    """A training folder is walked as `medvae encode` walks one: a sub-folder of DICOM slices is
+    one volume (read as a series), other image files one image each, CSV rows give frame and
+    modality."""
+    ct = read_volume(get_testdata_file("CT_small.dcm"))
+    stack = Volume(np.stack([ct.array, ct.array[::-1], ct.array[:, ::-1]]).astype(np.float32),
+                   np.diag([0.7, 0.7, 2.0, 1.0]), "ct", {})
+    root = tmp_path / "data"
+    write_dicom_series(stack, root / "series1", description="test series")
+    write_volume(stack, root / "vol.nii.gz")
+    (tmp_path / "rows.csv").write_text("image,frame,modality\ndata/vol.nii.gz,,mri\n")
+    config = load_config(write_config({"data": {"train": ["data", "rows.csv"], "crop": [16, 16]}}))
+    _, train = _dataset(config)
+    assert [r.path.name for r in train.refs] == ["series1", "vol.nii.gz", "vol.nii.gz"]
+    assert [a.shape for a in train.arrays] == [(3, 128, 128)] * 3
+    assert [r.modality for r in train.refs] == ["auto", "auto", "mri"]
 
 
 def test_augmentation_turns_and_squeezes_real_crops(write_config):
