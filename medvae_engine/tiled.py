@@ -70,7 +70,7 @@ def encode_steps(
     (done, total) after every tile. ``tile``: core side in image pixels; ``window``: attention
     window in latent tokens (None: global attention, quadratic)."""
     stages = _encoder_stages(model)
-    grid = _grid(x.shape[-2:], model.factor, tile)
+    grid = tile_grid(x.shape[-2:], model.factor, tile)
     moments = yield from _run(stages, x, grid, model.factor, window, _model_device(model))
     mean, logvar = moments.chunk(2, dim=1)
     return model.posterior(mean, logvar, sample, generator)
@@ -81,11 +81,11 @@ def decode_steps(
 ) -> Generator[tuple[int, int], None, torch.Tensor]:
     """Image of a latent batch (B, C, h, w), tile by tile; ``tile`` in image pixels."""
     f = model.factor
-    grid = _grid(tuple(s * f for s in z.shape[-2:]), f, tile)
+    grid = tile_grid(tuple(s * f for s in z.shape[-2:]), f, tile)
     return (yield from _run(_decoder_stages(model), z, grid, 1, window, _model_device(model)))
 
 
-def _grid(image_shape, factor: int, tile: int) -> list[Box]:
+def tile_grid(image_shape, factor: int, tile: int) -> list[Box]:
     """Tile cores in latent units: side tile/factor, the last of each axis ends at the edge."""
     side = max(1, tile // factor)
     h, w = (s // factor for s in image_shape)
@@ -245,6 +245,12 @@ def _blocks(size: int, window: int | None) -> list[tuple[tuple[int, int], tuple[
         k0 = min(max(0, (q0 + q1) // 2 - window // 2), size - window)
         out.append(((q0, q1), (k0, k0 + window)))
     return out
+
+
+def keys_per_query(latent_shape: tuple[int, int], window: int | None) -> int:
+    """How many keys each query attends to on a latent of this shape."""
+    h, w = latent_shape
+    return (h if window is None else min(h, window)) * (w if window is None else min(w, window))
 
 
 def _attention_ticks(grid: list[Box], window: int | None) -> int:

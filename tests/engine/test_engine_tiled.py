@@ -72,7 +72,7 @@ def test_global_statistics_give_the_whole_image_forward(starter):
         y_whole = starter.decode(z_whole)
         z = _steps(tiled.encode_steps(starter, x, 32, window=None))
         y = _steps(tiled.decode_steps(starter, z_whole, 24, window=None))
-    assert len(tiled._grid((64, 48), 4, 32)) == 4 and len(tiled._grid((64, 48), 4, 24)) == 6
+    assert len(tiled.tile_grid((64, 48), 4, 32)) == 4 and len(tiled.tile_grid((64, 48), 4, 24)) == 6
     torch.testing.assert_close(z, z_whole, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(y, y_whole, atol=2e-5, rtol=1e-5)
 
@@ -106,7 +106,7 @@ def test_progress_per_tile_and_cancel_between_tiles(ct_slice, monkeypatch):
     seen: list[Progress] = []
     reconstruct(ct_slice, model, CodecOptions(tile=64), progress=seen.append)
     encoding = [p for p in seen if p.stage == "encode"]
-    tiles = len(tiled._grid((192, 192), 4, 64))
+    tiles = len(tiled.tile_grid((192, 192), 4, 64))
     assert tiles == 9 and len(encoding) == encoding[-1].total > 10 * tiles  # every tile, stage
     assert [p.done for p in encoding] == list(range(1, len(encoding) + 1))
     assert seen[-1].stage == "decode" and seen[-1].done == seen[-1].total
