@@ -203,6 +203,19 @@ def _trust_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _tile_arg(value: str) -> int:
+    """--tile: a positive side, or none (0: run whole)."""
+    if value.lower() in ("none", "whole"):
+        return 0
+    try:
+        side = int(value)
+    except ValueError:
+        side = -1
+    if side < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive tile side or none, got {value!r}")
+    return side
+
+
 def _codec_args(p: argparse.ArgumentParser, decode_only: bool = False) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -210,7 +223,10 @@ def _codec_args(p: argparse.ArgumentParser, decode_only: bool = False) -> None:
     p.add_argument("--roi", type=int, default=160, help="3D sliding-window side (default 160)")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
     p.add_argument(
-        "--tile", type=int, help="tile side for huge 2D images (default: whole up to 2048^2)"
+        "--tile", type=_tile_arg, metavar="SIDE|none",
+        help="2D tile side in pixels, or none to run 2D images whole at any size (global "
+        "attention: quadratic time); default: images above 512^2 in 512-px tiles that share "
+        "GroupNorm statistics, attention within 64 latent pixels",
     )
     if decode_only:
         return
@@ -485,7 +501,8 @@ def _options(args: argparse.Namespace):
             precision=args.precision,
             roi=args.roi,
             overlap=args.overlap,
-            tile=args.tile,
+            tile=args.tile or None,
+            whole=args.tile == 0,
             sample=getattr(args, "sample", False),
             seed=getattr(args, "seed", 0),
         )

@@ -201,7 +201,7 @@ def encode_slices_steps(
     stack = jobs[0].stack if len(jobs) == 1 else np.concatenate([j.stack for j in jobs])
     generator = torch.Generator().manual_seed(opts.seed)
     tiled_enc = _tiled(model, opts, lambda t, tile: tiled.encode_steps(
-        model, t.repeat_interleave(model.in_channels, dim=1).to(model_device(model)), tile,
+        model, t.repeat_interleave(model.in_channels, dim=1), tile,
         opts.attention_window, sample=opts.sample, generator=generator))
     z = yield from _slices(stack, _encoder(model, opts), opts, f, 1.0 / f, "encode", tiled_enc)
     ends = np.cumsum([len(j.stack) for j in jobs])
@@ -265,7 +265,7 @@ def decode_steps(
         stack = latent.array[:, None] if axis is None else np.moveaxis(latent.array, axis + 1, 1)
         stack = stack.transpose(1, 0, 2, 3)  # (S, C, h, w)
         tiled_dec = _tiled(model, opts, lambda t, tile: tiled.decode_steps(
-            model, fast_layout(model, t.to(model_device(model)), opts.precision), tile,
+            model, fast_layout(model, t, opts.precision), tile,
             opts.attention_window))
         y = yield from _slices(stack, dec, opts, 1, float(f), "decode", tiled_dec)
         y = y[:, 0]  # (S, H, W)
