@@ -170,9 +170,9 @@ def _stage(stage: Stage, src: Map, grid: list[Box], scale: float, device, residu
         cy0, cy1 = max(0, y0 - stage.halo), min(h, y1 + stage.halo)
         cx0, cx1 = max(0, x0 - stage.halo), min(w, x1 + stage.halo)
         t = data[..., cy0:cy1, cx0:cx1].to(device)
-        if a is not None:
-            t = t.float() * a[..., None, None].to(device) + b[..., None, None].to(device)
-            t = t * torch.sigmoid(t) if stage.act else t  # the model's swish
+        if a is not None:  # GroupNorm with the map's statistics, then swish: two passes
+            t = torch.addcmul(b[..., None, None].to(device), t.float(), a[..., None, None].to(device))
+            t = F.silu(t, inplace=True) if stage.act else t
         y = stage.body(t)
         s = stage.scale
         oy, ox = round((y0 - cy0) * s), round((x0 - cx0) * s)
@@ -203,7 +203,7 @@ def _attention(block: nn.Module, src: Map, grid: list[Box], scale: float, window
     for box in grid:  # q, k, v are pointwise: computed per tile, kept for the whole map
         y0, y1, x0, x1 = (round(v * scale) for v in box)
         t = data[..., y0:y1, x0:x1].to(device).float()
-        t = t * a[..., None, None].to(device) + b[..., None, None].to(device)
+        t = torch.addcmul(b[..., None, None].to(device), t, a[..., None, None].to(device))
         qkv[..., y0:y1, x0:x1] = torch.cat([block.q(t), block.k(t), block.v(t)], 1).cpu()
         yield
     out = torch.empty_like(data)
@@ -260,8 +260,10 @@ def _attention_ticks(grid: list[Box], window: int | None) -> int:
 
 
 def _channel_sums(y: torch.Tensor) -> torch.Tensor:
-    y = y.double()
-    return torch.stack([y.sum((-2, -1)), (y * y).sum((-2, -1))])
+    """Per-(sample, channel) sum and sum of squares, float64, from one fused float32 pass."""
+    var, mean = torch.var_mean(y.float(), dim=(-2, -1), correction=0)
+    n, mean = y.shape[-2] * y.shape[-1], mean.double()
+    return torch.stack([n * mean, n * (var.double() + mean * mean)])
 
 
 def _norm_affine(norm: nn.GroupNorm, src: Map) -> tuple[torch.Tensor, torch.Tensor]:
