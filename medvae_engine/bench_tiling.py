@@ -35,8 +35,10 @@ IMAGES = {  # pydicom-data file, modality
 
 
 def add_tiling_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--models", nargs="+", default=["starter_4_1_2d", "starter_4_3_2d"])
-    p.add_argument("--images", nargs="+", default=list(IMAGES), choices=list(IMAGES))
+    p.add_argument("-m", "--models", nargs="+", default=["starter_4_1_2d", "starter_4_3_2d"],
+                   help="2D models (the first also runs the cost case)")
+    p.add_argument("--images", nargs="+", default=list(IMAGES), choices=list(IMAGES),
+                   help="pydicom-data CT, MR and chest radiograph (default: all)")
     p.add_argument("--crop", type=int, default=512, help="central crop side for quality (512)")
     p.add_argument("--tile", type=int, default=256, help="tile side of the tiled runs (256)")
     p.add_argument("--large", type=int, default=2048, help="large side of the cost run (2048)")
