@@ -25,7 +25,6 @@ from torch import nn
 ATTENTION_WINDOW = 64  # latent tokens a side that a query block attends to (256 px at f=4)
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 of a tile's core
-Ticks = Generator[None, None, torch.Tensor]  # yields once per tile (or attention block)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +71,10 @@ def encode_steps(
     stages = _encoder_stages(model)
     grid = tile_grid(x.shape[-2:], model.factor, tile)
     moments = yield from _run(stages, x, grid, model.factor, window, _model_device(model))
+    from .models.autoencoder import LOGVAR_RANGE
+
     mean, logvar = moments.chunk(2, dim=1)
-    return model.posterior(mean, logvar, sample, generator)
+    return model.posterior(mean, logvar.clamp(*LOGVAR_RANGE), sample, generator)
 
 
 def decode_steps(
