@@ -104,7 +104,7 @@ class RadiologicalDisplay:
 
     # -- orientation ------------------------------------------------------------------------------
     def _add_letter_overlays(self) -> None:
-        from napari.components.overlays import TextOverlay
+        from napari.components.overlays import TextOverlay  # napari starts Qt: imported when a viewer is used
 
         for edge, position in LETTER_POSITIONS.items():
             self.viewer.canvas.overlays[OVERLAY_PREFIX + edge] = TextOverlay(
@@ -325,7 +325,7 @@ def install_display(viewer) -> RadiologicalDisplay | None:
 def install_on_current_viewer() -> RadiologicalDisplay | None:
     """For the reader and sample data, which napari calls without a viewer: the current one."""
     try:
-        from napari import current_viewer
+        from napari import current_viewer  # napari starts Qt: imported when a viewer is used
 
         return install_display(current_viewer())
     except ImportError:  # pragma: no cover - napari is a dependency of the plugin

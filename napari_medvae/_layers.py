@@ -117,7 +117,7 @@ def volume_to_layer_data(volume: Volume, name: str, kind: str = "image", **extra
 
 def diverging_colormap():
     """Blue (negative) -> transparent (0) -> red (positive): a signed map that overlays anatomy."""
-    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps import Colormap  # napari starts Qt: imported when a viewer is used
 
     colors = [[0.1, 0.4, 1.0, 1.0], [0.5, 0.5, 0.5, 0.0], [1.0, 0.2, 0.1, 1.0]]
     return Colormap(colors=colors, name="medvae_diverging", display_name="blue-clear-red")
@@ -230,7 +230,7 @@ def add_layers(viewer, layer_data: list[tuple]) -> Iterator:
     Returned as an iterator so a job runner can add one layer per event-loop turn; the layers
     are created before the first step, so a failure adds nothing.
     """
-    from napari.layers import Layer
+    from napari.layers import Layer  # napari starts Qt: imported when a viewer is used
 
     layers = [Layer.create(data, attributes, kind) for data, attributes, kind in layer_data]
 

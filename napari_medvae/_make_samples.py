@@ -38,7 +38,7 @@ def crop(volume: Volume, start: tuple[int, ...], size: tuple[int, ...]) -> Volum
 
 def mni_crop() -> Volume:
     """A 1 mm MNI152 T1 crop around the brain centre (112 x 136 x 112)."""
-    from nilearn.datasets import load_mni152_template
+    from nilearn.datasets import load_mni152_template  # optional data package
 
     image = load_mni152_template(resolution=1)
     data = np.asarray(image.get_fdata(), np.float32)
@@ -49,7 +49,7 @@ def mni_crop() -> Volume:
 
 def dicom_sample(name: str, factor: int) -> Volume:
     """A pydicom / pydicom-data test file, block-averaged by ``factor``."""
-    from pydicom.data import get_testdata_file
+    from pydicom.data import get_testdata_file  # optional test-data package
 
     volume = read_volume(get_testdata_file(name))
     volume.metadata = {"source": f"pydicom test data {name}", "Modality": volume.metadata.get("Modality")}

@@ -133,7 +133,7 @@ def start_job(
 
 def _one_per_event_loop_turn(gui_steps: Iterator, finished, failed) -> None:
     """Advance ``gui_steps`` one step per Qt event-loop turn so the GUI redraws in between."""
-    from qtpy.QtCore import QTimer
+    from qtpy.QtCore import QTimer  # Qt: imported when a viewer is used
 
     def advance() -> None:
         try:
@@ -164,7 +164,7 @@ def _run_sync(steps, show, cancel_event, done, failed) -> None:
 
 
 def _threaded(steps, show, cancel_event, done, failed):
-    from napari.qt.threading import thread_worker
+    from napari.qt.threading import thread_worker  # napari starts Qt: imported when a viewer is used
 
     @thread_worker(start_thread=False, ignore_errors=True)  # errors go to ``failed``, not re-raised
     def work():

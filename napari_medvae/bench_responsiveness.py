@@ -57,7 +57,7 @@ def bench_model():
 
 def run_job(app, viewer, widget, start) -> tuple[float, float, list[float]]:
     """Start a job with ``start()``; returns (start time, end time, heartbeat times)."""
-    from qtpy.QtCore import QTimer
+    from qtpy.QtCore import QTimer  # Qt: imported when a viewer is used
 
     ticks: list[float] = []
     timer = QTimer()
@@ -94,7 +94,7 @@ def stalls(ticks: list[float], ended: float) -> dict[str, float]:
 
 def measure() -> dict:
     """Run both measurements in a shown viewer; returns the JSON record."""
-    import napari
+    import napari  # napari starts Qt: imported when a viewer is used
     from napari.qt import get_qapp
 
 

@@ -52,7 +52,7 @@ def start_xvfb() -> subprocess.Popen | None:
 
 def build_viewer(show: bool = True):
     """A new viewer with the four widgets docked and the brain sample loaded in an axial view."""
-    import napari
+    import napari  # napari starts Qt: imported when a viewer is used
 
     viewer = napari.Viewer(title="napari-medvae demo", show=show)
     viewer.window._qt_window.resize(1800, 1050)  # napari has no public window-size API
@@ -169,7 +169,7 @@ def headless(out: Path) -> list[Path]:
     if xvfb is None and not os.environ.get("DISPLAY"):
         raise SystemExit("error: the headless demo needs Xvfb (apt-get install xvfb) or a display")
     try:
-        from napari.qt import get_qapp
+        from napari.qt import get_qapp  # napari starts Qt: imported when a viewer is used
 
         app = get_qapp()
         viewer, image, widgets = build_viewer(show=True)
@@ -189,7 +189,7 @@ def headless(out: Path) -> list[Path]:
 
 def interactive() -> None:
     """Open napari with the plugin docked and run the pipeline in the background."""
-    import napari
+    import napari  # napari starts Qt: imported when a viewer is used
 
     viewer, image, widgets = build_viewer(show=True)
     run_pipeline(viewer, image, widgets, lambda: None)

@@ -47,7 +47,7 @@ SHOTS = {"ct": "ct_axial_soft_tissue.png", "compare": "compare_grid.png",
 def write_readme_screenshots(out_dir: str | Path, viewer=None) -> dict[str, dict]:
     """Write the three README screenshots to ``out_dir``; returns, per shot, its path and the layer
     state at capture time. Uses ``viewer`` (a shown napari viewer) or a new one it closes after."""
-    import napari
+    import napari  # napari starts Qt: imported when a viewer is used
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +98,7 @@ def hide_layer_docks(viewer) -> None:
 
 def settle(seconds: float = 0.5) -> None:
     """Let Qt lay out, tabify and draw (the canvas paints on the event loop)."""
-    from napari.qt import get_qapp
+    from napari.qt import get_qapp  # napari starts Qt: imported when a viewer is used
 
     app = get_qapp()
     end = time.monotonic() + seconds
@@ -113,7 +113,7 @@ def raise_panel(panel) -> None:
 
 def canvas_box(viewer) -> list[int]:
     """The canvas's [top, left, height, width] in window-screenshot pixels."""
-    from qtpy.QtCore import QPoint
+    from qtpy.QtCore import QPoint  # Qt: imported when a viewer is used
 
     canvas = viewer.window._qt_viewer.canvas.native
     window = viewer.window._qt_window
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: screenshots need Xvfb (apt-get install xvfb) or a display", file=sys.stderr)
         return 2
     try:
-        from napari.qt import get_qapp
+        from napari.qt import get_qapp  # napari starts Qt: imported when a viewer is used
 
         get_qapp()
         for shot in write_readme_screenshots(out).values():

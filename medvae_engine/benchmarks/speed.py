@@ -21,12 +21,20 @@ from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..analysis.metrics import psnr
+from ..codec.pipeline import CodecOptions, fast_layout, reconstruct
 from ..errors import InputError
 from ..imaging.atomic import atomic_write_text
+from ..imaging.volume import Volume
+from ..models import AutoencoderKL
+from ..models.checkpoints import load_strict
+from ..models.zoo import get_spec
 from ..runtime.cli_progress import drive, write
+from ..runtime.precision import autocast
 from ..runtime.progress import Progress
 
 OFFICIAL_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "official_timing.py"
@@ -126,8 +134,6 @@ def speed_cases(args: argparse.Namespace, tmp: Path) -> list[dict]:
 
 
 def _case(dims, side, precision, tmp, args, width, roi) -> dict:
-    from ..models.zoo import get_spec
-
     config = get_spec(OFFICIAL_ARCH[dims]).config() | {"ch": width}
     tag = f"{dims}_{side}_{width}_{roi}"
     return {
@@ -174,7 +180,6 @@ def run_case(case: dict, args: argparse.Namespace) -> dict:
 
 def prepare_case(case: dict) -> None:
     """Shared random weights (official checkpoint layout) and a real MR slice resized as input."""
-    from ..models import AutoencoderKL
 
     if not Path(case["weights"]).is_file():
         torch.manual_seed(0)
@@ -186,8 +191,7 @@ def prepare_case(case: dict) -> None:
 
 def real_input(spatial_dims: int, side: int) -> np.ndarray:
     """pydicom's MR_small slice (a real MRI) resized to ``side`` and mapped to [-1, 1]."""
-    import pydicom
-    from pydicom.data import get_testdata_file
+    from pydicom.data import get_testdata_file  # optional test-data package
 
     img = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array.astype(np.float32)
     img = (img - img.min()) / (img.max() - img.min()) * 2 - 1
@@ -200,9 +204,7 @@ def real_input(spatial_dims: int, side: int) -> np.ndarray:
 
 def count_flops(case: dict) -> tuple[float, float]:
     """FLOPs of one encode and one decode, counted on the meta device (no compute)."""
-    from torch.utils.flop_counter import FlopCounterMode
 
-    from ..models import AutoencoderKL
 
     with torch.device("meta"):
         model = AutoencoderKL(**case["config"])
@@ -219,10 +221,6 @@ def count_flops(case: dict) -> tuple[float, float]:
 
 def worker(case: dict) -> dict:
     """Our implementation on one case (runs in the subprocess)."""
-    from ..codec.pipeline import fast_layout
-    from ..models import AutoencoderKL
-    from ..models.checkpoints import load_strict
-    from ..runtime.precision import autocast
 
     torch.set_num_threads(case["threads"])
     model = AutoencoderKL(**case["config"])
@@ -253,8 +251,6 @@ def worker(case: dict) -> dict:
 
 def _windowed(model, x, case, rss_model) -> dict:
     """Reconstruct a volume through the codec's sliding windows (memory should track the ROI)."""
-    from ..codec.pipeline import CodecOptions, reconstruct
-    from ..imaging.volume import Volume
 
     model.name = "bench"
     vol = Volume(x[0, 0].numpy(), np.eye(4), "mri")

@@ -44,7 +44,7 @@ def build_classifier(
     stem: str = "auto",
 ) -> nn.Module:
     """A randomly initialised MONAI classifier giving ``num_classes`` logits for ``input_shape``."""
-    from monai.networks import nets
+    from monai.networks import nets  # slow to import: only this path needs it
 
     family, size = parse_architecture(arch)
     if stem not in STEMS:

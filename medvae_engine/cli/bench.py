@@ -19,6 +19,7 @@ from ..benchmarks.encode import add_encode_bench_arguments
 from ..benchmarks.quality import add_quality_arguments, run_quality
 from ..benchmarks.speed import add_speed_arguments, run_bench
 from ..benchmarks.sr import add_sr_report_arguments, run_sr_report
+from ..benchmarks.tiling import add_tiling_bench_arguments
 from ..cad.models import STEMS
 from ..errors import InputError
 from ..imaging.atomic import atomic_write
@@ -27,7 +28,7 @@ from .common import write_results
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """`medvae bench speed|quality|sr|efficiency|encode`."""
+    """`medvae bench speed|quality|sr|efficiency|encode|tiling`."""
     kinds = parser.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
     p = kinds.add_parser("speed", help="encode/decode throughput, GFLOP/s and peak memory")
     add_speed_arguments(p)
@@ -45,6 +46,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     p = kinds.add_parser("encode", help="dataset encoding of real 2D slices: one at a time vs "
                          "--batch-size with prefetch (images/s)")
     add_encode_bench_arguments(p)
+    p = kinds.add_parser("tiling", help="large 2D images: synchronised tiles vs whole-image "
+                         "inference (PSNR on real images; 2048^2 vs 256^2 time, peak memory)")
+    add_tiling_bench_arguments(p)
 
 
 def add_efficiency_arguments(p: argparse.ArgumentParser) -> None:

@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 from ..imaging.atomic import atomic_write_text
+from ..imaging.dicom_write import dicom_source_note
+from ..imaging.io import read_volume, write_output
+from ..imaging.raster import picture_dtype
+from ..runtime.cli_progress import drive
 
 
 def add_output_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -50,6 +54,19 @@ def add_trust_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def tile_side(value: str) -> int:
+    """--tile: a positive side, or none (0: run whole)."""
+    if value.lower() in ("none", "whole"):
+        return 0
+    try:
+        side = int(value)
+    except ValueError:
+        side = -1
+    if side < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive tile side or none, got {value!r}")
+    return side
+
+
 def add_codec_args(p: argparse.ArgumentParser, decode_only: bool = False) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -57,7 +74,10 @@ def add_codec_args(p: argparse.ArgumentParser, decode_only: bool = False) -> Non
     p.add_argument("--roi", type=int, default=160, help="3D sliding-window side (default 160)")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
     p.add_argument(
-        "--tile", type=int, help="tile side for huge 2D images (default: whole up to 2048^2)"
+        "--tile", type=tile_side, metavar="SIDE|none",
+        help="2D tile side in pixels, or none to run 2D images whole at any size (global "
+        "attention: quadratic time); default: images above 512^2 in 512-px tiles that share "
+        "GroupNorm statistics, attention within 64 latent pixels",
     )
     if decode_only:
         return
@@ -100,8 +120,6 @@ def add_read_args(p: argparse.ArgumentParser) -> None:
 
 
 def read_input(path: str, args: argparse.Namespace):
-    from ..imaging.io import read_volume
-
     return read_volume(
         path,
         frame=args.frame,
@@ -114,8 +132,6 @@ def read_input(path: str, args: argparse.Namespace):
 def write_image(volume, path, args: argparse.Namespace, description: str) -> Path:
     """Write a result image in the format --format asks for; say so when DICOM export has no
     DICOM source."""
-    from ..imaging.dicom_write import dicom_source_note
-    from ..imaging.io import write_output
 
     fmt = getattr(args, "format", "auto")
     written = write_output(volume, path, fmt=fmt, description=description,
@@ -129,7 +145,6 @@ def write_image(volume, path, args: argparse.Namespace, description: str) -> Pat
 
 def png_range(args: argparse.Namespace, volume) -> tuple[float, float] | None:
     """--png-range, else --window for results that did not come from a PNG/JPEG (see README)."""
-    from ..imaging.raster import picture_dtype
 
     if getattr(args, "png_range", None):
         return tuple(args.png_range)
@@ -139,7 +154,6 @@ def png_range(args: argparse.Namespace, volume) -> tuple[float, float] | None:
 
 def run_steps(stage: str, steps, unit: str = "step"):
     """Drive a codec generator with the progress bar (ETA included) when stderr is a terminal."""
-    from ..runtime.cli_progress import drive
 
     return drive(steps, stage, unit=unit, terminal_only=True)
 

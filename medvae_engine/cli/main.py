@@ -14,9 +14,35 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..analysis.report import add_analyze_arguments, run_analyze
+from ..benchmarks.quality import scored_range, scores
+from ..codec.dataset import (
+    Encoder,
+    encode_dataset,
+    find_inputs,
+    gather,
+    is_dataset,
+    latent_path,
+    shard,
+    write_failures,
+)
+from ..codec.estimate import LONG_RUN_SECONDS, estimate_reconstruction
+from ..codec.latents import load_latent
+from ..codec.pipeline import CodecOptions, decode_steps, encode_steps, model_name
 from ..codec.spec import load_codec
 from ..errors import InputError, MedVAEError, OutputError
+from ..imaging.atomic import atomic_write_text
+from ..imaging.io import check_output
+from ..imaging.normalization import fit_normalization
+from ..models import get_spec, list_models, list_sr_models, weights_sha256
+from ..models.checkpoints import convert_checkpoint, inspect_checkpoint
+from ..models.loading import download_steps
+from ..models.zoo import DEFAULT_2D, DEFAULT_3D
+from ..runtime.cli_progress import drive, write
+from ..runtime.distributed import rank_device
 from ..version import __version__
+from .bench import add_bench_arguments
+from .cad import add_cad_arguments, run_cad
 from .common import (
     add_codec_args,
     add_format_arg,
@@ -29,6 +55,9 @@ from .common import (
     run_steps,
     write_image,
 )
+from .sr import add_sr_arguments, add_train_sr_arguments, run_sr, run_train_sr
+from .study import add_study_arguments
+from .train import add_train_arguments, run_train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,12 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _optional_commands(sub) -> None:
     """Commands whose implementation lives in other subpackages."""
-    from ..analysis.report import add_analyze_arguments, run_analyze
-    from .bench import add_bench_arguments
-    from .cad import add_cad_arguments, run_cad
-    from .sr import add_sr_arguments, add_train_sr_arguments, run_sr, run_train_sr
-    from .study import add_study_arguments
-    from .train import add_train_arguments, run_train
 
     p = sub.add_parser("analyze", help="metrics, maps, subbands, hallucination and figures")
     add_analyze_arguments(p)
@@ -167,9 +190,6 @@ def _optional_commands(sub) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ..models import get_spec, list_models, list_sr_models
-    from ..models.loading import download_steps
-
     if args.download:
         path = run_steps(f"download {args.download}", download_steps(get_spec(args.download)), unit="B")
         print(f"downloaded {args.download} to {path}")
@@ -194,8 +214,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _print_inspection(args: argparse.Namespace) -> int:
-    from ..models.checkpoints import inspect_checkpoint
-
     report = inspect_checkpoint(args.inspect, args.trust_checkpoint)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -212,30 +230,12 @@ def _print_inspection(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..models.checkpoints import convert_checkpoint
-
     target = convert_checkpoint(args.checkpoint, args.output, args.trust_checkpoint)
     print(f"{args.checkpoint} -> {target}: safetensors, loads by path (-m {target})")
     return 0
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from ..codec.dataset import (
-        Encoder,
-        encode_dataset,
-        find_inputs,
-        gather,
-        is_dataset,
-        latent_path,
-        shard,
-        write_failures,
-    )
-    from ..codec.pipeline import model_name
-    from ..imaging.normalization import fit_normalization
-    from ..models import weights_sha256
-    from ..runtime.cli_progress import drive, write
-    from ..runtime.distributed import rank_device
-
     inputs = find_inputs(args.inputs)
     many = len(inputs) > 1 or is_dataset(args.inputs)
     out = Path(args.output)
@@ -294,10 +294,6 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from ..codec.latents import load_latent
-    from ..codec.pipeline import decode_steps
-    from ..imaging.io import check_output
-
     check_output(args.output, args.format)
     latent = load_latent(args.latent)
     model = None
@@ -310,9 +306,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from ..codec.pipeline import decode_steps
-    from ..imaging.io import check_output
-
     check_output(args.output, args.format)
     volume = read_input(args.input, args)
     model = _load_model(args, volume.ndim)
@@ -321,15 +314,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     recon = run_steps("decode", decode_steps(latent, model, _options(args)))
     metrics = None
     if args.metrics:  # PSNR / MS-SSIM as in `medvae bench quality` (CT: within the HU window)
-        from ..benchmarks.quality import scored_range, scores
 
         value_range = scored_range(volume)
         metrics = scores(volume.array, recon.array, value_range) | {"data_range": list(value_range)}
     write_image(recon, args.output, args, f"MedVAE reconstruction {_model_label(model)}")
     line = f"{args.input} -> {args.output}: {_model_label(model)}, shape {recon.shape}"
     if metrics:
-        from ..imaging.atomic import atomic_write_text
-
         metrics.update(input=str(args.input), output=str(args.output), model=_model_label(model))
         atomic_write_text(Path(args.metrics), json.dumps(metrics, indent=2))
         line += f", PSNR {metrics['psnr_db']:.2f} dB"
@@ -349,8 +339,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _load_model(args: argparse.Namespace, ndim: int, default: str | None = None):
-    from ..models.zoo import DEFAULT_2D, DEFAULT_3D, get_spec
-
     volume_default = DEFAULT_3D if ndim == 3 and get_spec(DEFAULT_3D).available else DEFAULT_2D
     name = args.model or default or volume_default  # 2D starter slice-wise if the 3D one is missing
     return load_codec(
@@ -364,8 +352,6 @@ def _model_label(model) -> str:
 
 
 def _options(args: argparse.Namespace):
-    from ..codec.pipeline import CodecOptions
-
     try:
         return CodecOptions(
             axis=getattr(args, "axis", None),
@@ -373,7 +359,8 @@ def _options(args: argparse.Namespace):
             precision=args.precision,
             roi=args.roi,
             overlap=args.overlap,
-            tile=args.tile,
+            tile=args.tile or None,
+            whole=args.tile == 0,
             sample=getattr(args, "sample", False),
             seed=getattr(args, "seed", 0),
         )
@@ -383,7 +370,6 @@ def _options(args: argparse.Namespace):
 
 def _announce_long_run(model, volume, args: argparse.Namespace) -> None:
     """Say how long a reconstruction will take when the prediction is over a minute."""
-    from ..codec.estimate import LONG_RUN_SECONDS, estimate_reconstruction
 
     estimate = estimate_reconstruction(model, volume, _options(args))
     if estimate is not None and estimate.seconds > LONG_RUN_SECONDS:
@@ -391,9 +377,6 @@ def _announce_long_run(model, volume, args: argparse.Namespace) -> None:
 
 
 def _encode_steps(volume, model, args: argparse.Namespace):
-    from ..codec.pipeline import encode_steps
-    from ..imaging.normalization import fit_normalization
-
     norm = (
         fit_normalization(volume.array, volume.modality, window=args.window)
         if args.window

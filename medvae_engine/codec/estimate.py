@@ -2,7 +2,9 @@
 
 The work is counted exactly: the codec's own plan (slices, 2D tiles or 3D windows) and the FLOPs of
 one encode + decode of each unit, counted by torch's FLOP counter on a copy of the model on the meta
-device (no memory, no compute; global attention's quadratic cost included). The machine's speed is
+device (no memory, no compute; global attention's quadratic cost included). Synchronised 2D tiles
+(``tiled``) count each tile's convolutions and the local attention of the whole latent (halos
+not counted: a few percent at the default tile). The machine's speed is
 measured by a short matrix-multiply probe in the run's precision, scaled by the fraction of that peak
 the autoencoder reaches (``MODEL_EFFICIENCY``, measured here; docs/benchmarks.md). A prediction,
 not a promise: on a busy machine it is good to a factor of about two.
@@ -18,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..imaging.volume import Volume
 from ..models.autoencoder import AutoencoderKL
+from . import tiled
 from .pipeline import CodecOptions, slice_axis, tile_size, window_side
 from .windows import count_windows
 
@@ -51,25 +54,65 @@ class Estimate:
 
 
 def reconstruction_plan(model, volume: Volume, options: CodecOptions) -> tuple[int, tuple[int, ...]]:
-    """(number of model calls, input shape of one call) that ``reconstruct`` will run, as the codec
-    plans it: 2D slices whole or in tiles, 3D volumes whole or in windows."""
+    """(number of model calls or tiles, input shape of the first) that ``reconstruct`` will run, as
+    the codec plans it: 2D slices whole or in tiles, 3D volumes whole or in windows."""
+    units, shapes, _ = _plan(model, volume, options)
+    return units, shapes[0]
+
+
+def _plan(model, volume: Volume, options: CodecOptions):
+    """(units, [every distinct unit shape], {shape: count} for synchronised tiles, else None)."""
     f = int(model.factor)
     if model.spatial_dims == 2:
-        axis = slice_axis(volume, options.axis) if volume.ndim == 3 else None
-        n = 1 if axis is None else volume.shape[axis]
-        plane = [s for i, s in enumerate(volume.shape) if i != axis]
-        h, w = (-(-s // f) * f for s in plane)
-        tile = tile_size(h * w, options)
+        n, h, w = _slices(model, volume, options)
+        synchronised = tiled.supports(model)
+        tile = tile_size(h * w, options, synchronised)
         if tile is None:
-            return n, (h, w)
+            return n, [(h, w)], None
+        if synchronised:
+            grid = tiled.tile_grid((h, w), f, tile)
+            boxes = [(f * (y1 - y0), f * (x1 - x0)) for y0, y1, x0, x1 in grid]
+            counts = {s: n * boxes.count(s) for s in dict.fromkeys(boxes)}
+            return n * len(boxes), list(counts), counts
         side = window_side(tile, f, 1.0 / f)
-        return n * count_windows((h, w), (side, side), options.overlap, f), (min(side, h), min(side, w))
+        units = n * count_windows((h, w), (side, side), options.overlap, f)
+        return units, [(min(side, h), min(side, w))], None
     padded = tuple(-(-s // f) * f for s in volume.shape)
     side = window_side(options.roi, f, 1.0 / f)
     if all(s <= side for s in padded):
-        return 1, tuple(padded)
+        return 1, [tuple(padded)], None
     window = tuple(min(side, s) for s in padded)
-    return count_windows(padded, window, options.overlap, f), window
+    return count_windows(padded, window, options.overlap, f), [window], None
+
+
+def _slices(model, volume: Volume, options: CodecOptions) -> tuple[int, int, int]:
+    """A 2D model's slice count and padded slice shape."""
+    f = int(model.factor)
+    axis = slice_axis(volume, options.axis) if volume.ndim == 3 else None
+    n = 1 if axis is None else volume.shape[axis]
+    h, w = (-(-s // f) * f for i, s in enumerate(volume.shape) if i != axis)
+    return n, h, w
+
+
+def plan_flops(model, volume: Volume, options: CodecOptions) -> float:
+    """FLOPs of ``reconstruct``'s plan: every unit's encode + decode; for synchronised tiles each
+    tile's convolutions plus the local attention of the whole latent (not each tile's own)."""
+    units, shapes, counts = _plan(model, volume, options)
+    if counts is None:
+        return units * model_flops(model, shapes[0])
+    f, width = model.factor, model.config["ch"] * model.config["ch_mult"][-1]
+    total = 0.0
+    for shape, count in counts.items():
+        tokens = shape[0] * shape[1] // f**2
+        total += count * (model_flops(model, shape) - _attention_flops(tokens, tokens, width))
+    n, h, w = _slices(model, volume, options)
+    keys = tiled.keys_per_query((h // f, w // f), options.attention_window)
+    return total + n * _attention_flops(h * w // f**2, keys, width)
+
+
+def _attention_flops(queries: int, keys: int, width: int) -> float:
+    """q k^T and weights @ v in the encoder's and the decoder's mid-block attention."""
+    return 2 * 2 * (2.0 * queries * keys * width)
 
 
 def model_flops(model, shape: tuple[int, ...]) -> float:
@@ -104,6 +147,6 @@ def estimate_reconstruction(model, volume: Volume, options: CodecOptions) -> Est
     if volume.ndim not in (2, 3) or (model.spatial_dims == 3 and volume.ndim != 3):
         return None
     units, shape = reconstruction_plan(model, volume, options)
-    flops = units * model_flops(model, shape)
+    flops = plan_flops(model, volume, options)
     rate = probe_gflops(options.precision) * MODEL_EFFICIENCY
     return Estimate(units, shape, flops, rate, flops / (rate * 1e9))

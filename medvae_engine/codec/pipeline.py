@@ -1,6 +1,7 @@
 """Encode, decode and reconstruct Volumes in their own geometry and intensity units.
 
-2D models run slice-wise along a chosen axis in batches (huge images in blended tiles); 3D models
+2D models run slice-wise along a chosen axis in batches, large images in tiles with the whole image's
+GroupNorm statistics (``tiled``: linear in pixels, local mid-block attention); 3D models
 see the volume in RAS voxel order, as the official tool's loaders give it (axis permutations and
 flips only), and run whole or in Gaussian-blended sliding windows so memory grows with the window,
 not the volume. Every output comes back in the input's own voxel order and affine.
@@ -21,15 +22,20 @@ from ..errors import InputError, ModelError
 from ..imaging.normalization import Normalization, fit_normalization
 from ..imaging.orientation import MODEL_ORIENTATION, axcodes, reorient
 from ..imaging.volume import Volume
+from ..models import MODELS, load_model, weights_sha256
 from ..runtime.precision import PRECISIONS, autocast, model_device
 from ..runtime.progress import Progress, run
+from . import tiled
+from .baselines import BASELINES, get_baseline
 from .latents import Latent
 from .windows import blend, count_windows
 
 DEFAULT_ROI = 160
 DEFAULT_OVERLAP = 0.25
-WHOLE_IMAGE_LIMIT = 2048 * 2048  # 2D slices up to this many pixels are encoded whole
-DEFAULT_TILE = 1024
+WHOLE_IMAGE_LIMIT = 2048 * 2048  # models without synchronised tiles: whole up to this many pixels
+DEFAULT_TILE = 1024  # their tile side above it
+TILED_ABOVE = 512 * 512  # autoencoders: slices larger than this run in synchronised tiles ...
+SYNC_TILE = 512  # ... of this side (docs/benchmarks.md, "Large 2D images in tiles")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +47,9 @@ class CodecOptions:
     precision: str = "fp32"
     roi: int = DEFAULT_ROI  # 3D window side
     overlap: float = DEFAULT_OVERLAP
-    tile: int | None = None  # 2D tile side; None: whole slices up to WHOLE_IMAGE_LIMIT pixels
+    tile: int | None = None  # 2D tile side; None: tiles above TILED_ABOVE pixels (see tile_size)
+    whole: bool = False  # 2D slices whole at any size (global attention: quadratic in pixels)
+    attention_window: int | None = tiled.ATTENTION_WINDOW  # latent tokens a side, tiled 2D
     sample: bool = False  # draw z from the posterior instead of its mean
     seed: int = 0
 
@@ -52,6 +60,8 @@ class CodecOptions:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.batch_size < 1 or self.roi < 1:
             raise ValueError("batch_size and roi must be positive")
+        if self.tile is not None and self.tile < 1:
+            raise ValueError(f"tile must be positive, got {self.tile}")
 
 
 def encode(volume: Volume, model, options: CodecOptions | None = None, **kw) -> Latent:
@@ -160,7 +170,11 @@ def encode_slices_steps(
         raise ValueError("inputs encoded together need one padded slice shape")
     f = int(model.factor)
     stack = jobs[0].stack if len(jobs) == 1 else np.concatenate([j.stack for j in jobs])
-    z = yield from _slices(stack, _encoder(model, opts), opts, f, 1.0 / f, "encode")
+    generator = torch.Generator().manual_seed(opts.seed)
+    tiled_enc = _tiled(model, opts, lambda t, tile: tiled.encode_steps(
+        model, t.repeat_interleave(model.in_channels, dim=1), tile,
+        opts.attention_window, sample=opts.sample, generator=generator))
+    z = yield from _slices(stack, _encoder(model, opts), opts, f, 1.0 / f, "encode", tiled_enc)
     ends = np.cumsum([len(j.stack) for j in jobs])
     return [j.finish(z[end - len(j.stack) : end]) for j, end in zip(jobs, ends)]
 
@@ -221,7 +235,10 @@ def decode_steps(
         axis = latent.axis
         stack = latent.array[:, None] if axis is None else np.moveaxis(latent.array, axis + 1, 1)
         stack = stack.transpose(1, 0, 2, 3)  # (S, C, h, w)
-        y = yield from _slices(stack, dec, opts, 1, float(f), "decode")
+        tiled_dec = _tiled(model, opts, lambda t, tile: tiled.decode_steps(
+            model, fast_layout(model, t, opts.precision), tile,
+            opts.attention_window))
+        y = yield from _slices(stack, dec, opts, 1, float(f), "decode", tiled_dec)
         y = y[:, 0]  # (S, H, W)
         in_plane = [s for i, s in enumerate(shape) if i != axis]
         y = y[:, : in_plane[0], : in_plane[1]]
@@ -257,9 +274,39 @@ def project_latent(latent: Latent, model) -> Latent:
     return dataclasses.replace(latent, array=out.astype(np.float32), projected=True)
 
 
-def tile_size(image_pixels: float, opts: CodecOptions) -> int | None:
-    """Side of the 2D tiles for a slice of this many image pixels; None runs it whole."""
-    return opts.tile or (DEFAULT_TILE if image_pixels > WHOLE_IMAGE_LIMIT else None)
+def tile_size(image_pixels: float, opts: CodecOptions, synchronised: bool = True) -> int | None:
+    """Side of the 2D tiles for a slice of this many image pixels; None runs it whole.
+
+    ``synchronised``: the model runs in ``tiled``'s tiles (GroupNorm over the whole image, cost
+    linear in pixels), from TILED_ABOVE on; other models' tiles are independent (each its own
+    GroupNorm statistics), so they run whole up to WHOLE_IMAGE_LIMIT.
+    """
+    if opts.whole:
+        return None
+    if opts.tile:
+        return opts.tile
+    if synchronised:
+        return SYNC_TILE if image_pixels > TILED_ABOVE else None
+    return DEFAULT_TILE if image_pixels > WHOLE_IMAGE_LIMIT else None
+
+
+def _tiled(model, opts: CodecOptions, steps):
+    """``steps`` (a (1, C, H, W) slice and a tile side -> ``tiled`` generator) run without grad in
+    the options' precision, or None for models ``tiled`` cannot run."""
+    if not tiled.supports(model):
+        return None
+
+    def run_tiles(t: torch.Tensor, tile: int):
+        inner = steps(t, tile)
+        while True:  # the contexts cover each step only, not the caller's code between them
+            with torch.no_grad(), autocast(model, opts.precision):
+                try:
+                    tick = next(inner)
+                except StopIteration as stop:
+                    return stop.value.float()
+            yield tick
+
+    return run_tiles
 
 
 def window_side(image_side: int, multiple: int, scale: float) -> int:
@@ -268,13 +315,26 @@ def window_side(image_side: int, multiple: int, scale: float) -> int:
     return max(multiple, int(image_side * (1 if scale < 1 else 1 / scale)) // multiple * multiple)
 
 
-def _slices(stack: np.ndarray, fn, opts: CodecOptions, multiple: int, scale: float, stage: str):
-    """Run ``fn`` over a stack (S, [C,] H, W) in batches, tiling slices that are too large."""
+def _slices(stack: np.ndarray, fn, opts: CodecOptions, multiple: int, scale: float, stage: str,
+            tiled_fn=None):
+    """Run ``fn`` over a stack (S, [C,] H, W) in batches, tiling slices that are too large: with
+    ``tiled_fn`` (see ``_tiled``) where given, else in independent blended tiles."""
     if stack.ndim == 3:
         stack = stack[:, None]
     n, _, h, w = stack.shape
-    tile = tile_size(h * w * (scale * scale if scale > 1 else 1), opts)
+    tile = tile_size(h * w * (scale * scale if scale > 1 else 1), opts, tiled_fn is not None)
     outs = []
+    if tile is not None and tiled_fn is not None:
+        for i in range(n):
+            steps = tiled_fn(torch.from_numpy(np.ascontiguousarray(stack[i : i + 1])), tile)
+            while True:
+                try:
+                    done, per = next(steps)
+                except StopIteration as stop:
+                    outs.append(stop.value.cpu().numpy())
+                    break
+                yield Progress(i * per + done, n * per, stage)
+        return np.concatenate(outs)
     if tile is None:
         total = -(-n // opts.batch_size)
         for i, start in enumerate(range(0, n, opts.batch_size)):
@@ -354,8 +414,6 @@ def check_compatible(latent: Latent, model) -> None:
 
 def model_for_latent(latent: Latent):
     """Load the model named in a latent's sidecar and check its weights checksum."""
-    from ..models import MODELS, load_model, weights_sha256
-    from .baselines import BASELINES, get_baseline
 
     if latent.model in BASELINES:
         return get_baseline(latent.model, latent.spatial_dims, max(latent.factors))
@@ -396,6 +454,4 @@ def fast_layout(model, x: torch.Tensor, precision: str) -> torch.Tensor:
 
 
 def _sha(model) -> str | None:
-    from ..models import weights_sha256
-
     return weights_sha256(model)

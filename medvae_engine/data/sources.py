@@ -60,16 +60,16 @@ def resolve_builtin(name: str) -> Path:
     path = None
     try:
         if package in ("pydicom", "pydicom-data"):
-            from pydicom.data import get_testdata_file
+            from pydicom.data import get_testdata_file  # optional test-data package
 
             found = get_testdata_file(item)
             path = Path(found) if found else None
         elif package == "nilearn" and item == "mni152":
-            from nilearn.datasets import MNI152_FILE_PATH
+            from nilearn.datasets import MNI152_FILE_PATH  # optional data package
 
             path = Path(MNI152_FILE_PATH)
         elif package == "dipy" and item.startswith("S0_10"):
-            from dipy.data import get_fnames
+            from dipy.data import get_fnames  # optional data package
 
             path = Path(get_fnames(name="S0_10"))
         elif package == "nibabel":

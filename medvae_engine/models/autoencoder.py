@@ -271,7 +271,13 @@ class AutoencoderKL(nn.Module):
         self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Stage-1 latent z: the posterior mean, or a sample drawn with ``generator`` if asked."""
-        mean, logvar = self.moments(x)
+        return self.posterior(*self.moments(x), sample, generator)
+
+    @staticmethod
+    def posterior(
+        mean: torch.Tensor, logvar: torch.Tensor, sample: bool, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The posterior mean, or a sample drawn with ``generator`` (noise made on the CPU)."""
         if not sample:
             return mean
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device="cpu")

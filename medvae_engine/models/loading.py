@@ -76,7 +76,7 @@ def download_steps(spec: ModelSpec) -> Generator[Progress, None, Path]:
         raise ModelError(f"{spec.name}: only official models are downloaded; this one ships with "
                          "the package")
     try:
-        import huggingface_hub as hub
+        import huggingface_hub as hub  # optional: only downloads need it
         from huggingface_hub.utils import build_hf_headers
     except ImportError:
         raise WeightsNotFoundError(

@@ -96,7 +96,7 @@ class _ClipImageTower(nn.Module):
 def _biomedclip(folder: Path) -> nn.Module:
     """BiomedCLIP's image tower from a local folder (open_clip_config.json + weights)."""
     try:
-        import open_clip
+        import open_clip  # optional embedder
     except ImportError:
         raise ModelError("embedder kind biomedclip needs the open_clip_torch package") from None
     try:

@@ -50,7 +50,7 @@ def grid_of(viewer):
 def wrapped(label):
     """A magicgui Label whose text wraps at the panel's width and takes the height it needs
     (a wrapped QLabel otherwise keeps its one-line height and clips the rest)."""
-    from qtpy.QtCore import Qt
+    from qtpy.QtCore import Qt  # Qt: imported when a viewer is used
     from qtpy.QtWidgets import QSizePolicy
 
     label.native.setWordWrap(True)
@@ -62,7 +62,7 @@ def wrapped(label):
 def medvae_panel(widget, viewer) -> RadiologicalDisplay:
     """What every MedVAE panel does first: the viewer's radiological display, and once docked a
     tab next to the other MedVAE docks (all of them fit a 1920x1080 screen)."""
-    from qtpy.QtCore import QTimer
+    from qtpy.QtCore import QTimer  # Qt: imported when a viewer is used
 
     setattr(widget.native, PANEL_FLAG, True)
     QTimer.singleShot(0, lambda: tabify_with_panels(widget.native))
@@ -71,7 +71,7 @@ def medvae_panel(widget, viewer) -> RadiologicalDisplay:
 
 def tabify_with_panels(native) -> None:
     """Tab a docked MedVAE panel together with the MedVAE panels already docked on its side."""
-    from qtpy.QtWidgets import QDockWidget
+    from qtpy.QtWidgets import QDockWidget  # Qt: imported when a viewer is used
 
     try:
         dock = native.parent()

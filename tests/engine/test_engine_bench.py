@@ -101,3 +101,23 @@ def test_encode_bench_slices_are_distinct_real_crops(tmp_path):
     np.testing.assert_array_equal(crops[0], image[:256, :256])  # the top-left crop, unchanged
     np.testing.assert_array_equal(crops[3], image[-256:, -256:])  # the bottom-right one
     assert len({c.tobytes() for c in crops}) == 4
+
+
+def test_tiling_bench_scores_tiles_against_whole_on_real_images(tmp_path, tiny_2d_path):
+    """Tiny settings: a random-weight model on a 128^2 crop of the real CT in 64-px tiles, the
+    cost case at 640^2 (tiled by default) against 256^2."""
+    out = tmp_path / "tiling.json"
+    code = main(["bench", "tiling", "-m", str(tiny_2d_path), "--images", "ct", "--crop", "128",
+                 "--tile", "64", "--large", "640", "-o", str(out), "--markdown",
+                 str(tmp_path / "tiling.md")])
+    assert code == 0
+    result = json.loads(out.read_text())
+    (row,) = result["quality"]
+    ways = row["ways"]
+    assert row["shape"] == [128, 128]
+    # the latent (32^2) fits one attention window: synchronised tiles are the whole-image result,
+    # independent tiles are not
+    assert ways["tiled"]["psnr_vs_whole_db"] > 70 > ways["independent tiles"]["psnr_vs_whole_db"]
+    cost = result["cost"]
+    assert cost["large"] == 640 and cost["pixel_ratio"] == 6.25 and cost["peak_rss_mb"] > 0
+    assert cost["tflop_tiled"] < cost["tflop_whole"]  # linear against quadratic attention

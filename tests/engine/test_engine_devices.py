@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from conftest import tiny_model
 from fake_device import FAKE, FakeDevice, place
+from test_engine_tiled import Independent
 
 from medvae_engine import CodecOptions, Volume, reconstruct
 
@@ -51,8 +52,19 @@ def test_3d_sliding_windows_run_on_the_model_device():
 
 
 def test_2d_tiles_run_on_the_model_device(mr_slice):
+    """Independent tiles (models ``tiled`` cannot run, such as this wrapper)."""
     options = CodecOptions(tile=32, overlap=0.5)
     out, devices = _on_accelerator(mr_slice, tiny_model(), options)
     assert len(devices) > 2 and all(d == FAKE for d in devices)
+    reference = reconstruct(mr_slice, Independent(tiny_model()), options).array  # same path
+    np.testing.assert_allclose(out.array, reference, atol=1e-5 * np.ptp(mr_slice.array))
+
+
+def test_synchronised_2d_tiles_run_on_the_model_device(mr_slice):
+    """Tiles with whole-image GroupNorm statistics: each tile goes to the device, maps and
+    statistics stay on the host; the same result as on the CPU."""
+    options = CodecOptions(tile=32, attention_window=8)
+    with FakeDevice():
+        out = reconstruct(mr_slice, place(tiny_model()), options)
     reference = reconstruct(mr_slice, tiny_model(), options).array
     np.testing.assert_allclose(out.array, reference, atol=1e-5 * np.ptp(mr_slice.array))

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_model
+from test_engine_tiled import Independent
 from torch.utils.flop_counter import FlopCounterMode
 
 from medvae_engine import cli
-from medvae_engine.codec import estimate
-from medvae_engine.codec.pipeline import CodecOptions, reconstruct
+from medvae_engine.codec.pipeline import CodecOptions, estimate, reconstruct
 from medvae_engine.imaging.io import write_volume
 from medvae_engine.imaging.volume import Volume
 
@@ -35,7 +35,7 @@ def calls_of(model, volume: Volume, options: CodecOptions) -> list[tuple[int, ..
 
 @pytest.mark.parametrize("case", ["slice", "tiles", "volume_slices"])
 def test_2d_plan_is_the_codec_plan(case, mr_slice, ct_volume):
-    model = tiny_model(2)
+    model = tiny_model(2) if case != "tiles" else Independent(tiny_model(2))
     volume, options = {
         "slice": (mr_slice, CodecOptions()),
         "tiles": (mr_slice, CodecOptions(tile=32, overlap=0.25)),
@@ -45,6 +45,21 @@ def test_2d_plan_is_the_codec_plan(case, mr_slice, ct_volume):
     units, shape = estimate.reconstruction_plan(model, volume, options)
     assert (units, shape) == (len(shapes), shapes[0])
     assert set(shapes) == {shape}
+
+
+def test_synchronised_tiles_plan_counts_the_work_the_tiles_do(ct_volume):
+    """Tiles with global GroupNorm statistics and local attention: the predicted FLOPs are those
+    the codec really runs (counted on the real model), halos aside (up to 25% on 16-px tiles)."""
+    model = tiny_model(2)
+    volume = Volume(np.tile(ct_volume.array[..., :2], (3, 3, 1)), ct_volume.affine, "ct")  # 183x159
+    for options in (CodecOptions(axis=2, tile=64, attention_window=16),
+                    CodecOptions(axis=2, tile=64, attention_window=None)):
+        with FlopCounterMode(display=False) as counter:
+            reconstruct(volume, model, options)
+        units, shape = estimate.reconstruction_plan(model, volume, options)
+        assert (units, shape) == (2 * 3 * 3, (64, 64))  # 2 slices of 3 x 3 tiles
+        predicted = estimate.plan_flops(model, volume, options)
+        assert 1.0 <= counter.get_total_flops() / predicted < 1.25
 
 
 def test_3d_plan_is_the_codec_plan_whole_and_windowed(ct_volume):
