@@ -42,7 +42,8 @@ def add_quality_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", default=["starter_4_1_2d", "starter_4_3_2d"],
                    help="zoo names or checkpoint files")
     p.add_argument("--images", nargs="+", default=HELD_OUT,
-                   help="held-out images (files or builtin:<package>/<name>)")
+                   help="held-out images (files or builtin:<package>/<name>, optionally ending in a "
+                        "region [start:stop, ...] of fractions per array axis, ':' for all)")
     p.add_argument("--axis", type=int, default=None, help="slice axis for 2D methods on volumes")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--max-side", type=int, default=MAX_SIDE,
