@@ -7,10 +7,11 @@ every method (baselines included) is given: air padding at -3024 HU would otherw
 (trilinear, cubic spline). Writes JSON, a Markdown table, PNG figures (reconstructions and error
 maps of the central slice) and a model card per model.
 An image reference may end in a region, ``REF[a:b, :]`` with ``start:stop`` fractions or ``:`` per
-array axis (the training configs' ``region``): the held-out half of the RG1_UNCR radiograph (DICOM
-rows 978-1954; rows 0-977 train starter_4_1_2d) is scored at its native pixel size (a centred crop of at most
-``--max-side`` pixels a side: whole-image attention is quadratic and slow on a CPU). A model whose
-training card lists the image's pixels for training is marked in the table.
+array axis (the training configs' ``region``): one half of the RG1_UNCR radiograph (DICOM rows
+978-1954, held out by configs/starter_4_1_2d_radiograph.yaml, which trains on the other half) is
+scored at its native pixel size (a centred crop of at most ``--max-side`` pixels a side: whole-image
+attention is quadratic and slow on a CPU). A model whose training card lists the image's pixels for
+training is marked in the table.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def add_quality_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", default=["starter_4_1_2d", "starter_4_3_2d"],
                    help="zoo names or checkpoint files")
     p.add_argument("--images", nargs="+", default=HELD_OUT,
-                   help="held-out images (files or builtin:<package>/<name>)")
+                   help="held-out images (files or builtin:<package>/<name>, optionally ending in a "
+                        "region [start:stop, ...] of fractions per array axis, ':' for all)")
     p.add_argument("--axis", type=int, default=None, help="slice axis for 2D methods on volumes")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--max-side", type=int, default=MAX_SIDE,

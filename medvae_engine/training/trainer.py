@@ -279,6 +279,14 @@ def _recipe_lines(config: dict) -> list[str]:
     if aug:
         lines.append(f"- Augmentation: flips and quarter turns {'on' if aug['flips'] else 'off'}; "
                      f"contrast squeeze p={aug['contrast']:g} (sub-range >= {aug['min_range']:g})")
+    if data and data.get("crop"):
+        crops = f"- Crops: 2D sides {data['crop'][0]}-{data['crop'][1]}"
+        if data.get("large_share"):
+            lo, hi = data["large_crop"]
+            crops += f", {data['large_share']:.0%} of the steps {lo}-{hi}"
+        if data.get("flat_share"):
+            crops += f"; {data['flat_share']:.0%} of the crops drawn flat"
+        lines.append(crops)
     return lines
 
 

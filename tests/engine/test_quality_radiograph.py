@@ -23,7 +23,7 @@ from medvae_engine.cli import main
 HALF = "builtin:pydicom/RG1_UNCR.dcm[:, 0.5:1]"
 
 
-def test_region_reference_reads_the_right_half_at_native_size():
+def test_region_reference_reads_the_held_out_half_at_native_size():
     # the engine's array is (column, row) of the DICOM pixel matrix: axis 1 is the DICOM rows
     pixels = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm")).pixel_array.astype(np.float32).T
     half = read_reference(HALF)
