@@ -11,7 +11,8 @@ from test_engine_tiled import Independent
 from torch.utils.flop_counter import FlopCounterMode
 
 from medvae_engine import cli
-from medvae_engine.codec.pipeline import CodecOptions, estimate, reconstruct
+from medvae_engine.codec import estimate
+from medvae_engine.codec.pipeline import CodecOptions, reconstruct
 from medvae_engine.imaging.io import write_volume
 from medvae_engine.imaging.volume import Volume
 

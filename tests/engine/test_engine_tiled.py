@@ -14,7 +14,8 @@ from conftest import tiny_model
 from pydicom.data import get_testdata_file
 
 from medvae_engine import CodecOptions, Volume, reconstruct
-from medvae_engine.codec.pipeline import reconstruct_steps, tiled
+from medvae_engine.codec import tiled
+from medvae_engine.codec.pipeline import reconstruct_steps
 from medvae_engine.errors import Cancelled
 from medvae_engine.models import load_model
 from medvae_engine.runtime.progress import Progress, run
