@@ -363,14 +363,17 @@ def _model_label(model) -> str:
 
 
 def _options(args: argparse.Namespace):
+    from ..codec.memory import parse_bytes
     from ..codec.pipeline import CodecOptions
 
+    max_memory = getattr(args, "max_memory", None)
     try:
         return CodecOptions(
             axis=getattr(args, "axis", None),
             batch_size=args.batch_size,
             precision=args.precision,
             roi=args.roi,
+            max_memory=parse_bytes(max_memory) if max_memory is not None else None,
             overlap=args.overlap,
             tile=args.tile,
             sample=getattr(args, "sample", False),

@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..imaging.volume import Volume
 from ..models.autoencoder import AutoencoderKL
+from .memory import choose_roi
 from .pipeline import CodecOptions, slice_axis, tile_size, window_side
 from .windows import count_windows
 
@@ -50,9 +51,11 @@ class Estimate:
                 f"({self.flops / 1e12:.1f} TFLOP at about {self.gflops_per_s:.0f} GFLOP/s here)")
 
 
-def reconstruction_plan(model, volume: Volume, options: CodecOptions) -> tuple[int, tuple[int, ...]]:
-    """(number of model calls, input shape of one call) that ``reconstruct`` will run, as the codec
-    plans it: 2D slices whole or in tiles, 3D volumes whole or in windows."""
+def reconstruction_plan(model, volume: Volume, options: CodecOptions,
+                        stage: str = "encode") -> tuple[int, tuple[int, ...]]:
+    """(number of model calls, image-space shape of one call) that ``reconstruct`` will run for
+    ``stage``, as the codec plans it: 2D slices whole or in tiles, 3D volumes whole or in windows
+    (sized per stage to the memory when no ROI is given)."""
     f = int(model.factor)
     if model.spatial_dims == 2:
         axis = slice_axis(volume, options.axis) if volume.ndim == 3 else None
@@ -65,21 +68,25 @@ def reconstruction_plan(model, volume: Volume, options: CodecOptions) -> tuple[i
         side = window_side(tile, f, 1.0 / f)
         return n * count_windows((h, w), (side, side), options.overlap, f), (min(side, h), min(side, w))
     padded = tuple(-(-s // f) * f for s in volume.shape)
-    side = window_side(options.roi, f, 1.0 / f)
+    side = window_side(choose_roi(model, options, padded, stage), f, 1.0 / f)
     if all(s <= side for s in padded):
         return 1, tuple(padded)
     window = tuple(min(side, s) for s in padded)
     return count_windows(padded, window, options.overlap, f), window
 
 
-def model_flops(model, shape: tuple[int, ...]) -> float:
-    """FLOPs of encode + decode of one (1, C, *shape) input, counted on a meta-device copy."""
+def model_flops(model, shape: tuple[int, ...], stage: str | None = None) -> float:
+    """FLOPs of encode + decode (or ``stage`` alone) of one (1, C, *shape) input, counted on a
+    meta-device copy."""
     with torch.device("meta"):
         twin = AutoencoderKL(**model.config)
     x = torch.empty(1, model.in_channels, *shape, device="meta")
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        twin.decode(twin.encode(x))
-    return float(counter.get_total_flops())
+    with FlopCounterMode(display=False) as encoding, torch.no_grad():
+        z = twin.encode(x)
+    with FlopCounterMode(display=False) as decoding, torch.no_grad():
+        twin.decode(z)
+    counts = {"encode": encoding.get_total_flops(), "decode": decoding.get_total_flops()}
+    return float(counts[stage] if stage else sum(counts.values()))
 
 
 def probe_gflops(precision: str = "fp32") -> float:
@@ -104,6 +111,11 @@ def estimate_reconstruction(model, volume: Volume, options: CodecOptions) -> Est
     if volume.ndim not in (2, 3) or (model.spatial_dims == 3 and volume.ndim != 3):
         return None
     units, shape = reconstruction_plan(model, volume, options)
-    flops = units * model_flops(model, shape)
+    if model.spatial_dims == 3:  # encode and decode windows are sized to the memory separately
+        decode_units, decode_shape = reconstruction_plan(model, volume, options, "decode")
+        flops = (units * model_flops(model, shape, "encode")
+                 + decode_units * model_flops(model, decode_shape, "decode"))
+    else:
+        flops = units * model_flops(model, shape)
     rate = probe_gflops(options.precision) * MODEL_EFFICIENCY
     return Estimate(units, shape, flops, rate, flops / (rate * 1e9))
