@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import numpy as np
 import psutil
 import torch
 
-from ..codec.memory import parse_bytes, predict_window_peak, volume_buffer_bytes
+from ..codec.memory import parse_bytes, peak_rss, predict_window_peak, volume_buffer_bytes
 from ..errors import InputError
 from ..imaging.atomic import atomic_write_text
 from ..runtime.cli_progress import drive, write
@@ -233,7 +232,7 @@ def _drive(steps, max_windows: int) -> tuple[object, list[int]]:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss() / 2**20
 
 
 def _machine(threads: int) -> dict:

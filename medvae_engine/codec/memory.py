@@ -76,6 +76,21 @@ def process_rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: VmHWM, which starts afresh at exec (getrusage's
+    ru_maxrss keeps the high-water mark of the parent at fork), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource  # POSIX only: the fallback where /proc is missing
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def window_budget(device: torch.device, max_memory: int | None, voxels: int, stage: str) -> float:
     """Bytes one window may take: ``max_memory`` minus what the process holds now (on the CPU), or
     AVAILABLE_FRACTION of the memory available now (the device's free memory on CUDA), minus the
