@@ -14,6 +14,8 @@ import numpy as np
 from psygnal import evented
 
 from medvae_engine.codec.baselines import BASELINES
+from medvae_engine.codec.memory import choose_roi, predict_window_peak, volume_buffer_bytes
+from medvae_engine.codec.pipeline import CodecOptions
 from medvae_engine.codec.spec import DEFAULT_FACTOR, load_codec_steps, parse_codec
 from medvae_engine.errors import ModelError
 from medvae_engine.models import MODELS, list_models
@@ -99,8 +101,10 @@ def weights_status(choice: str) -> str:
             "'Open weights file...'")
 
 
-def summarize(model, image_shape: tuple[int, ...] | None, axis: int | None = None) -> str:
-    """Factor, latent shape, compression ratio and a rough memory estimate for ``image_shape``."""
+def summarize(model, image_shape: tuple[int, ...] | None, axis: int | None = None,
+              precision: str = "fp32") -> str:
+    """Factor, latent shape, compression ratio and a memory estimate for ``image_shape``: for 3D
+    models the codec's own window choice and memory model, else a rough estimate."""
     f = int(model.factor)
     c = int(model.latent_channels)
     lines = [f"{getattr(model, 'name', 'model')}: {model.spatial_dims}D, factor {f}, {c} latent ch"]
@@ -111,6 +115,18 @@ def summarize(model, image_shape: tuple[int, ...] | None, axis: int | None = Non
     ratio = float(np.prod(image_shape)) / latent_values
     params = sum(p.numel() for p in model.parameters())
     width = int(getattr(model, "config", {}).get("ch", 1))
+    if model.spatial_dims == 3 and len(image_shape) == 3 and "ch" in getattr(model, "config", {}):
+        padded = tuple(-(-s // f) * f for s in image_shape)
+        roi = choose_roi(model, CodecOptions(precision=precision), padded, "decode")
+        window = tuple(min(roi, s) for s in padded)
+        peak = (params * 4 + volume_buffer_bytes(int(np.prod(padded)), "decode")
+                + predict_window_peak(model.config, params, window, precision, "decode"))
+        run = "whole" if window == padded else f"in {roi}^3 windows (sized to the free memory)"
+        return "\n".join(lines + [
+            f"latent shape ({c}, {', '.join(map(str, spatial))})",
+            f"compression {ratio:.0f}x ({latent_values} values)",
+            f"runs {run}; memory ~{peak / 2**20:.0f} MB above the viewer ({precision})",
+        ])
     plane = int(np.prod(image_shape[-2:]))
     activations = 8 * width * plane * 4 * 4  # batch 8, ~4 live feature maps of the first level
     total = params * 4 + activations + 2 * 4 * int(np.prod(image_shape)) + 4 * latent_values

@@ -1,4 +1,4 @@
-"""``medvae bench speed|quality|sr|efficiency|encode``: the benchmarks' command line."""
+"""``medvae bench speed|quality|sr|efficiency|encode|memory``: the benchmarks' command line."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..benchmarks.efficiency import (
 )
 from ..benchmarks.efficiency import run_efficiency as efficiency_steps
 from ..benchmarks.encode import add_encode_bench_arguments
+from ..benchmarks.memory import add_memory_arguments, run_memory
 from ..benchmarks.quality import add_quality_arguments, run_quality
 from ..benchmarks.speed import add_speed_arguments, run_bench
 from ..benchmarks.sr import add_sr_report_arguments, run_sr_report
@@ -49,6 +50,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     p = kinds.add_parser("tiling", help="large 2D images: synchronised tiles vs whole-image "
                          "inference (PSNR on real images; 2048^2 vs 256^2 time, peak memory)")
     add_tiling_bench_arguments(p)
+    p = kinds.add_parser("memory", help="3D codec peak memory against window and volume size, "
+                         "whole and in windows sized to --max-memory (fits the memory model)")
+    add_memory_arguments(p)
+    p.set_defaults(func=run_memory)
 
 
 def add_efficiency_arguments(p: argparse.ArgumentParser) -> None:

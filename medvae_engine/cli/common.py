@@ -71,7 +71,16 @@ def add_codec_args(p: argparse.ArgumentParser, decode_only: bool = False) -> Non
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--batch-size", type=int, default=8, help="slices per batch for 2D models")
-    p.add_argument("--roi", type=int, default=160, help="3D sliding-window side (default 160)")
+    p.add_argument(
+        "--roi", type=int, default=None,
+        help="3D sliding-window side (default: the largest window, up to 160, that fits "
+        "--max-memory or the memory available now)",
+    )
+    p.add_argument(
+        "--max-memory", metavar="SIZE",
+        help="memory budget for 3D models, e.g. 8G or 512M: the process's peak, used to choose "
+        "the window (default: 80%% of the memory available now, the GPU's free memory on CUDA)",
+    )
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
     p.add_argument(
         "--tile", type=tile_side, metavar="SIDE|none",

@@ -28,6 +28,7 @@ from ..codec.dataset import (
 )
 from ..codec.estimate import LONG_RUN_SECONDS, estimate_reconstruction
 from ..codec.latents import load_latent
+from ..codec.memory import parse_bytes
 from ..codec.pipeline import CodecOptions, decode_steps, encode_steps, model_name
 from ..codec.spec import load_codec
 from ..errors import InputError, MedVAEError, OutputError
@@ -352,12 +353,14 @@ def _model_label(model) -> str:
 
 
 def _options(args: argparse.Namespace):
+    max_memory = getattr(args, "max_memory", None)
     try:
         return CodecOptions(
             axis=getattr(args, "axis", None),
             batch_size=args.batch_size,
             precision=args.precision,
             roi=args.roi,
+            max_memory=parse_bytes(max_memory) if max_memory is not None else None,
             overlap=args.overlap,
             tile=args.tile or None,
             whole=args.tile == 0,

@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..imaging.volume import Volume
 from ..models.autoencoder import AutoencoderKL
 from . import tiled
+from .memory import choose_roi
 from .pipeline import CodecOptions, slice_axis, tile_size, window_side
 from .windows import count_windows
 
@@ -53,14 +54,16 @@ class Estimate:
                 f"({self.flops / 1e12:.1f} TFLOP at about {self.gflops_per_s:.0f} GFLOP/s here)")
 
 
-def reconstruction_plan(model, volume: Volume, options: CodecOptions) -> tuple[int, tuple[int, ...]]:
-    """(number of model calls or tiles, input shape of the first) that ``reconstruct`` will run, as
-    the codec plans it: 2D slices whole or in tiles, 3D volumes whole or in windows."""
-    units, shapes, _ = _plan(model, volume, options)
+def reconstruction_plan(model, volume: Volume, options: CodecOptions,
+                        stage: str = "encode") -> tuple[int, tuple[int, ...]]:
+    """(number of model calls or tiles, input shape of the first) that ``reconstruct`` will run
+    for ``stage``, as the codec plans it: 2D slices whole or in tiles, 3D volumes whole or in
+    windows (sized per stage to the memory when no ROI is given)."""
+    units, shapes, _ = _plan(model, volume, options, stage)
     return units, shapes[0]
 
 
-def _plan(model, volume: Volume, options: CodecOptions):
+def _plan(model, volume: Volume, options: CodecOptions, stage: str = "encode"):
     """(units, [every distinct unit shape], {shape: count} for synchronised tiles, else None)."""
     f = int(model.factor)
     if model.spatial_dims == 2:
@@ -78,7 +81,7 @@ def _plan(model, volume: Volume, options: CodecOptions):
         units = n * count_windows((h, w), (side, side), options.overlap, f)
         return units, [(min(side, h), min(side, w))], None
     padded = tuple(-(-s // f) * f for s in volume.shape)
-    side = window_side(options.roi, f, 1.0 / f)
+    side = window_side(choose_roi(model, options, padded, stage), f, 1.0 / f)
     if all(s <= side for s in padded):
         return 1, [tuple(padded)], None
     window = tuple(min(side, s) for s in padded)
@@ -97,6 +100,10 @@ def _slices(model, volume: Volume, options: CodecOptions) -> tuple[int, int, int
 def plan_flops(model, volume: Volume, options: CodecOptions) -> float:
     """FLOPs of ``reconstruct``'s plan: every unit's encode + decode; for synchronised tiles each
     tile's convolutions plus the local attention of the whole latent (not each tile's own)."""
+    if model.spatial_dims == 3:  # encode and decode windows are sized to the memory separately
+        return sum(units * model_flops(model, shapes[0], stage)
+                   for stage in ("encode", "decode")
+                   for units, shapes, _ in [_plan(model, volume, options, stage)])
     units, shapes, counts = _plan(model, volume, options)
     if counts is None:
         return units * model_flops(model, shapes[0])
@@ -115,14 +122,18 @@ def _attention_flops(queries: int, keys: int, width: int) -> float:
     return 2 * 2 * (2.0 * queries * keys * width)
 
 
-def model_flops(model, shape: tuple[int, ...]) -> float:
-    """FLOPs of encode + decode of one (1, C, *shape) input, counted on a meta-device copy."""
+def model_flops(model, shape: tuple[int, ...], stage: str | None = None) -> float:
+    """FLOPs of encode + decode (or ``stage`` alone) of one (1, C, *shape) input, counted on a
+    meta-device copy."""
     with torch.device("meta"):
         twin = AutoencoderKL(**model.config)
     x = torch.empty(1, model.in_channels, *shape, device="meta")
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        twin.decode(twin.encode(x))
-    return float(counter.get_total_flops())
+    with FlopCounterMode(display=False) as encoding, torch.no_grad():
+        z = twin.encode(x)
+    with FlopCounterMode(display=False) as decoding, torch.no_grad():
+        twin.decode(z)
+    counts = {"encode": encoding.get_total_flops(), "decode": decoding.get_total_flops()}
+    return float(counts[stage] if stage else sum(counts.values()))
 
 
 def probe_gflops(precision: str = "fp32") -> float:

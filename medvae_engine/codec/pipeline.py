@@ -28,9 +28,9 @@ from ..runtime.progress import Progress, run
 from . import tiled
 from .baselines import BASELINES, get_baseline
 from .latents import Latent
+from .memory import choose_roi
 from .windows import blend, count_windows
 
-DEFAULT_ROI = 160
 DEFAULT_OVERLAP = 0.25
 WHOLE_IMAGE_LIMIT = 2048 * 2048  # models without synchronised tiles: whole up to this many pixels
 DEFAULT_TILE = 1024  # their tile side above it
@@ -45,7 +45,8 @@ class CodecOptions:
     axis: int | None = None  # slice axis for 2D models on volumes; None: the coarsest axis
     batch_size: int = 8
     precision: str = "fp32"
-    roi: int = DEFAULT_ROI  # 3D window side
+    roi: int | None = None  # 3D window side; None: the largest that fits (codec/memory.py)
+    max_memory: int | None = None  # bytes the process may peak at; None: what is available
     overlap: float = DEFAULT_OVERLAP
     tile: int | None = None  # 2D tile side; None: tiles above TILED_ABOVE pixels (see tile_size)
     whole: bool = False  # 2D slices whole at any size (global attention: quadratic in pixels)
@@ -58,10 +59,12 @@ class CodecOptions:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
-        if self.batch_size < 1 or self.roi < 1:
+        if self.batch_size < 1 or (self.roi is not None and self.roi < 1):
             raise ValueError("batch_size and roi must be positive")
         if self.tile is not None and self.tile < 1:
             raise ValueError(f"tile must be positive, got {self.tile}")
+        if self.max_memory is not None and self.max_memory < 1:
+            raise ValueError("max_memory must be positive")
 
 
 def encode(volume: Volume, model, options: CodecOptions | None = None, **kw) -> Latent:
@@ -117,7 +120,7 @@ def encode_steps(
         x = reorient(x, image_orientation, orientation)
     padded_x = pad_to_multiple(x, f, axes=(0, 1, 2))
     t = torch.from_numpy(padded_x)[None, None]
-    z = yield from _volume(t, _encoder(model, opts), opts, f, 1.0 / f, "encode")
+    z = yield from _volume(t, _encoder(model, opts), opts, f, 1.0 / f, "encode", model)
     return _latent(volume, model, norm, modality, z[0], padded_x.shape, (f, f, f), None,
                    orientation, image_orientation)
 
@@ -245,7 +248,7 @@ def decode_steps(
         out = y[0] if axis is None else np.moveaxis(y, 0, axis)
     else:
         t = torch.from_numpy(np.ascontiguousarray(latent.array))[None]
-        y = yield from _volume(t, dec, opts, 1, float(f), "decode")
+        y = yield from _volume(t, dec, opts, 1, float(f), "decode", model)
         out = y[0, 0][tuple(slice(0, s) for s in latent.grid_shape)]
         if latent.orientation:
             out = reorient(out, latent.orientation, latent.image_orientation)
@@ -353,9 +356,12 @@ def _slices(stack: np.ndarray, fn, opts: CodecOptions, multiple: int, scale: flo
     return np.concatenate(outs)
 
 
-def _volume(t: torch.Tensor, fn, opts: CodecOptions, multiple: int, scale: float, stage: str):
-    """Run ``fn`` on a (1, C, D, H, W) tensor whole, or in windows when larger than the ROI."""
-    side = window_side(opts.roi, multiple, scale)
+def _volume(t: torch.Tensor, fn, opts: CodecOptions, multiple: int, scale: float, stage: str,
+            model):
+    """Run ``fn`` on a (1, C, D, H, W) tensor whole, or in windows when larger than the ROI (the
+    options' or the largest that fits the memory, chosen in image voxels)."""
+    image_shape = tuple(round(s * max(scale, 1.0)) for s in t.shape[2:])
+    side = window_side(choose_roi(model, opts, image_shape, stage), multiple, scale)
     if all(s <= side for s in t.shape[2:]):
         y = fn(t)
         yield Progress(1, 1, stage)

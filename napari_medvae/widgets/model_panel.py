@@ -177,7 +177,8 @@ class ModelWidget(Container):
             self.session.state.summary = summarize(model, None)
             return
         axis = slicing_axis(self.viewer, layer)
-        self.session.state.summary = summarize(model, tuple(layer.data.shape), axis)
+        self.session.state.summary = summarize(model, tuple(layer.data.shape), axis,
+                                               self.session.state.precision)
 
 
 def _mebibytes(steps):

@@ -33,6 +33,19 @@ def test_summary_reports_factor_latent_shape_and_ratio():
     assert "latent shape (1, 16, 16, 16)" in text3d and "compression 64x" in text3d
 
 
+def test_3d_summary_shows_the_codecs_own_window_choice():
+    """The Model panel names the window the codec will use (decode, the larger stage) for a big
+    volume, and 'whole' for one smaller than any window."""
+    from medvae_engine.codec.memory import choose_roi
+    from medvae_engine.codec.pipeline import CodecOptions
+    from medvae_engine.models import AutoencoderKL
+
+    model = AutoencoderKL(3, 1, 1, 32, (1, 2, 4), 1, 1).eval()
+    roi = choose_roi(model, CodecOptions(), (400, 400, 400), "decode")
+    assert f"runs in {roi}^3 windows" in summarize(model, (400, 400, 400))
+    assert "runs whole" in summarize(model, (20, 24, 28))
+
+
 def test_readout_scopes_match_engine_metrics(mri_crop):
     ref = mri_crop.array
     test = ref.copy()
