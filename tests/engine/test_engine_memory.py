@@ -50,9 +50,7 @@ PEAK_SCRIPT = textwrap.dedent("""
 
 def run_peak(sides: list[int], roi: int | str | None = None, extra: int = 0) -> dict:
     """Peak RSS after reconstructing side^3 volumes with a tiny 3D model in its own interpreter."""
-    import conftest
-
-    paths = [str(Path(conftest.__file__).parent), *sys.path[:1]]
+    paths = [str(Path(__file__).parent), str(Path(__file__).parents[2])]  # this folder's conftest
     script = PEAK_SCRIPT.format(paths=paths, sides=sides, roi=roi, extra=extra)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
