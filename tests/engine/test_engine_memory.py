@@ -145,8 +145,9 @@ def _progress(steps):
 
 def test_bench_memory_runs_windows_within_the_budget(tmp_path):
     """`medvae bench memory` on a ch-32 model: the 64^3 volume runs in windows chosen for 700M
-    (the decode in several), its measured peak stays within 5% of 700M (690 MB from the shell;
-    up to 727 MB measured inside pytest, whose process holds more), and the whole 24^3 case runs."""
+    (the decode in several, to the end) and the whole 24^3 case runs. Whether the real peak
+    keeps to a budget is tested in a fresh interpreter above: cases started from inside pytest
+    measure 690-745 MB here against 690 MB from the shell."""
     out, md = tmp_path / "memory.json", tmp_path / "memory.md"
     code = cli.main(["bench", "memory", "--width", "32", "--precisions", "fp32", "--fit-sides",
                      "--whole", "24", "--windowed", "64", "--max-memory", "700M", "--max-windows",
@@ -156,6 +157,5 @@ def test_bench_memory_runs_windows_within_the_budget(tmp_path):
     windowed, whole = cases["windowed"], cases["whole"]
     assert windowed["roi_decode"] < 64 and windowed["decode_windows"][1] > 1
     assert windowed["decode_windows"][0] == windowed["decode_windows"][1]  # ran to the end
-    assert windowed["peak_total_mb"] * 2**20 <= 1.05 * 700 * 2**20
     assert 0 < whole["peak_encode_mb"] <= whole["peak_total_mb"]
     assert "| 64^3 | fp32 | windowed |" in md.read_text()
