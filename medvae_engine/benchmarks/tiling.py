@@ -90,7 +90,7 @@ def quality_case(model_name: str, image: str, crop: int, tile: int) -> dict:
     ways = {
         "whole": (model, CodecOptions(whole=True)),
         "tiled": (model, CodecOptions(tile=tile)),
-        "independent tiles": (_Independent(model), CodecOptions(tile=tile)),
+        "independent tiles": (Independent(model), CodecOptions(tile=tile)),
     }
     row = {"model": model_name, "image": image, "shape": list(volume.shape), "ways": {}}
     outputs = {}
@@ -106,15 +106,16 @@ def quality_case(model_name: str, image: str, crop: int, tile: int) -> dict:
     return row
 
 
-class _Independent(torch.nn.Module):
+class Independent(torch.nn.Module):
     """A model hidden from ``tiled``: the codec then runs independent blended tiles (the path
     before synchronised tiles), each tile with its own GroupNorm statistics."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
-        for key in ("spatial_dims", "factor", "in_channels", "latent_channels", "name"):
+        for key in ("spatial_dims", "factor", "in_channels", "latent_channels"):
             setattr(self, key, getattr(model, key))
+        self.name = getattr(model, "name", type(model).__name__)
 
     def encode(self, x, sample=False, generator=None):
         return self.model.encode(x, sample=sample, generator=generator)

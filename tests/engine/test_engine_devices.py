@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from conftest import tiny_model
 from fake_device import FAKE, FakeDevice, place
-from test_engine_tiled import Independent
 
 from medvae_engine import CodecOptions, Volume, reconstruct
+from medvae_engine.benchmarks.tiling import Independent
 
 
 class Recording(torch.nn.Module):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_model
-from test_engine_tiled import Independent
 from torch.utils.flop_counter import FlopCounterMode
 
 from medvae_engine import cli
+from medvae_engine.benchmarks.tiling import Independent
 from medvae_engine.codec import estimate
 from medvae_engine.codec.pipeline import CodecOptions, reconstruct
 from medvae_engine.imaging.io import write_volume

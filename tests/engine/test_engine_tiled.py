@@ -14,6 +14,7 @@ from conftest import tiny_model
 from pydicom.data import get_testdata_file
 
 from medvae_engine import CodecOptions, Volume, reconstruct
+from medvae_engine.benchmarks.tiling import Independent
 from medvae_engine.codec import tiled
 from medvae_engine.codec.pipeline import reconstruct_steps
 from medvae_engine.errors import Cancelled
@@ -32,23 +33,6 @@ def ct_slice() -> Volume:
 @pytest.fixture(scope="module")
 def starter():
     return load_model("starter_4_1_2d")
-
-
-class Independent(torch.nn.Module):
-    """The model as ``tiled`` cannot run it: the codec's tiles are then independent (each tile its
-    own GroupNorm statistics), the path every tile took before synchronised tiles."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        for key in ("spatial_dims", "factor", "in_channels", "latent_channels"):
-            setattr(self, key, getattr(model, key))
-
-    def encode(self, x, sample=False, generator=None):
-        return self.model.encode(x, sample=sample, generator=generator)
-
-    def decode(self, z):
-        return self.model.decode(z)
 
 
 def _psnr(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
