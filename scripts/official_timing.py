@@ -56,20 +56,20 @@ def main(case: dict) -> dict:
     x = torch.from_numpy(np.load(case["input"]))
     dtype = {"fp32": None, "bf16": torch.bfloat16}[case["precision"]]
     ctx = torch.autocast("cpu", dtype=dtype) if dtype else torch.no_grad()
+    best = {}
     with torch.no_grad(), ctx:
         if case.get("warmup"):
             model.decode(model.encode(x).mode())
-        t0 = time.perf_counter()
-        z = model.encode(x).mode()
-        t1 = time.perf_counter()
-        y = model.decode(z)
-        t2 = time.perf_counter()
+        for _ in range(max(1, case.get("repeat", 1))):  # the fastest run counts, as for ours
+            w0, c0 = time.perf_counter(), time.process_time()
+            z = model.encode(x).mode()
+            w1 = time.perf_counter()
+            y = model.decode(z)
+            w2, c2 = time.perf_counter(), time.process_time()
+            if not best or w2 - w0 < best["encode_s"] + best["decode_s"]:
+                best = {"encode_s": w1 - w0, "decode_s": w2 - w1, "cpu_s": c2 - c0}
     np.savez(case["outputs"], z=z.float().numpy(), y=y.float().numpy())
-    return {
-        "encode_s": t1 - t0,
-        "decode_s": t2 - t1,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    return best | {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 if __name__ == "__main__":

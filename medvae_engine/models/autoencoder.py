@@ -28,7 +28,18 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(x)
+    """x * sigmoid(x). fp32 keeps the official code's two kernels (bit-identical results); lower
+    precisions use the one-pass SiLU kernel, in place when no gradient is recorded (x is always a
+    fresh GroupNorm output here): a third less time over GroupNorm + swish in bf16 on a CPU."""
+    if x.dtype == torch.float32:
+        return x * torch.sigmoid(x)
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
+def residual(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """x + h, added into h (a fresh convolution output; autograd does not need it) when the dtypes
+    agree: the same sum without allocating a third feature map."""
+    return h.add_(x) if h.dtype == x.dtype else x + h
 
 
 class ResnetBlock(nn.Module):
@@ -48,7 +59,7 @@ class ResnetBlock(nn.Module):
         h = self.conv2(swish(self.norm2(h)))
         if hasattr(self, "nin_shortcut"):
             x = self.nin_shortcut(x)
-        return x + h
+        return residual(x, h)
 
 
 class AttnBlock(nn.Module):
@@ -77,7 +88,7 @@ class AttnBlock(nn.Module):
         else:
             h = F.scaled_dot_product_attention(q, k, v)
         h = h.transpose(-1, -2).reshape(x.shape)
-        return x + self.proj_out(h)
+        return residual(x, self.proj_out(h))
 
 
 ATTENTION_CHUNK_BYTES = 256 * 2**20
@@ -91,11 +102,13 @@ def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     """
     n, scale = q.shape[-2], q.shape[-1] ** -0.5
     rows = max(1, ATTENTION_CHUNK_BYTES // (k.shape[-2] * 4))
-    out = [
-        torch.softmax((q[..., i : i + rows, :] @ k.transpose(-1, -2)) * scale, dim=-1).to(v.dtype)
-        @ v
-        for i in range(0, n, rows)
-    ]
+    kt = k.transpose(-1, -2)
+    exact = q.dtype == torch.float32  # fp32: the official order (scale the scores), bit-identical
+    out = []
+    for i in range(0, n, rows):
+        qi = q[..., i : i + rows, :]
+        scores = qi @ kt * scale if exact else (qi * scale) @ kt  # else: scale c, not n, values
+        out.append(torch.softmax(scores, dim=-1).to(v.dtype) @ v)
     return torch.cat(out, dim=-2)
 
 

@@ -6,6 +6,7 @@ import json
 
 from pydicom.data import get_testdata_file
 
+from medvae_engine.benchmarks.speed import official_fp32_ratios
 from medvae_engine.cli import main
 
 
@@ -23,6 +24,23 @@ def test_speed_bench_runs_cases_in_subprocesses(tmp_path, capsys):
     assert 20 < bf16["ours"]["psnr_vs_fp32_db"] < 200  # bf16 differs from fp32, but not wildly
     assert ("3d", 16, "bf16", 8) in cases and ("3d", 16, "bf16", None) in cases
     assert "| 2d 32^2 w128 | fp32 | ours |" in (tmp_path / "speed.md").read_text()
+    assert 0 < bf16["ours"]["cpu_s"] and bf16["compile"] is False
+
+
+def test_speed_ratios_pair_each_run_with_the_official_fp32_run_of_its_case():
+    def case(precision, side, official=None, ours=None, compiled=False):
+        return {"dims": "2d", "side": side, "width": 128, "roi": None, "precision": precision,
+                "compile": compiled, "ours": ours or {}, **({"official": official} if official else {})}
+    cases = [
+        case("fp32", 512, {"total_s": 24.0, "cpu_s": 40.0}, {"total_s": 23.0, "cpu_s": 39.0}),
+        case("fp32", 256, {"total_s": 4.0, "cpu_s": 7.0}, {"total_s": 4.0, "cpu_s": 7.0}),
+        case("bf16", 512, {"total_s": 10.0, "cpu_s": 16.0}, {"total_s": 8.0, "cpu_s": 12.5}),
+        case("bf16", 256, None, {"total_s": 1.0, "cpu_s": 2.0}, compiled=True),
+        case("bf16", 1024, None, {"total_s": 80.0, "cpu_s": 150.0}),  # no official fp32 run
+    ]
+    ratios = official_fp32_ratios(cases)
+    assert [(r["case"], r["wall"], r["cpu"]) for r in ratios] == [
+        ("2d 512^2 w128", 3.0, 3.2), ("2d 256^2 w128 torch.compile", 4.0, 3.5)]
 
 
 def test_quality_bench_scores_models_against_interpolation(tmp_path, tiny_2d_path):
