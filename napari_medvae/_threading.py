@@ -5,8 +5,9 @@ An engine ``*_steps`` generator yields ``Progress`` and returns its result; `sta
 napari progress bar, hands the result to ``on_done`` in the GUI thread and turns user-facing engine
 errors into notifications. ``on_done`` may return an iterator of GUI steps (one layer each); they
 run one per event-loop turn so adding several large layers never freezes the GUI in one block.
-Cancel stops at the next step, or inside a model call before its next module (``cancel_scope``),
-and ``on_done`` is never called, so no half-made layers appear.
+Cancel stops at the next step, or inside a model call before its next torch operation or slab of
+a large one (``cancellable``, ``runtime/slabs.py``), and ``on_done`` is never called, so no
+half-made layers appear.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from napari.utils.notifications import show_error, show_info
 from psygnal import evented
 
 from medvae_engine.errors import Cancelled, MedVAEError
-from medvae_engine.runtime.cancel import cancel_scope
+from medvae_engine.runtime.cancel import cancellable
 from medvae_engine.runtime.progress import Progress
 
 SYNC_ENV = "NAPARI_MEDVAE_SYNC"
@@ -120,8 +121,8 @@ def start_job(
 
     def tracked() -> Generator[Progress, None, object]:
         job.worker_thread.append(threading.get_ident())
-        with cancel_scope(job.cancel_event):  # cancel also between the modules of one model call
-            result = yield from steps
+        # cancel also inside one model call, between its operations and slabs
+        result = yield from cancellable(steps, job.cancel_event)
         return result
 
     if sync_mode():

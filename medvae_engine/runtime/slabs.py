@@ -1,0 +1,252 @@
+"""Large tensor operations in slabs with a cancel check between slabs, the results unchanged.
+
+One convolution of the official 3D model over a 160^3 window takes a minute on a 2-core CPU, and a
+GroupNorm or swish over its full-resolution maps several seconds (most of it first-touch page
+faults of the output), so a check between modules cannot stop a job within a second.
+``SlabMode``, a torch function mode active only inside ``cancel_scope`` (in that thread), checks
+before every torch call and runs the large ones as slabs along the first spatial axis:
+
+- convolutions over blocks of output rows (and columns, when one row is still too much work), each
+  reading the input rows it needs, with the zero padding applied at the borders only;
+- GroupNorm from per-slab means and variances combined in float64, then applied slab by slab;
+- elementwise maps (swish, residual adds), nearest upsampling and constant padding row by row.
+
+Every output element is computed by the same kernel from the same inputs, so results equal the
+single call up to the kernels' float rounding (tests: ``tests/engine/test_slabs.py``). Calls that
+need gradients are left alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+SLAB_FLOPS = 2e10  # convolution work per slab: about 0.2-0.4 s on this 2-core CPU (bf16, fp32)
+SLAB_ELEMENTS = 2**24  # elements per slab of a memory-bound operation (64 MB in float32)
+
+Check = Callable[[], None]
+
+
+class SlabMode(TorchFunctionMode):
+    """Calls ``check`` before every torch function and runs large ones in slabs (see module doc)."""
+
+    def __init__(self, check: Check):
+        super().__init__()
+        self.check = check
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.check()
+        handler = _HANDLERS.get(func)
+        if handler is not None and not _needs_grad(args, kwargs):
+            result = handler(self.check, func, *args, **kwargs)
+            if result is not NotImplemented:
+                return result
+        return func(*args, **kwargs)
+
+
+def _needs_grad(args, kwargs) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    values = list(args) + list(kwargs.values())
+    return any(isinstance(v, torch.Tensor) and v.requires_grad for v in values)
+
+
+def _ranges(size: int, step: int) -> list[tuple[int, int]]:
+    return [(a, min(a + step, size)) for a in range(0, size, step)]
+
+
+def _rows(shape: tuple[int, ...], per_slab: int) -> int:
+    """Rows of dim 2 per slab so that a slab holds at most ``per_slab`` elements (at least one)."""
+    per_row = math.prod(shape) // max(1, shape[2])
+    return max(1, per_slab // max(1, per_row))
+
+
+def _empty_like(first: torch.Tensor, shape) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` with the dtype, device and memory format of ``first``."""
+    channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(first.dim())
+    if channels_last is not None and first.shape[1] > 1 and first.is_contiguous(
+        memory_format=channels_last
+    ) and not first.is_contiguous():
+        return torch.empty(shape, dtype=first.dtype, device=first.device,
+                           memory_format=channels_last)
+    return torch.empty(shape, dtype=first.dtype, device=first.device)
+
+
+def _tuple(value, n: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+
+
+def _conv(check: Check, func, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    n = input.dim() - 2
+    if n not in (2, 3) or weight.dim() != n + 2 or isinstance(padding, str):
+        return NotImplemented
+    stride, padding, dilation = (_tuple(v, n) for v in (stride, padding, dilation))
+    kernel = weight.shape[2:]
+    sizes = input.shape[2:]
+    out_sizes = [(s + 2 * p - d * (k - 1) - 1) // st + 1
+                 for s, p, d, k, st in zip(sizes, padding, dilation, kernel, stride)]
+    flops = 2.0 * weight.numel() * input.shape[0] * math.prod(out_sizes)
+    if flops <= SLAB_FLOPS or min(out_sizes) < 1:
+        return NotImplemented
+    per_row = flops / out_sizes[0]
+    rows = max(1, int(SLAB_FLOPS // per_row))
+    cols = out_sizes[1] if rows > 1 else max(1, int(SLAB_FLOPS // (per_row / out_sizes[1])))
+    out = None
+    for r in _ranges(out_sizes[0], rows):
+        for c in _ranges(out_sizes[1], cols):
+            check()
+            piece, pad = input, [0] * (2 * n)
+            for axis, (a, b) in enumerate((r, c)):
+                lo = a * stride[axis] - padding[axis]
+                hi = (b - 1) * stride[axis] - padding[axis] + dilation[axis] * (kernel[axis] - 1) + 1
+                size = sizes[axis]
+                piece = piece.narrow(2 + axis, max(lo, 0), min(hi, size) - max(lo, 0))
+                pad[2 * (n - 1 - axis)] = max(0, -lo)  # F.pad lists the last axis first
+                pad[2 * (n - 1 - axis) + 1] = max(0, hi - size)
+            if any(pad):
+                piece = F.pad(piece, pad)
+            block_padding = (0, 0, *padding[2:])
+            y = func(piece, weight, bias, stride, block_padding, dilation, groups)
+            if out is None:
+                out = _empty_like(y, (*y.shape[:2], *out_sizes))
+            out[:, :, r[0]:r[1], c[0]:c[1]] = y
+    return out
+
+
+def _group_norm(check: Check, func, input, num_groups, weight=None, bias=None, eps=1e-5):
+    if input.dim() < 3 or input.numel() <= SLAB_ELEMENTS:
+        return NotImplemented
+    batch, channels = input.shape[:2]
+    compute = torch.float64 if input.dtype == torch.float64 else torch.float32
+    rows = _rows(tuple(input.shape), SLAB_ELEMENTS)
+    depth = input.shape[2]
+    count = 0
+    mean = torch.zeros(batch, num_groups, dtype=torch.float64, device=input.device)
+    m2 = torch.zeros_like(mean)  # sum of squared deviations, merged slab by slab (Chan et al.)
+    for a, b in _ranges(depth, rows):
+        check()
+        piece = input[:, :, a:b].to(compute).reshape(batch, num_groups, -1)
+        var_s, mean_s = torch.var_mean(piece, dim=-1, correction=0)
+        n_s = piece.shape[-1]
+        delta = mean_s.double() - mean
+        total = count + n_s
+        mean = mean + delta * (n_s / total)
+        m2 = m2 + var_s.double() * n_s + delta**2 * (count * n_s / total)
+        count = total
+    rstd = torch.rsqrt(m2 / count + eps)
+    per_group = channels // num_groups
+    scale = rstd.repeat_interleave(per_group, dim=1)
+    if weight is not None:
+        scale = scale * weight.double()
+    shift = -mean.repeat_interleave(per_group, dim=1) * scale
+    if bias is not None:
+        shift = shift + bias.double()
+    view = (batch, channels) + (1,) * (input.dim() - 2)
+    scale, shift = scale.to(compute).reshape(view), shift.to(compute).reshape(view)
+    out = None
+    for a, b in _ranges(depth, rows):
+        check()
+        y = (input[:, :, a:b].to(compute) * scale + shift).to(input.dtype)
+        if out is None:
+            out = _empty_like(y, (*y.shape[:2], *input.shape[2:]))
+        out[:, :, a:b] = y
+    return out
+
+
+def _elementwise(check: Check, func, *args, **kwargs):
+    """A map applied element by element (broadcasting allowed except along the first spatial
+    axis): row slabs of every argument that spans that axis."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if not tensors or "out" in kwargs:
+        return NotImplemented
+    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    if len(shape) < 3 or math.prod(shape) <= SLAB_ELEMENTS:
+        return NotImplemented
+    depth = shape[2]
+    for t in tensors:  # each spans the axis, is constant along it, or is a scalar
+        if not (t.numel() == 1 or (t.dim() == len(shape) and t.shape[2] in (1, depth))):
+            return NotImplemented
+    inplace = func in _INPLACE or kwargs.get("inplace", False)
+    if inplace and tuple(args[0].shape) != tuple(shape):
+        return NotImplemented
+
+    def rows_of(x, a, b):
+        spans = isinstance(x, torch.Tensor) and x.dim() == len(shape) and x.shape[2] == depth > 1
+        return x[:, :, a:b] if spans else x
+
+    out = None
+    for a, b in _ranges(depth, _rows(tuple(shape), SLAB_ELEMENTS)):
+        check()
+        y = func(*(rows_of(x, a, b) for x in args), **kwargs)
+        if inplace:
+            continue
+        if out is None:
+            out = _empty_like(y, (*y.shape[:2], *shape[2:]))
+        out[:, :, a:b] = y
+    return args[0] if inplace else out
+
+
+def _interpolate(check: Check, func, input, size=None, scale_factor=None, mode="nearest", **kwargs):
+    """Nearest upsampling by integer factors: output rows [a f, b f) come from input rows [a, b)."""
+    n = input.dim() - 2
+    factors = _tuple(scale_factor, n) if scale_factor is not None else ()
+    if (mode != "nearest" or size is not None or n < 1 or not factors
+            or any(float(f) != int(f) or f < 1 for f in factors) or kwargs.get("antialias")):
+        return NotImplemented
+    f = int(factors[0])
+    out_per_row = input.numel() // max(1, input.shape[2]) * math.prod(int(x) for x in factors)
+    if out_per_row * input.shape[2] <= SLAB_ELEMENTS:
+        return NotImplemented
+    out = None
+    for a, b in _ranges(input.shape[2], max(1, SLAB_ELEMENTS // out_per_row)):
+        check()
+        y = func(input[:, :, a:b], scale_factor=scale_factor, mode=mode, **kwargs)
+        if out is None:
+            out = _empty_like(y, (*y.shape[:2], input.shape[2] * f, *y.shape[3:]))
+        out[:, :, a * f:b * f] = y
+    return out
+
+
+def _pad(check: Check, func, input, pad, mode="constant", value=None):
+    """Constant padding (non-negative): output rows filled slab by slab."""
+    pad = list(pad)
+    n = input.dim() - 2
+    if (mode != "constant" or n < 1 or any(p < 0 for p in pad) or len(pad) > 2 * n
+            or input.numel() <= SLAB_ELEMENTS):
+        return NotImplemented
+    pad += [0] * (2 * n - len(pad))
+    lo, hi = pad[2 * n - 2], pad[2 * n - 1]  # the first spatial axis is the last pair
+    inner = pad[: 2 * n - 2] + [0, 0]
+    depth = input.shape[2]
+    out_depth = depth + lo + hi
+    out = None
+    for a, b in _ranges(out_depth, _rows(tuple(input.shape), SLAB_ELEMENTS)):
+        check()
+        src_a, src_b = min(max(a - lo, 0), depth), min(max(b - lo, 0), depth)
+        inner[-2] = min(max(lo - a, 0), b - a)  # padding rows of this slab before the input's
+        inner[-1] = (b - a) - inner[-2] - (src_b - src_a)
+        y = func(input[:, :, src_a:src_b], inner, mode="constant", value=value)
+        if out is None:
+            out = _empty_like(y, (*y.shape[:2], out_depth, *y.shape[3:]))
+        out[:, :, a:b] = y
+    return out
+
+
+_INPLACE = {torch.Tensor.mul_, torch.Tensor.add_, torch.Tensor.sub_, torch.Tensor.sigmoid_}
+_HANDLERS: dict[object, Callable] = {
+    F.conv2d: _conv,
+    F.conv3d: _conv,
+    F.group_norm: _group_norm,
+    F.interpolate: _interpolate,
+    F.pad: _pad,
+    **dict.fromkeys(
+        (torch.sigmoid, torch.Tensor.sigmoid, F.silu, torch.mul, torch.Tensor.mul, torch.add,
+         torch.Tensor.add, torch.sub, torch.Tensor.sub, *_INPLACE),
+        _elementwise,
+    ),
+}
