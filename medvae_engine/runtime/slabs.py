@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-SLAB_FLOPS = 2e10  # convolution work per slab: about 0.2-0.4 s on this 2-core CPU (bf16, fp32)
+SLAB_FLOPS = 3e10  # convolution work per slab: about 0.2-0.5 s on this 2-core CPU (bf16, fp32)
+MIN_ROWS = 4  # output rows of a convolution block
 SLAB_ELEMENTS = 2**24  # elements per slab of a memory-bound operation (64 MB in float32)
 
 Check = Callable[[], None]
@@ -66,15 +67,23 @@ def _rows(shape: tuple[int, ...], per_slab: int) -> int:
     return max(1, per_slab // max(1, per_row))
 
 
-def _empty_like(first: torch.Tensor, shape) -> torch.Tensor:
-    """An uninitialised tensor of ``shape`` with the dtype, device and memory format of ``first``."""
-    channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(first.dim())
-    if channels_last is not None and first.shape[1] > 1 and first.is_contiguous(
-        memory_format=channels_last
-    ) and not first.is_contiguous():
-        return torch.empty(shape, dtype=first.dtype, device=first.device,
-                           memory_format=channels_last)
-    return torch.empty(shape, dtype=first.dtype, device=first.device)
+_CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """Channels-last if ``x`` is stored so (and has several channels), else contiguous."""
+    channels_last = _CHANNELS_LAST.get(x.dim() - 2)
+    if (channels_last is not None and x.shape[1] > 1 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=channels_last)):
+        return channels_last
+    return torch.contiguous_format
+
+
+def _empty_like(first: torch.Tensor, shape, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` on the device and in the memory format of ``first``,
+    with ``first``'s dtype unless given."""
+    dtype = first.dtype if dtype is None else dtype
+    return torch.empty(shape, dtype=dtype, device=first.device, memory_format=_layout(first))
 
 
 def _tuple(value, n: int) -> tuple[int, ...]:
@@ -82,39 +91,48 @@ def _tuple(value, n: int) -> tuple[int, ...]:
 
 
 def _conv(check: Check, func, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Blocks of output rows (at least MIN_ROWS: oneDNN runs thinner ones markedly slower), split
+    into groups of output channels when a block is still too much work. Blocks keep the input's
+    memory format (channels-last in bf16, ``codec.pipeline.fast_layout``): the same kernel and
+    summation order as the whole call."""
     n = input.dim() - 2
-    if n not in (2, 3) or weight.dim() != n + 2 or isinstance(padding, str):
+    if n not in (2, 3) or weight.dim() != n + 2 or isinstance(padding, str) or groups != 1:
         return NotImplemented
     stride, padding, dilation = (_tuple(v, n) for v in (stride, padding, dilation))
-    kernel = weight.shape[2:]
-    sizes = input.shape[2:]
-    out_sizes = [(s + 2 * p - d * (k - 1) - 1) // st + 1
-                 for s, p, d, k, st in zip(sizes, padding, dilation, kernel, stride)]
+    reach = dilation[0] * (weight.shape[2] - 1) + 1
+    depth = input.shape[2]
+    out_sizes = [(s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
+                 zip(input.shape[2:], padding, dilation, weight.shape[2:], stride)]
     flops = 2.0 * weight.numel() * input.shape[0] * math.prod(out_sizes)
     if flops <= SLAB_FLOPS or min(out_sizes) < 1:
         return NotImplemented
+    channels = weight.shape[0]
     per_row = flops / out_sizes[0]
-    rows = max(1, int(SLAB_FLOPS // per_row))
-    cols = out_sizes[1] if rows > 1 else max(1, int(SLAB_FLOPS // (per_row / out_sizes[1])))
+    rows, width = int(SLAB_FLOPS // per_row), channels
+    if rows < MIN_ROWS:
+        rows = min(MIN_ROWS, out_sizes[0])
+        groups_needed = math.ceil(per_row * rows / SLAB_FLOPS)
+        width = min(channels, max(16, math.ceil(channels / groups_needed / 16) * 16))
+        if per_row * rows * width / channels > SLAB_FLOPS:  # even 16 channels: fewer rows
+            rows = max(1, int(SLAB_FLOPS // (per_row * width / channels)))
+    layout = _layout(input)
+    block_padding = (0, *padding[1:])
     out = None
-    for r in _ranges(out_sizes[0], rows):
-        for c in _ranges(out_sizes[1], cols):
+    for a, b in _ranges(out_sizes[0], rows):
+        lo = a * stride[0] - padding[0]
+        hi = (b - 1) * stride[0] - padding[0] + reach
+        piece = input[:, :, max(lo, 0):min(hi, depth)]
+        if lo < 0 or hi > depth:  # zero padding at the borders only; F.pad lists the last axis first
+            piece = F.pad(piece, [0, 0] * (n - 1) + [max(0, -lo), max(0, hi - depth)])
+        piece = piece.contiguous(memory_format=layout)
+        for c0, c1 in _ranges(channels, width):
             check()
-            piece, pad = input, [0] * (2 * n)
-            for axis, (a, b) in enumerate((r, c)):
-                lo = a * stride[axis] - padding[axis]
-                hi = (b - 1) * stride[axis] - padding[axis] + dilation[axis] * (kernel[axis] - 1) + 1
-                size = sizes[axis]
-                piece = piece.narrow(2 + axis, max(lo, 0), min(hi, size) - max(lo, 0))
-                pad[2 * (n - 1 - axis)] = max(0, -lo)  # F.pad lists the last axis first
-                pad[2 * (n - 1 - axis) + 1] = max(0, hi - size)
-            if any(pad):
-                piece = F.pad(piece, pad)
-            block_padding = (0, 0, *padding[2:])
-            y = func(piece, weight, bias, stride, block_padding, dilation, groups)
-            if out is None:
-                out = _empty_like(y, (*y.shape[:2], *out_sizes))
-            out[:, :, r[0]:r[1], c[0]:c[1]] = y
+            y = func(piece, weight[c0:c1], None if bias is None else bias[c0:c1], stride,
+                     block_padding, dilation, 1)
+            if out is None:  # in the memory format the whole call would have returned
+                like = input if input.shape[1] > 1 else y
+                out = _empty_like(like, (y.shape[0], channels, *out_sizes), y.dtype)
+            out[:, c0:c1, a:b] = y
     return out
 
 

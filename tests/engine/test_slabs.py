@@ -63,6 +63,9 @@ def small_model() -> AutoencoderKL:
 @pytest.mark.parametrize("precision", [None, torch.bfloat16])
 def test_model_in_slabs_equals_the_plain_model_on_real_mri(brain, tiny_slabs, precision):
     model = small_model()
+    if precision is not None:  # the codec's bf16 layout (fast_layout): channels-last
+        model.to(memory_format=torch.channels_last_3d)
+        brain = brain.contiguous(memory_format=torch.channels_last_3d)
     autocast = torch.autocast("cpu", dtype=precision, enabled=precision is not None)
     with torch.no_grad():
         fp32 = model(brain)
