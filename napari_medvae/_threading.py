@@ -132,8 +132,13 @@ def start_job(
     return job
 
 
+GUI_STEP_GAP_MS = 15  # between two GUI steps: the repaint and any input run in between
+
+
 def _one_per_event_loop_turn(gui_steps: Iterator, finished, failed) -> None:
-    """Advance ``gui_steps`` one step per Qt event-loop turn so the GUI redraws in between."""
+    """Advance ``gui_steps`` one step per Qt event-loop turn, each after a short gap, so the GUI
+    repaints and handles input between steps (a zero-delay timer ran the next step before them:
+    adding a layer, its first paint and the next layer in one stall)."""
     from qtpy.QtCore import QTimer  # Qt: imported when a viewer is used
 
     def advance() -> None:
@@ -145,9 +150,9 @@ def _one_per_event_loop_turn(gui_steps: Iterator, finished, failed) -> None:
         except Exception as e:  # shown as one line, the job ends as failed
             failed(e)
             return
-        QTimer.singleShot(0, advance)
+        QTimer.singleShot(GUI_STEP_GAP_MS, advance)
 
-    advance()
+    QTimer.singleShot(GUI_STEP_GAP_MS, advance)  # not in the turn that created the layers
 
 
 def _run_sync(steps, show, cancel_event, done, failed) -> None:

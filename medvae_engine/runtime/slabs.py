@@ -27,7 +27,8 @@ from torch.overrides import TorchFunctionMode
 
 SLAB_FLOPS = 3e10  # convolution work per slab: about 0.2-0.5 s on this 2-core CPU (bf16, fp32)
 MIN_ROWS = 4  # output rows of a convolution block
-SLAB_ELEMENTS = 2**24  # elements per slab of a memory-bound operation (64 MB in float32)
+SLAB_ELEMENTS = 2**22  # per slab of a memory-bound operation: 16 MB in float32, below glibc's mmap
+# threshold, so its temporaries are reused rather than page-faulted afresh (slow on this machine)
 
 Check = Callable[[], None]
 
