@@ -120,10 +120,12 @@ def measure() -> dict:
     shoulder = viewer.add_image(data, **attributes)
     widget.reset_choices()
     widget.layer.value = shoulder.name
-    for precision in dict.fromkeys([session.state.precision, "fp32"]):  # the default, then fp32
+    default = session.state.precision
+    for precision in dict.fromkeys([default, "fp32"]):  # the default, then fp32
         session.state.precision = precision
         began, ended, _ = run_job(app, viewer, widget, widget.preview)
         record[f"preview_256_{precision}_s"] = ended - began
+    session.state.precision = default  # the 3D cases run in the plugin's default precision
     record.update(measure_official_3d(app, viewer))
     viewer.close()
     return record
@@ -164,6 +166,7 @@ def measure_official_3d(app, viewer) -> dict:
 
     began, ended, ticks = run_job(app, viewer, holder, encode)
     record.update({"encode_3d_volume": [VOLUME_3D] * 3, "encode_3d_roi": ROI_3D,
+                   "encode_3d_precision": options.precision,
                    "encode_3d_windows": holder.job_state.total, "encode_3d_s": ended - began,
                    **{f"encode_3d_{k}": v for k, v in stalls(ticks, ended).items()}})
     encode()
