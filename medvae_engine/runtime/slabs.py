@@ -6,10 +6,11 @@ faults of the output), so a check between modules cannot stop a job within a sec
 ``SlabMode``, a torch function mode active only inside ``cancel_scope`` (in that thread), checks
 before every torch call and runs the large ones as slabs along the first spatial axis:
 
-- convolutions over blocks of output rows (and columns, when one row is still too much work), each
-  reading the input rows it needs, with the zero padding applied at the borders only;
-- GroupNorm from per-slab means and variances combined in float64, then applied slab by slab;
-- elementwise maps (swish, residual adds), nearest upsampling and constant padding row by row.
+- convolutions over blocks of output rows (in groups of output channels when a block is still too
+  much work), each reading the input rows it needs, with the zero padding at the borders only;
+- float32 GroupNorm from per-slab statistics combined in float64, then applied slab by slab;
+- elementwise maps (swish, residual adds), nearest upsampling and constant padding row by row;
+- matrix products (the mid-block attention's query blocks) in blocks of rows.
 
 Every output element is computed by the same kernel from the same inputs, so results equal the
 single call up to the kernels' float rounding (tests: ``tests/engine/test_slabs.py``). Calls that
@@ -270,6 +271,27 @@ def _pad(check: Check, func, input, pad, mode="constant", value=None):
     return out
 
 
+def _matmul(check: Check, func, a, b):
+    """A large batched matrix product (an attention block's q k^T or its weights times v) in
+    blocks of rows of ``a``: each row of the result is the same product."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or min(a.dim(), b.dim()) < 2:
+        return NotImplemented
+    rows, inner, cols = a.shape[-2], a.shape[-1], b.shape[-1]
+    batch = math.prod(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    per_row = 2.0 * batch * inner * cols
+    if per_row * rows <= SPLIT_ABOVE * SLAB_FLOPS:
+        return NotImplemented
+    step = max(1, int(SLAB_FLOPS // per_row))
+    out = None
+    for r0, r1 in _ranges(rows, step):
+        check()
+        y = torch.matmul(a[..., r0:r1, :], b)
+        if out is None:
+            out = torch.empty((*y.shape[:-2], rows, cols), dtype=y.dtype, device=y.device)
+        out[..., r0:r1, :] = y
+    return out
+
+
 _OUT_FORMS = {
     torch.sigmoid: torch.sigmoid, torch.Tensor.sigmoid: torch.sigmoid,
     torch.mul: torch.mul, torch.Tensor.mul: torch.mul,
@@ -283,6 +305,8 @@ _HANDLERS: dict[object, Callable] = {
     F.group_norm: _group_norm,
     F.interpolate: _interpolate,
     F.pad: _pad,
+    torch.matmul: _matmul,
+    torch.Tensor.matmul: _matmul,
     **dict.fromkeys(
         (torch.sigmoid, torch.Tensor.sigmoid, F.silu, torch.mul, torch.Tensor.mul, torch.add,
          torch.Tensor.add, torch.sub, torch.Tensor.sub, *_INPLACE),

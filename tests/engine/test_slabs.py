@@ -103,6 +103,7 @@ def test_each_slabbed_operation_equals_the_plain_call(brain, tiny_slabs):
         "swish": lambda: x * torch.sigmoid(x),
         "broadcast add": lambda: x + gamma.view(1, 8, 1, 1, 1),
         "silu": lambda: F.silu(x),
+        "matmul": lambda: x.reshape(8, -1, 64)[:, :128] @ x.reshape(8, -1, 64)[:, 5:133].mT,
     }
     for name, call in cases.items():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled="autocast" in name):
