@@ -5,8 +5,9 @@ An engine ``*_steps`` generator yields ``Progress`` and returns its result; `sta
 napari progress bar, hands the result to ``on_done`` in the GUI thread and turns user-facing engine
 errors into notifications. ``on_done`` may return an iterator of GUI steps (one layer each); they
 run one per event-loop turn so adding several large layers never freezes the GUI in one block.
-Cancel stops at the next step, or inside a model call before its next module (``cancel_scope``),
-and ``on_done`` is never called, so no half-made layers appear.
+Cancel stops at the next step, or inside a model call before its next torch operation or slab of
+a large one (``cancellable``, ``runtime/slabs.py``), and ``on_done`` is never called, so no
+half-made layers appear.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from napari.utils.notifications import show_error, show_info
 from psygnal import evented
 
 from medvae_engine.errors import Cancelled, MedVAEError
-from medvae_engine.runtime.cancel import cancel_scope
+from medvae_engine.runtime.cancel import cancellable
 from medvae_engine.runtime.progress import Progress
 
 SYNC_ENV = "NAPARI_MEDVAE_SYNC"
@@ -120,8 +121,8 @@ def start_job(
 
     def tracked() -> Generator[Progress, None, object]:
         job.worker_thread.append(threading.get_ident())
-        with cancel_scope(job.cancel_event):  # cancel also between the modules of one model call
-            result = yield from steps
+        # cancel also inside one model call, between its operations and slabs
+        result = yield from cancellable(steps, job.cancel_event)
         return result
 
     if sync_mode():
@@ -131,8 +132,13 @@ def start_job(
     return job
 
 
+GUI_STEP_GAP_MS = 15  # between two GUI steps: the repaint and any input run in between
+
+
 def _one_per_event_loop_turn(gui_steps: Iterator, finished, failed) -> None:
-    """Advance ``gui_steps`` one step per Qt event-loop turn so the GUI redraws in between."""
+    """Advance ``gui_steps`` one step per Qt event-loop turn, each after a short gap, so the GUI
+    repaints and handles input between steps (a zero-delay timer ran the next step before them:
+    adding a layer, its first paint and the next layer in one stall)."""
     from qtpy.QtCore import QTimer  # Qt: imported when a viewer is used
 
     def advance() -> None:
@@ -144,9 +150,9 @@ def _one_per_event_loop_turn(gui_steps: Iterator, finished, failed) -> None:
         except Exception as e:  # shown as one line, the job ends as failed
             failed(e)
             return
-        QTimer.singleShot(0, advance)
+        QTimer.singleShot(GUI_STEP_GAP_MS, advance)
 
-    advance()
+    QTimer.singleShot(GUI_STEP_GAP_MS, advance)  # not in the turn that created the layers
 
 
 def _run_sync(steps, show, cancel_event, done, failed) -> None:

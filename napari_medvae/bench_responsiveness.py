@@ -7,7 +7,8 @@ times a current-slice preview on the 256^2 shoulder MR. Uses the starter model w
 installed, else the same architecture with seeded random weights (speed does not depend on them).
 Then the official-size 3D architecture (medvae_4_1_3d, 161M parameters, seeded random weights saved
 to a temporary safetensors file): its load from the Model panel, a windowed 3D encode in a job
-worker, and how long a Cancel pressed during a window takes to stop the job.
+worker, and how long a Cancel pressed during a window takes to stop the job, in a small window
+and in the one large window the plugin chooses for the whole brain volume.
 Runs in Xvfb when there is no display.
 """
 
@@ -24,6 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from medvae_engine.codec.memory import choose_roi
 from medvae_engine.codec.pipeline import CodecOptions, encode_steps
 from medvae_engine.models import get_spec, load_model, save_model
 
@@ -40,6 +42,7 @@ OFFICIAL_3D = "medvae_4_1_3d"
 VOLUME_3D = 64  # a 64^3 crop of the brain MRI in 48^3 windows: 8 windows
 ROI_3D = 48
 CANCEL_AFTER_S = 3.0
+LARGE_CANCEL_AFTER_S = 20.0  # into the single window of the whole brain (several minutes of work)
 
 
 def bench_model():
@@ -117,10 +120,12 @@ def measure() -> dict:
     shoulder = viewer.add_image(data, **attributes)
     widget.reset_choices()
     widget.layer.value = shoulder.name
-    for precision in dict.fromkeys([session.state.precision, "fp32"]):  # the default, then fp32
+    default = session.state.precision
+    for precision in dict.fromkeys([default, "fp32"]):  # the default, then fp32
         session.state.precision = precision
         began, ended, _ = run_job(app, viewer, widget, widget.preview)
         record[f"preview_256_{precision}_s"] = ended - began
+    session.state.precision = default  # the 3D cases run in the plugin's default precision
     record.update(measure_official_3d(app, viewer))
     viewer.close()
     return record
@@ -161,6 +166,7 @@ def measure_official_3d(app, viewer) -> dict:
 
     began, ended, ticks = run_job(app, viewer, holder, encode)
     record.update({"encode_3d_volume": [VOLUME_3D] * 3, "encode_3d_roi": ROI_3D,
+                   "encode_3d_precision": options.precision,
                    "encode_3d_windows": holder.job_state.total, "encode_3d_s": ended - began,
                    **{f"encode_3d_{k}": v for k, v in stalls(ticks, ended).items()}})
     encode()
@@ -174,7 +180,47 @@ def measure_official_3d(app, viewer) -> dict:
     record.update({"cancel_latency_s": time.perf_counter() - pressed,
                    "cancelled_after_windows": holder.job_state.done,
                    "cancel_outcome": holder.job_state.message})
+    record.update(cancel_in_one_large_window(app, layer_to_volume(brain), session))
     return record
+
+
+def cancel_in_one_large_window(app, volume, session) -> dict:
+    """Encode the whole brain volume with the window the plugin chooses (automatic ROI: it runs
+    as one window) and press Cancel LARGE_CANCEL_AFTER_S into it; the GUI heartbeat runs
+    throughout."""
+    from qtpy.QtCore import QTimer  # Qt: imported when a viewer is used
+
+    options = CodecOptions(precision=session.state.precision)  # no ROI: sized to the memory
+    factor = int(session.model.factor)
+    padded = tuple(-(-s // factor) * factor for s in volume.shape)
+    roi = choose_roi(session.model, options, padded, "encode")
+    holder = SimpleNamespace(job_state=JobState())
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(HEARTBEAT_MS)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    holder.job = start_job(encode_steps(volume, session.model, options), lambda _: None,
+                           holder.job_state, "Encode 3D, one window")
+    began = time.perf_counter()
+    while time.perf_counter() - began < LARGE_CANCEL_AFTER_S and holder.job_state.running:
+        app.processEvents()
+        time.sleep(0.002)
+    pressed = time.perf_counter()
+    holder.job.cancel()
+    while holder.job_state.running:
+        app.processEvents()
+        time.sleep(0.002)
+    ended = time.perf_counter()
+    timer.stop()
+    return {"large_window_volume": list(volume.shape), "large_window_roi": roi,
+            "large_window_precision": options.precision,
+            "large_window_runs_as_one_window": all(s <= roi for s in padded),
+            "large_window_cancel_pressed_after_s": pressed - began,
+            "large_window_cancel_latency_s": ended - pressed,
+            "large_window_windows_done": holder.job_state.done,
+            "large_window_cancel_outcome": holder.job_state.message,
+            **{f"large_window_{k}": v for k, v in stalls(ticks, ended).items()}}
 
 
 def main(argv: list[str] | None = None) -> int:

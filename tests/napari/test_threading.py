@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from qtpy.QtCore import QTimer
 
 from medvae_engine.errors import InputError
@@ -86,3 +87,60 @@ def test_sync_mode_runs_in_the_calling_thread_and_reports_engine_errors(sync_job
     assert job.worker_thread == [threading.get_ident()]
     assert results == [] and state.message == "failed" and not state.running
     assert errors == ["scan.nii: contains 3 NaN/Inf voxels"]
+
+
+def test_gui_steps_leave_the_event_loop_a_turn_between_layers(viewer, async_jobs, qtbot):
+    """Adding result layers one per step: queued timers (the heartbeat here, input and repaints
+    for a user) run between the steps, so a stall is one layer's insertion, not all of them."""
+    events: list[tuple[str, float]] = []
+
+    def busy_step(name):
+        events.append((f"{name} start", time.perf_counter()))
+        time.sleep(0.05)  # as long as napari takes to create one layer's visual and controls
+        events.append((f"{name} end", time.perf_counter()))
+        return name
+
+    def gui_steps(_result):
+        busy_step("create")  # on_done itself: the layers are created here
+        return (busy_step(f"add {i}") for i in range(3))
+
+    def steps():
+        yield Progress(1, 1, "encode")
+        return "result"
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    job = start_job(steps(), gui_steps, JobState(), "Encode")
+    qtbot.waitUntil(lambda: not job.state.running, timeout=30_000)
+    timer.stop()
+    assert job.state.message == "done" and len(events) == 8
+    ends = [t for name, t in events if name.endswith("end")]
+    starts = [t for name, t in events if name.endswith("start")]
+    for end, start in zip(ends[:-1], starts[1:]):
+        assert any(end < tick < start for tick in ticks)
+
+
+def test_cancel_inside_one_long_torch_computation_in_a_worker(viewer, async_jobs, qtbot):
+    """One step that is a long run of torch operations (one model call, a chunked attention):
+    Cancel from the GUI stops it inside, and nothing is handed to on_done."""
+    x = torch.randn(256, 256)
+    done_blocks: list[int] = []
+    results: list[object] = []
+
+    def steps():
+        yield Progress(0, 1, "attention")
+        for i in range(5000):  # about 1 ms each: seconds in all
+            torch.softmax(x @ x.T, dim=-1)
+            done_blocks.append(i)
+        yield Progress(1, 1, "attention")
+        return "complete"
+
+    job = start_job(steps(), results.append, JobState(), "Encode")
+    qtbot.waitUntil(lambda: len(done_blocks) >= 10, timeout=60_000)
+    job.cancel()
+    qtbot.waitUntil(lambda: not job.state.running, timeout=60_000)
+    assert job.state.message == "cancelled" and results == []
+    assert len(done_blocks) < 5000
