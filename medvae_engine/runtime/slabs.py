@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-SLAB_FLOPS = 3e10  # convolution work per slab: about 0.2-0.5 s on this 2-core CPU (bf16, fp32)
+SLAB_FLOPS = 3e10  # float32 work per slab (convolution, matrix product): about 0.3 s on one core
+REDUCED_SPEEDUP = 3.5  # bf16/fp16 run about this much faster here, so their slabs hold more work:
+# a 512^2 image's convolutions (at most 8e10) then run whole (slabbing them cost 15% of the run)
 MIN_ROWS = 4  # output rows of a convolution block
 SPLIT_ABOVE = 2  # only operations above twice a slab's work are split (slabs cost some speed)
 SLAB_ELEMENTS = 2**22  # per slab of a memory-bound operation: 16 MB in float32, below glibc's mmap
@@ -58,6 +60,12 @@ def _needs_grad(args, kwargs) -> bool:
         return False
     values = list(args) + list(kwargs.values())
     return any(isinstance(v, torch.Tensor) and v.requires_grad for v in values)
+
+
+def slab_flops(dtype: torch.dtype) -> float:
+    """Work per slab for this dtype: about the same time per slab in every precision."""
+    reduced = dtype in (torch.bfloat16, torch.float16)
+    return SLAB_FLOPS * (REDUCED_SPEEDUP if reduced else 1.0)
 
 
 def _ranges(size: int, step: int) -> list[tuple[int, int]]:
@@ -107,17 +115,18 @@ def _conv(check: Check, func, input, weight, bias=None, stride=1, padding=0, dil
     out_sizes = [(s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
                  zip(input.shape[2:], padding, dilation, weight.shape[2:], stride)]
     flops = 2.0 * weight.numel() * input.shape[0] * math.prod(out_sizes)
-    if flops <= SPLIT_ABOVE * SLAB_FLOPS or min(out_sizes) < 1:
+    budget = slab_flops(input.dtype)
+    if flops <= SPLIT_ABOVE * budget or min(out_sizes) < 1:
         return NotImplemented
     channels = weight.shape[0]
     per_row = flops / out_sizes[0]
-    rows, width = int(SLAB_FLOPS // per_row), channels
+    rows, width = int(budget // per_row), channels
     if rows < MIN_ROWS:
         rows = min(MIN_ROWS, out_sizes[0])
-        groups_needed = math.ceil(per_row * rows / SLAB_FLOPS)
+        groups_needed = math.ceil(per_row * rows / budget)
         width = min(channels, max(16, math.ceil(channels / groups_needed / 16) * 16))
-        if per_row * rows * width / channels > SLAB_FLOPS:  # even 16 channels: fewer rows
-            rows = max(1, int(SLAB_FLOPS // (per_row * width / channels)))
+        if per_row * rows * width / channels > budget:  # even 16 channels: fewer rows
+            rows = max(1, int(budget // (per_row * width / channels)))
     layout = _layout(input)
     block_padding = (0, *padding[1:])
     out = None
@@ -279,9 +288,10 @@ def _matmul(check: Check, func, a, b):
     rows, inner, cols = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = math.prod(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
     per_row = 2.0 * batch * inner * cols
-    if per_row * rows <= SPLIT_ABOVE * SLAB_FLOPS:
+    budget = slab_flops(a.dtype)
+    if per_row * rows <= SPLIT_ABOVE * budget:
         return NotImplemented
-    step = max(1, int(SLAB_FLOPS // per_row))
+    step = max(1, int(budget // per_row))
     out = None
     for r0, r1 in _ranges(rows, step):
         check()
