@@ -38,7 +38,8 @@ Check = Callable[[], None]
 
 
 class SlabMode(TorchFunctionMode):
-    """Calls ``check`` before every torch function and runs large ones in slabs (see module doc)."""
+    """Calls ``check`` before every torch function on tensors and runs large ones in slabs (see
+    module doc)."""
 
     def __init__(self, check: Check):
         super().__init__()
@@ -46,13 +47,19 @@ class SlabMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        self.check()
+        if _computes(args, kwargs):  # never before a state call: the exits of no_grad and autocast
+            self.check()  # that run while Cancelled unwinds must restore their state
         handler = _HANDLERS.get(func)
         if handler is not None and not _needs_grad(args, kwargs):
             result = handler(self.check, func, *args, **kwargs)
             if result is not NotImplemented:
                 return result
         return func(*args, **kwargs)
+
+
+def _computes(args, kwargs) -> bool:
+    """True for a call on tensors (grad-mode and autocast switches take none)."""
+    return any(isinstance(v, torch.Tensor) for v in (*args, *kwargs.values()))
 
 
 def _needs_grad(args, kwargs) -> bool:

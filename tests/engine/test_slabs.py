@@ -168,3 +168,17 @@ def test_a_cancel_during_a_model_call_in_cancellable_steps(tiny_slabs, brain):
     for hook in hooks:
         hook.remove()
     assert calls.seen.count(F.conv3d) == len(called)
+
+
+def test_a_cancel_inside_no_grad_leaves_grad_mode_and_autocast_as_they_were(brain):
+    """The no_grad / autocast exits that run while Cancelled unwinds restore their state (a check
+    before those state calls had left gradients off for the rest of the process)."""
+    cancel = threading.Event()
+    conv = torch.nn.Conv3d(1, 4, 3, padding=1)
+    conv.register_forward_pre_hook(lambda *_: cancel.set())
+    with cancel_scope(cancel), pytest.raises(Cancelled):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            conv(brain)
+            conv(brain)
+    assert torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+    assert conv(brain).requires_grad
