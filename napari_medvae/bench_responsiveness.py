@@ -58,8 +58,11 @@ def bench_model():
     return model
 
 
-def run_job(app, viewer, widget, start) -> tuple[float, float, list[float]]:
-    """Start a job with ``start()``; returns (start time, end time, heartbeat times)."""
+def run_job(app, widget, start, cancel_after: float | None = None
+            ) -> tuple[float, float, list[float], float | None]:
+    """Start a job with ``start()`` while a heartbeat timer ticks, pressing the job's Cancel
+    ``cancel_after`` seconds in (if given); returns (start time, end time, heartbeat times, time
+    Cancel was pressed or None)."""
     from qtpy.QtCore import QTimer  # Qt: imported when a viewer is used
 
     ticks: list[float] = []
@@ -67,9 +70,12 @@ def run_job(app, viewer, widget, start) -> tuple[float, float, list[float]]:
     timer.setInterval(HEARTBEAT_MS)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
-    began = time.perf_counter()
+    began, pressed = time.perf_counter(), None
     start()
     while widget.job_state.running:
+        if cancel_after is not None and pressed is None and time.perf_counter() - began >= cancel_after:
+            pressed = time.perf_counter()
+            widget.job.cancel()
         app.processEvents()
         time.sleep(0.002)
     ended = time.perf_counter()
@@ -77,7 +83,7 @@ def run_job(app, viewer, widget, start) -> tuple[float, float, list[float]]:
         app.processEvents()
         time.sleep(0.005)
     timer.stop()
-    return began, ended, ticks
+    return began, ended, ticks, pressed
 
 
 def stalls(ticks: list[float], ended: float) -> dict[str, float]:
@@ -112,7 +118,7 @@ def measure() -> dict:
     data, attributes, _ = mri_brain()[0]
     brain = viewer.add_image(data, **attributes)
     widget.layer.value = brain.name
-    began, ended, ticks = run_job(app, viewer, widget, lambda: widget.run(latent=True, recon=True))
+    began, ended, ticks, _ = run_job(app, widget, lambda: widget.run(latent=True, recon=True))
     record = {"volume_shape": list(brain.data.shape), "model": model.name,
               "precision": session.state.precision, "reconstruct_s": ended - began,
               **stalls(ticks, ended), "target_ms": TARGET_MS}
@@ -123,7 +129,7 @@ def measure() -> dict:
     default = session.state.precision
     for precision in dict.fromkeys([default, "fp32"]):  # the default, then fp32
         session.state.precision = precision
-        began, ended, _ = run_job(app, viewer, widget, widget.preview)
+        began, ended, _, _ = run_job(app, widget, widget.preview)
         record[f"preview_256_{precision}_s"] = ended - began
     session.state.precision = default  # the 3D cases run in the plugin's default precision
     record.update(measure_official_3d(app, viewer))
@@ -149,7 +155,7 @@ def measure_official_3d(app, viewer) -> dict:
         viewer.window.add_dock_widget(panel)
         panel.model_choice.value = CUSTOM
         panel.checkpoint.value = path
-        began, ended, ticks = run_job(app, viewer, panel, panel.load)
+        began, ended, ticks, _ = run_job(app, panel, panel.load)
         session = get_session(viewer)
         record.update({"load_official_3d_s": ended - began,
                        **{f"load_{k}": v for k, v in stalls(ticks, ended).items()}})
@@ -164,20 +170,14 @@ def measure_official_3d(app, viewer) -> dict:
         holder.job = start_job(encode_steps(volume, session.model, options), lambda _: None,
                                holder.job_state, "Encode 3D")
 
-    began, ended, ticks = run_job(app, viewer, holder, encode)
+    began, ended, ticks, _ = run_job(app, holder, encode)
     record.update({"encode_3d_volume": [VOLUME_3D] * 3, "encode_3d_roi": ROI_3D,
                    "encode_3d_precision": options.precision,
                    "encode_3d_windows": holder.job_state.total, "encode_3d_s": ended - began,
                    **{f"encode_3d_{k}": v for k, v in stalls(ticks, ended).items()}})
-    encode()
-    time.sleep(CANCEL_AFTER_S)  # the worker is inside a window now (each takes longer)
-    app.processEvents()
-    pressed = time.perf_counter()
-    holder.job.cancel()
-    while holder.job_state.running:
-        app.processEvents()
-        time.sleep(0.002)
-    record.update({"cancel_latency_s": time.perf_counter() - pressed,
+    # Cancel CANCEL_AFTER_S in: the worker is inside a window then (each takes longer)
+    _, ended, _, pressed = run_job(app, holder, encode, cancel_after=CANCEL_AFTER_S)
+    record.update({"cancel_latency_s": ended - pressed,
                    "cancelled_after_windows": holder.job_state.done,
                    "cancel_outcome": holder.job_state.message})
     record.update(cancel_in_one_large_window(app, layer_to_volume(brain), session))
@@ -188,31 +188,17 @@ def cancel_in_one_large_window(app, volume, session) -> dict:
     """Encode the whole brain volume with the window the plugin chooses (automatic ROI: it runs
     as one window) and press Cancel LARGE_CANCEL_AFTER_S into it; the GUI heartbeat runs
     throughout."""
-    from qtpy.QtCore import QTimer  # Qt: imported when a viewer is used
-
     options = CodecOptions(precision=session.state.precision)  # no ROI: sized to the memory
     factor = int(session.model.factor)
     padded = tuple(-(-s // factor) * factor for s in volume.shape)
     roi = choose_roi(session.model, options, padded, "encode")
     holder = SimpleNamespace(job_state=JobState())
-    ticks: list[float] = []
-    timer = QTimer()
-    timer.setInterval(HEARTBEAT_MS)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start()
-    holder.job = start_job(encode_steps(volume, session.model, options), lambda _: None,
-                           holder.job_state, "Encode 3D, one window")
-    began = time.perf_counter()
-    while time.perf_counter() - began < LARGE_CANCEL_AFTER_S and holder.job_state.running:
-        app.processEvents()
-        time.sleep(0.002)
-    pressed = time.perf_counter()
-    holder.job.cancel()
-    while holder.job_state.running:
-        app.processEvents()
-        time.sleep(0.002)
-    ended = time.perf_counter()
-    timer.stop()
+
+    def encode():
+        holder.job = start_job(encode_steps(volume, session.model, options), lambda _: None,
+                               holder.job_state, "Encode 3D, one window")
+
+    began, ended, ticks, pressed = run_job(app, holder, encode, cancel_after=LARGE_CANCEL_AFTER_S)
     return {"large_window_volume": list(volume.shape), "large_window_roi": roi,
             "large_window_precision": options.precision,
             "large_window_runs_as_one_window": all(s <= roi for s in padded),

@@ -44,7 +44,7 @@ from ..training.trainer import model_card_markdown
 # The [starter] issue's targets: mean PSNR margin (dB) over bicubic (2D models) or over the best 3D
 # interpolation (3D models) on the held-out images.
 HELD_OUT = ["builtin:pydicom/MR_small.dcm", "builtin:pydicom/693_UNCR.dcm", "builtin:nibabel/anatomical",
-            "builtin:pydicom/RG1_UNCR.dcm[:, 0.5:1]"]
+            "builtin:dipy/aniso_vox", "builtin:pydicom/RG1_UNCR.dcm[:, 0.5:1]"]
 MAX_SIDE = 768  # 2D images larger than this a side are scored on their centred crop
 FLAT_BLOCK = 32  # flat regions: blocks of this side whose SD is below FLAT_SD of the data range
 FLAT_SD = 0.01

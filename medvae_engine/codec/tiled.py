@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.autoencoder import LOGVAR_RANGE, AutoencoderKL, chunked_attention
+from ..models.autoencoder import LOGVAR_RANGE, AutoencoderKL, chunked_attention, with_shortcut
 
 ATTENTION_WINDOW = 64  # latent tokens a side that a query block attends to (256 px at f=4)
 
@@ -74,6 +74,7 @@ def encode_steps(
     moments = yield from _run(stages, x, grid, model.factor, window, _model_device(model))
 
     mean, logvar = moments.chunk(2, dim=1)
+    mean = with_shortcut(mean, model.latent_shortcut(x.detach().cpu()))
     return model.posterior(mean, logvar.clamp(*LOGVAR_RANGE), sample, generator)
 
 
@@ -83,7 +84,8 @@ def decode_steps(
     """Image of a latent batch (B, C, h, w), tile by tile; ``tile`` in image pixels."""
     f = model.factor
     grid = tile_grid(tuple(s * f for s in z.shape[-2:]), f, tile)
-    return (yield from _run(_decoder_stages(model), z, grid, 1, window, _model_device(model)))
+    image = yield from _run(_decoder_stages(model), z, grid, 1, window, _model_device(model))
+    return with_shortcut(image, model.image_shortcut(z.detach().cpu()))
 
 
 def tile_grid(image_shape, factor: int, tile: int) -> list[Box]:

@@ -54,6 +54,9 @@ class ImageRef:
         return (str(self.path.resolve()), self.frame)
 
 
+DIPY_FILES = {"S0_10slices": "S0_10", "S0_10": "S0_10", "aniso_vox": "aniso_vox"}
+
+
 def resolve_builtin(name: str) -> Path:
     """The file behind ``builtin:<package>/<name>``, found through the package's own API."""
     package, _, item = name.partition("/")
@@ -68,10 +71,10 @@ def resolve_builtin(name: str) -> Path:
             from nilearn.datasets import MNI152_FILE_PATH  # optional data package
 
             path = Path(MNI152_FILE_PATH)
-        elif package == "dipy" and item.startswith("S0_10"):
+        elif package == "dipy" and item in DIPY_FILES:
             from dipy.data import get_fnames  # optional data package
 
-            path = Path(get_fnames(name="S0_10"))
+            path = Path(get_fnames(name=DIPY_FILES[item]))
         elif package == "nibabel":
             path = Path(data_path) / NIBABEL_FILES.get(item, item)
     except ImportError as e:
@@ -79,7 +82,7 @@ def resolve_builtin(name: str) -> Path:
     if path is None or not path.exists():
         raise ConfigError(
             f"builtin:{name}: unknown or missing (known: pydicom/<test file>, nilearn/mni152, "
-            f"dipy/S0_10slices, nibabel/example4d, nibabel/anatomical)"
+            f"dipy/S0_10slices, dipy/aniso_vox, nibabel/example4d, nibabel/anatomical)"
         )
     return path
 

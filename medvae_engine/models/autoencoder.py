@@ -2,7 +2,10 @@
 
 Reading order: building blocks (norm, resnet block, attention, resampling), then Encoder, Decoder and
 the AutoencoderKL that ties them to the posterior, the stage-2 projection head and the public
-encode / project / decode interface. Tensors are (B, C, H, W) or (B, C, D, H, W) in [-1, 1].
+encode / project / decode interface. Our starters may add a parameter-free interpolation shortcut
+(latent += downsampled image, image += upsampled latent; the idea of DC-AE's residual autoencoding):
+the network then learns only what interpolation misses, and starts equal to it.
+Tensors are (B, C, H, W) or (B, C, D, H, W) in [-1, 1].
 """
 
 from __future__ import annotations
@@ -221,6 +224,31 @@ class Decoder(nn.Module):
         return self.conv_out(swish(self.norm_out(h)))
 
 
+def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """The interpolation baselines' downsampling: 2D antialiased bicubic, 3D block mean."""
+    if x.dim() == 4:
+        return F.interpolate(x, scale_factor=1 / factor, mode="bicubic", antialias=True)
+    return F.avg_pool3d(x, factor)
+
+
+def cubic_upsample(z: torch.Tensor, factor: int) -> torch.Tensor:
+    """Cubic-convolution upsampling by ``factor`` (pixel centres as align_corners=False); 3D as a
+    bicubic pass over (H, W) and one over (D, 1), which is separable tricubic."""
+    if z.dim() == 4:
+        return F.interpolate(z, scale_factor=factor, mode="bicubic", align_corners=False)
+    b, c, d, h, w = z.shape
+    hw = F.interpolate(z.reshape(b, c * d, h, w), scale_factor=factor, mode="bicubic",
+                       align_corners=False)
+    dz = F.interpolate(hw.reshape(b * c, 1, d, -1), size=(d * factor, h * w * factor**2),
+                       mode="bicubic", align_corners=False)
+    return dz.reshape(b, c, d * factor, h * factor, w * factor)
+
+
+def with_shortcut(h: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor:
+    """h plus the interpolation shortcut, if the model has one (summed in float32)."""
+    return h if shortcut is None else (h.float() + shortcut).to(h.dtype)
+
+
 class AutoencoderKL(nn.Module):
     """KL autoencoder with the optional stage-2 projection head (``channel_ds`` + ``channel_proj``).
 
@@ -239,6 +267,7 @@ class AutoencoderKL(nn.Module):
         z_channels: int = 1,
         projection: bool = True,
         norm_groups: int = OFFICIAL_NORM_GROUPS,
+        shortcut: bool = False,
     ):
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -254,12 +283,14 @@ class AutoencoderKL(nn.Module):
             "z_channels": z_channels,
             "projection": projection,
             "norm_groups": norm_groups,
+            "shortcut": shortcut,
         }
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.latent_channels = z_channels
         self.factor = 2 ** (len(ch_mult) - 1)
+        self.shortcut = shortcut
         args = (ch, ch_mult, num_res_blocks, z_channels, norm_groups)
         self.encoder = Encoder(spatial_dims, in_channels, *args)
         self.decoder = Decoder(spatial_dims, out_channels, *args)
@@ -274,11 +305,39 @@ class AutoencoderKL(nn.Module):
                 conv_nd(spatial_dims, PROJECTION_WIDTH, z_channels, 1),
             )
             self.channel_proj = conv_nd(spatial_dims, z_channels, z_channels, 1)
+        if shortcut:
+            self.start_at_interpolation()
+
+    def start_at_interpolation(self) -> None:
+        """Zero the layers that write the latent mean and the image, so that a shortcut model
+        reconstructs exactly like its interpolation baseline until training moves it away."""
+        z = self.latent_channels
+        with torch.no_grad():
+            self.quant_conv.weight[:z].zero_()
+            self.quant_conv.bias[:z].zero_()
+            self.decoder.conv_out.weight.zero_()
+            self.decoder.conv_out.bias.zero_()
+
+    def latent_shortcut(self, x: torch.Tensor) -> torch.Tensor | None:
+        """What a shortcut model adds to the latent mean: the image's channel mean downsampled by
+        the factor as its interpolation baseline does (2D antialiased bicubic, 3D block mean)."""
+        if not self.shortcut:
+            return None
+        return downsample(x.float().mean(1, keepdim=True), self.factor).expand(
+            -1, self.latent_channels, *([-1] * self.spatial_dims))
+
+    def image_shortcut(self, z: torch.Tensor) -> torch.Tensor | None:
+        """What a shortcut model adds to the decoded image: the latent's channel mean upsampled by
+        the factor with cubic convolution (separable in 3D)."""
+        if not self.shortcut:
+            return None
+        return cubic_upsample(z.float().mean(1, keepdim=True), self.factor).expand(
+            -1, self.out_channels, *([-1] * self.spatial_dims))
 
     def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and clamped log-variance of z given x."""
         mean, logvar = self.quant_conv(self.encoder(x)).chunk(2, dim=1)
-        return mean, logvar.clamp(*LOGVAR_RANGE)
+        return with_shortcut(mean, self.latent_shortcut(x)), logvar.clamp(*LOGVAR_RANGE)
 
     def encode(
         self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
@@ -304,7 +363,7 @@ class AutoencoderKL(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Image from a stage-1 latent z."""
-        return self.decoder(self.post_quant_conv(z))
+        return with_shortcut(self.decoder(self.post_quant_conv(z)), self.image_shortcut(z))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic reconstruction."""

@@ -159,6 +159,7 @@ def infer_config(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> dic
             "z_channels": int(sd["quant_conv.weight"].shape[0]) // 2,
             "projection": "channel_proj.weight" in sd,
             "norm_groups": OFFICIAL_NORM_GROUPS,  # shapes cannot tell; the official layout's value
+            "shortcut": False,  # parameter-free, so shapes cannot tell; official models have none
         }
     except (KeyError, IndexError) as e:
         raise ModelError(f"{source}: not a MedVAE autoencoder checkpoint (missing {e})") from None

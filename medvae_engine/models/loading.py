@@ -8,6 +8,7 @@ ModelError that names the file and where to put it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Generator
@@ -230,6 +231,7 @@ def load_model_steps(
         yield Progress(1, 3, "build model")
         model = spec.build()
         yield Progress(2, 3, "load weights")
+        check_shortcut(spec, checkpoint, path)
         load_strict(model, checkpoint.tensors, f"{path} ({spec.name})")
         log_ignored(checkpoint, path)
     else:
@@ -254,6 +256,17 @@ def load_model_steps(
     model = model.to(_device(device)).eval()
     yield Progress(3, 3, "load weights")
     return model
+
+
+def check_shortcut(spec: ModelSpec, checkpoint, path: Path) -> None:
+    """A weights file written with a different interpolation shortcut than the zoo's entry has the
+    same keys but reconstructs something else: refuse it."""
+    config = json.loads(checkpoint.meta.get("config", "{}"))
+    if config.get("shortcut", False) != spec.shortcut:
+        raise ModelError(
+            f"{path}: weights trained {'with' if config.get('shortcut') else 'without'} the "
+            f"interpolation shortcut, but the zoo's {spec.name} is "
+            f"{'with' if spec.shortcut else 'without'} it")
 
 
 def _device(device: str) -> torch.device:

@@ -36,6 +36,7 @@ class ModelSpec:
     sha256: str | None = None
     num_res_blocks: int = 2
     norm_groups: int = OFFICIAL_NORM_GROUPS
+    shortcut: bool = False  # interpolation shortcut (AutoencoderKL): starters only
     description: str = ""
     # `medvae bench quality`'s goal: mean PSNR margin over interpolation (2D: bicubic; 3D: the
     # better of trilinear and cubic spline), in dB, on held-out real images; None: no goal
@@ -53,6 +54,7 @@ class ModelSpec:
             "z_channels": self.latent_channels,
             "projection": True,
             "norm_groups": self.norm_groups,
+            "shortcut": self.shortcut,
         }
 
     def build(self) -> AutoencoderKL:
@@ -104,11 +106,11 @@ _STARTER_SHA256 = _starter_checksums()
 STARTER_NORM_GROUPS = 8  # width 32 with 4 channels a group (the official 32 groups would be 1)
 
 
-def _starter(name, dims, c, description, target_margin_db):
+def _starter(name, dims, c, description, target_margin_db, shortcut=False):
     return ModelSpec(
         name, dims, 4, c, 1, 32, (1, 2, 4), "starter", f"{name}.safetensors",
-        sha256=_STARTER_SHA256.get(name), norm_groups=STARTER_NORM_GROUPS, description=description,
-        target_margin_db=target_margin_db,
+        sha256=_STARTER_SHA256.get(name), norm_groups=STARTER_NORM_GROUPS, shortcut=shortcut,
+        description=description, target_margin_db=target_margin_db,
     )
 
 
@@ -131,7 +133,9 @@ MODELS: dict[str, ModelSpec] = {
         _official(
             "medvae_8_1_3d", 3, 8, 1, 1, "vae_8x_1c_3D.ckpt", "official 3D, 512x compression"
         ),
-        _starter("starter_4_1_2d", 2, 1, "starter 2D, 16x, trained on bundled real images", 1.0),
+        _starter("starter_4_1_2d", 2, 1,
+                 "starter 2D, 16x, bicubic shortcut, trained on bundled real images", 1.0,
+                 shortcut=True),
         _starter("starter_4_3_2d", 2, 3, "starter 2D, 3 latent channels, 1-channel images", 4.0),
         _starter("starter_4_1_3d", 3, 1, "starter 3D, inflated from starter_4_1_2d", 1.0),
     )

@@ -32,6 +32,8 @@ class ModelSection:
     z_channels: int = 1
     norm_groups: int = 32  # GroupNorm groups; the official 32, or ch / 4 to keep 4 channels a group
     lora_rank: int = 0  # > 0: only LoRA of this rank on the resnet/attention convs trains
+    shortcut: bool = False  # interpolation shortcut; added to an init model without one, the
+    # model's latent-mean and image output layers restart from zero (it starts as interpolation)
 
 
 @dataclasses.dataclass
@@ -39,6 +41,8 @@ class AugmentSection:
     flips: bool = False  # random flips and 90-degree turns of every crop (crops are square/cubic)
     contrast: float = 0.0  # probability of squeezing a crop into a random sub-range of [-1, 1]
     min_range: float = 0.25  # narrowest such sub-range, as a fraction of [-1, 1]
+    coarsen: float = 0.0  # probability of reading a crop at coarser voxels: a region k_a times
+    max_coarsen: int = 3  # larger along each axis a (k_a in 1..max_coarsen), block-averaged by k_a
 
 
 @dataclasses.dataclass
@@ -279,6 +283,10 @@ def check_semantics(config: TrainConfig, source: str) -> None:
         fail("data.augment.contrast", "must be a probability in [0, 1]")
     if not 0.0 < config.data.augment.min_range <= 1.0:
         fail("data.augment.min_range", "must be in (0, 1]")
+    if not 0.0 <= config.data.augment.coarsen <= 1.0:
+        fail("data.augment.coarsen", "must be a probability in [0, 1]")
+    if config.data.augment.max_coarsen < 1:
+        fail("data.augment.max_coarsen", "must be >= 1")
     for name in ("steps", "checkpoint_every", "val_every", "log_every"):
         if getattr(config.run, name) < 1:
             fail(f"run.{name}", "must be >= 1")

@@ -102,15 +102,28 @@ class PatchDataset(Dataset):
         rng = np.random.default_rng([self.seed, step, i, 1])
         want_flat = self.flat_share > 0 and np.random.default_rng(
             [self.seed, step, i, 2]).random() < self.flat_share
+        coarse = self.coarse_factors(step, i)
         for _ in range(FLAT_REDRAWS if want_flat else REDRAWS):  # flat crops redrawn, or kept only
-            crop = self._draw(rng, step)
+            crop = self._draw(rng, step, coarse)
             if (crop.std() <= MIN_CROP_STD) == want_flat:
                 break
         crop = augment(crop, rng, self.augment)
         t = torch.from_numpy(np.ascontiguousarray(crop))[None]
         return t.expand(self.channels, *t.shape[1:]).clone()
 
-    def _draw(self, rng: np.random.Generator, step: int) -> np.ndarray:
+    def coarse_factors(self, step: int, i: int) -> tuple[int, ...] | None:
+        """Per-axis block sizes of a crop read at coarser voxels (``augment.coarsen``), from its
+        own stream so that recipes without it keep their crops; None: native voxels."""
+        aug = self.augment
+        if aug.coarsen <= 0:
+            return None
+        rng = np.random.default_rng([self.seed, step, i, 4])
+        if rng.random() >= aug.coarsen:
+            return None
+        return tuple(int(k) for k in rng.integers(1, aug.max_coarsen + 1, self.spatial_dims))
+
+    def _draw(self, rng: np.random.Generator, step: int,
+              coarse: tuple[int, ...] | None = None) -> np.ndarray:
         k = int(rng.integers(len(self.arrays)))
         a = self.arrays[k]
         if self.spatial_dims == 3:
@@ -121,9 +134,16 @@ class PatchDataset(Dataset):
             if a.ndim == 3:
                 axis = int(rng.choice(self.axes[k]))
                 a = np.take(a, int(rng.integers(a.shape[axis])), axis=axis)
+        final = shape
+        if coarse is not None:  # a larger region, block-averaged back to the crop's shape
+            shape = tuple(s * k for s, k in zip(shape, coarse, strict=True))
         a = _pad_to(a, shape)
         starts = [int(rng.integers(n - s + 1)) for n, s in zip(a.shape, shape, strict=True)]
-        return a[tuple(slice(b, b + s) for b, s in zip(starts, shape, strict=True))]
+        crop = a[tuple(slice(b, b + s) for b, s in zip(starts, shape, strict=True))]
+        if coarse is None:
+            return crop
+        split = [n for s, k in zip(final, coarse, strict=True) for n in (s, k)]
+        return crop.reshape(split).mean(axis=tuple(range(1, 2 * len(final), 2)))
 
 
 def augment(crop: np.ndarray, rng: np.random.Generator, aug: AugmentSection) -> np.ndarray:

@@ -56,16 +56,27 @@ def initial_model(config: TrainConfig) -> tuple[AutoencoderKL, str]:
         torch.manual_seed(config.seed)
         model = AutoencoderKL(m.spatial_dims, m.in_channels, m.in_channels, m.ch, tuple(m.ch_mult),
                               m.num_res_blocks, m.z_channels, projection=True,
-                              norm_groups=m.norm_groups)
+                              norm_groups=m.norm_groups, shortcut=m.shortcut)
         return model, "scratch"
     if m.init in MODELS:
-        model = load_model(m.init)
+        model, init = load_model(m.init), m.init
         if not isinstance(model, AutoencoderKL):
             raise ModelError(f"{m.init}: not a MedVAE autoencoder")
-        return model, m.init
-    path = resolve_path(config, m.init)
-    model, _ = model_from_checkpoint(path)
-    return model, str(path)
+    else:
+        path = resolve_path(config, m.init)
+        (model, _), init = model_from_checkpoint(path), str(path)
+    if m.shortcut and not model.shortcut:
+        model = add_shortcut(model)
+    return model, init
+
+
+def add_shortcut(model: AutoencoderKL) -> AutoencoderKL:
+    """The same weights with the interpolation shortcut, restarted at interpolation (the layers
+    writing the latent mean and the image zeroed; every feature before them kept)."""
+    out = AutoencoderKL(**dict(model.config, shortcut=True))
+    load_strict(out, model.state_dict(), "model given a shortcut")
+    out.start_at_interpolation()
+    return out
 
 
 def inflate_to_3d(model: AutoencoderKL) -> AutoencoderKL:

@@ -16,12 +16,29 @@ CONFIGS = Path(__file__).resolve().parents[2] / "medvae_engine" / "configs"
 
 @pytest.mark.parametrize("name, stage", [
     ("train_stage1_2d", "stage1"), ("train_stage2_2d", "stage2_2d"),
-    ("train_stage2_3d", "stage2_3d"),
+    ("train_stage2_3d", "stage2_3d"), ("starter_4_1_2d_v1", "stage1"),
+    ("starter_4_1_2d_radiograph", "stage1"), ("starter_4_1_2d", "stage1"),
+    ("starter_4_3_2d", "stage1"), ("starter_4_1_3d_v1", "stage2_3d"),
+    ("starter_4_1_3d", "stage2_3d"),
 ])
 def test_shipped_example_configs_validate(name, stage):
     config = load_config(CONFIGS / f"{name}.yaml")
     assert config.stage == stage
     assert config.data.train and config.run.steps > 0
+
+
+def test_starter_chains_start_from_the_run_the_makefile_writes_before_them():
+    """Each link of a starter chain starts from the model.safetensors that the Makefile's earlier
+    link writes under runs/, and the last links are the shipped shortcut models."""
+    root = CONFIGS.parents[1]
+    for name, previous in [("starter_4_1_2d", "starter_4_1_2d_radiograph"),
+                           ("starter_4_1_3d_v1", "starter_4_1_2d_v1"),
+                           ("starter_4_1_3d", "starter_4_1_3d_v1")]:
+        config = load_config(CONFIGS / f"{name}.yaml")
+        init = (CONFIGS / config.model.init).resolve()
+        assert init == (root / "runs" / previous / "model.safetensors").resolve(), name
+    assert load_config(CONFIGS / "starter_4_1_2d.yaml").model.shortcut
+    assert load_config(CONFIGS / "starter_4_1_3d.yaml").model.shortcut
 
 
 def _error(write_config, update) -> str:

@@ -125,3 +125,32 @@ def test_region_with_the_wrong_number_of_axes_names_the_file(write_config):
     config = load_config(write_config({"data": {"train": [{"path": RG1, "region": [None]}]}}))
     with pytest.raises(ConfigError, match=r"RG1_UNCR\.dcm: region lists 1 axes, the image has 2"):
         load_sources(config)
+
+
+def test_coarse_crops_are_block_means_of_a_larger_region_of_the_image(write_config, rg1_full):
+    """``augment.coarsen``: a crop read at coarser voxels equals, at some position of the real
+    radiograph, the image box-filtered over (ky, kx) and sampled every (ky, kx) pixels (a separate
+    computation: scipy's box filter), with its per-axis factors drawn at the configured share."""
+    from scipy import ndimage
+
+    dataset, train, _ = _dataset(write_config, {
+        "train": [LEFT], "val": [RIGHT], "crop": [32, 32],
+        "augment": {**NO_AUGMENT, "coarsen": 0.5, "max_coarsen": 3}}, batch=2)
+    image = train.arrays[0].astype(np.float64)
+    factors = [dataset.coarse_factors(index // 2, index % 2) for index in range(200)]
+    assert 0.38 <= np.mean([f is not None for f in factors]) <= 0.62
+    assert {k for f in factors if f for k in f} == {1, 2, 3}
+    checked = 0
+    for index, f in enumerate(factors[:40]):
+        if f is None or f == (1, 1):
+            continue
+        crop = dataset[index][0].numpy().astype(np.float64)
+        boxed = ndimage.uniform_filter(image, size=f, mode="constant", origin=[-(k // 2) for k in f])
+        rows, cols = np.nonzero(np.isclose(boxed, crop[0, 0], atol=1e-5))
+        found = any(
+            r + 31 * f[0] < image.shape[0] and c + 31 * f[1] < image.shape[1]
+            and np.allclose(boxed[r:r + 32 * f[0]:f[0], c:c + 32 * f[1]:f[1]], crop, atol=1e-5)
+            for r, c in zip(rows, cols, strict=True))
+        assert found, (index, f)
+        checked += 1
+    assert checked >= 5

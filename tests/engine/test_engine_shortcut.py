@@ -1,0 +1,149 @@
+"""The interpolation shortcut of the starters (``AutoencoderKL(shortcut=True)``): a fresh model is
+exactly its interpolation baseline, checked against independent references on real images; the
+residual network's output adds to it the same way whole and in tiles; the flag travels with the
+weights, and the zoo refuses weights whose flag differs from its entry."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from conftest import tiny_model
+from pydicom.data import get_testdata_file
+
+from medvae_engine.codec import tiled
+from medvae_engine.codec.baselines import InterpolationCodec
+from medvae_engine.errors import ModelError
+from medvae_engine.models import load_model, zoo
+from medvae_engine.models.autoencoder import AutoencoderKL
+from medvae_engine.models.checkpoints import save_model
+from medvae_engine.training.stages import add_shortcut
+
+
+def _real_ct(side: int = 128) -> torch.Tensor:
+    """A crop of pydicom-data's 512^2 abdominal CT (693_UNCR) scaled to [-1, 1]."""
+    a = pydicom.dcmread(get_testdata_file("693_UNCR.dcm")).pixel_array.astype(np.float32)
+    a = a[200 : 200 + side, 160 : 160 + side]
+    return torch.from_numpy((a - a.min()) / (a.max() - a.min()) * 2 - 1)[None, None]
+
+
+def _mni_block(side: int = 32) -> np.ndarray:
+    """A cube of the real MNI152 T1 template (nilearn), scaled to [-1, 1]."""
+    from nilearn import datasets
+
+    v = np.asarray(datasets.load_mni152_template(resolution=1).get_fdata(), dtype=np.float64)
+    v = v[80 : 80 + side, 100 : 100 + side, 70 : 70 + side]
+    return (v - v.min()) / (v.max() - v.min()) * 2 - 1
+
+
+def _keys_upsample_1d(a: np.ndarray, factor: int, axis: int) -> np.ndarray:
+    """Cubic convolution (Keys, a = -0.75) by ``factor`` along ``axis``, pixel centres aligned,
+    edge samples repeated: written from the kernel's definition, independently of torch."""
+
+    def kernel(t):
+        t = np.abs(t)
+        a = -0.75
+        return np.where(t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1,
+                        np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0))
+
+    n = a.shape[axis]
+    src = (np.arange(n * factor) + 0.5) / factor - 0.5
+    base = np.floor(src).astype(int)
+    out = 0.0
+    for k in range(-1, 3):
+        idx = np.clip(base + k, 0, n - 1)
+        w = kernel(src - (base + k))
+        shape = [1] * a.ndim
+        shape[axis] = -1
+        out = out + np.take(a, idx, axis=axis) * w.reshape(shape)
+    return out
+
+
+def test_a_fresh_2d_shortcut_model_is_bicubic_on_a_real_ct():
+    """Before any training the 2D model reconstructs as the bicubic baseline codec does."""
+    x = _real_ct()
+    torch.manual_seed(0)
+    model = AutoencoderKL(2, 1, 1, 32, (1, 2, 4), 1, 1, norm_groups=8, shortcut=True).eval()
+    with torch.no_grad():
+        ours, baseline = model(x), InterpolationCodec("bicubic", 2, 4)(x)
+        plain = AutoencoderKL(**{**model.config, "shortcut": False}).eval()
+        plain.load_state_dict(model.state_dict())
+        assert plain(x).abs().max() < 1e-6  # the residual network's output starts at zero
+    torch.testing.assert_close(ours, baseline, atol=1e-6, rtol=0)
+
+
+def test_a_fresh_3d_shortcut_model_is_block_mean_then_tricubic_on_a_real_volume():
+    """3D: the latent is the 4^3 block mean and the image its separable cubic-convolution
+    upsampling, both computed here from their definitions in numpy on the MNI152 template."""
+    v = _mni_block()
+    torch.manual_seed(0)
+    model = AutoencoderKL(3, 1, 1, 32, (1, 2, 4), 1, 1, norm_groups=8, shortcut=True).eval()
+    with torch.no_grad():
+        z = model.encode(torch.from_numpy(v).float()[None, None])
+        y = model.decode(z)[0, 0].double().numpy()
+    block_mean = v.reshape(8, 4, 8, 4, 8, 4).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(z[0, 0].double().numpy(), block_mean, atol=1e-5)
+    expected = block_mean
+    for axis in range(3):
+        expected = _keys_upsample_1d(expected, 4, axis)
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+def test_a_trained_shortcut_model_runs_the_same_in_tiles_as_whole():
+    """With a non-zero residual network (random weights), the synchronised tiles give the whole-
+    image encode and decode, shortcut included, on a real CT crop."""
+    model = AutoencoderKL(**{**tiny_model().config, "shortcut": True}).eval()
+    model.load_state_dict(tiny_model(seed=1).state_dict())  # residual heads no longer zero
+    x = _real_ct(96)
+    with torch.no_grad():
+        z_whole = model.encode(x)
+        y_whole = model.decode(z_whole)
+        z = _steps(tiled.encode_steps(model, x, 32, window=None))
+        y = _steps(tiled.decode_steps(model, z_whole, 32, window=None))
+    torch.testing.assert_close(z, z_whole, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(y, y_whole, atol=2e-5, rtol=1e-5)
+    assert (y_whole - model.image_shortcut(z_whole)).abs().mean() > 1e-3  # the residual counts
+
+
+def _steps(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def test_adding_a_shortcut_keeps_the_features_and_starts_at_bicubic():
+    """``add_shortcut`` (training ``model.shortcut: true`` on a model without one) keeps every
+    tensor but the two zeroed output layers, and the result reconstructs as bicubic."""
+    old = tiny_model(seed=3)
+    new = add_shortcut(old)
+    changed = {k for k, v in new.state_dict().items()
+               if not torch.equal(v, old.state_dict()[k])}
+    assert changed == {"quant_conv.weight", "quant_conv.bias", "decoder.conv_out.weight",
+                       "decoder.conv_out.bias"}
+    assert torch.equal(new.quant_conv.weight[1:], old.quant_conv.weight[1:])  # log-variance kept
+    x = _real_ct(64)
+    with torch.no_grad():
+        torch.testing.assert_close(new.eval()(x), InterpolationCodec("bicubic", 2, 4)(x),
+                                   atol=1e-6, rtol=0)
+
+
+def test_the_flag_travels_with_the_weights_and_the_zoo_refuses_a_mismatch(tmp_path, monkeypatch):
+    model = AutoencoderKL(**{**tiny_model().config, "shortcut": True}).eval()
+    model.load_state_dict(tiny_model(seed=2).state_dict())
+    path = save_model(model, tmp_path / "sc.safetensors")
+    loaded = load_model(path)
+    x = _real_ct(64)
+    with torch.no_grad():
+        assert loaded.shortcut and torch.allclose(loaded(x), model(x), atol=1e-6)
+    spec = dataclasses.replace(zoo.MODELS["starter_4_1_2d"], source="official", filename=path.name,
+                               sha256=None, ch_mult=(1, 2, 4), num_res_blocks=1,
+                               norm_groups=32, shortcut=False)
+    monkeypatch.setitem(zoo.MODELS, spec.name, spec)
+    monkeypatch.setenv("MEDVAE_HOME", str(tmp_path))
+    with pytest.raises(ModelError, match="sc.safetensors.*with the interpolation shortcut"):
+        load_model(spec.name)
