@@ -56,7 +56,8 @@ def install_autoencoder(run_dir: Path, spec) -> tuple[Path, float, float]:
     _, meta = read_state_dict(run_dir / "model.safetensors")
     card = json.loads(meta.get("card", "{}"))
     target = PACKAGE_WEIGHTS / f"{spec.name}.safetensors"
-    save_model(trained, target, card | {"storage": "fp16"}, half=True)
+    save_model(trained, target, card | {"name": spec.name, "run": card.get("name"),
+                                        "storage": "fp16"}, half=True)
     shipped = load_model(target)  # by path: the zoo read checksums.json before this run wrote it
     # a held-out image of the model's dimensionality (docs/training.md names the held-out set)
     held_out = "pydicom/MR_small.dcm" if spec.spatial_dims == 2 else "nibabel/anatomical"

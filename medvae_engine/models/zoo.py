@@ -137,7 +137,9 @@ MODELS: dict[str, ModelSpec] = {
                  "starter 2D, 16x, bicubic shortcut, trained on bundled real images", 1.0,
                  shortcut=True),
         _starter("starter_4_3_2d", 2, 3, "starter 2D, 3 latent channels, 1-channel images", 4.0),
-        _starter("starter_4_1_3d", 3, 1, "starter 3D, inflated from starter_4_1_2d", 1.0),
+        _starter("starter_4_1_3d", 3, 1,
+                 "starter 3D, 64x, tricubic shortcut, inflated from starter_4_1_2d_v1", 1.0,
+                 shortcut=True),
     )
 }
 

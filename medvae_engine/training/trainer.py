@@ -277,9 +277,14 @@ def _recipe_lines(config: dict) -> list[str]:
                      f" ({optim.get('warmup_steps', 0)} warm-up steps)")
     aug = (data or {}).get("augment")
     if aug:
+        coarse = (f"; coarser voxels p={aug['coarsen']:g} (1-{aug.get('max_coarsen', 3)}x per axis)"
+                  if aug.get("coarsen") else "")
         lines.append(f"- Augmentation: flips and quarter turns {'on' if aug['flips'] else 'off'}; "
-                     f"contrast squeeze p={aug['contrast']:g} (sub-range >= {aug['min_range']:g})")
-    if data and data.get("crop"):
+                     f"contrast squeeze p={aug['contrast']:g} (sub-range >= {aug['min_range']:g})"
+                     + coarse)
+    if config.get("stage") == "stage2_3d" and data:
+        lines.append(f"- Patches: {data['patch']}^3")
+    elif data and data.get("crop"):
         crops = f"- Crops: 2D sides {data['crop'][0]}-{data['crop'][1]}"
         if data.get("large_share"):
             lo, hi = data["large_crop"]

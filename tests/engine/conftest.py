@@ -14,6 +14,15 @@ from medvae_engine.imaging.volume import Volume
 from medvae_engine.models import AutoencoderKL, save_model
 
 
+def finish(gen):
+    """Drive a generator to its end; its return value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
 def tiny_model(spatial_dims: int = 2, z_channels: int = 1, seed: int = 0, in_channels: int = 1):
     torch.manual_seed(seed)
     return AutoencoderKL(

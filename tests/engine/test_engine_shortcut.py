@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import finish, tiny_model
 from pydicom.data import get_testdata_file
 
 from medvae_engine.codec import tiled
@@ -101,19 +101,12 @@ def test_a_trained_shortcut_model_runs_the_same_in_tiles_as_whole():
     with torch.no_grad():
         z_whole = model.encode(x)
         y_whole = model.decode(z_whole)
-        z = _steps(tiled.encode_steps(model, x, 32, window=None))
-        y = _steps(tiled.decode_steps(model, z_whole, 32, window=None))
+        z = finish(tiled.encode_steps(model, x, 32, window=None))
+        y = finish(tiled.decode_steps(model, z_whole, 32, window=None))
     torch.testing.assert_close(z, z_whole, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(y, y_whole, atol=2e-5, rtol=1e-5)
     assert (y_whole - model.image_shortcut(z_whole)).abs().mean() > 1e-3  # the residual counts
 
-
-def _steps(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def test_adding_a_shortcut_keeps_the_features_and_starts_at_bicubic():

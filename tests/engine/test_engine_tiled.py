@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import finish, tiny_model
 from pydicom.data import get_testdata_file
 
 from medvae_engine import CodecOptions, Volume, reconstruct
@@ -39,13 +39,6 @@ def _psnr(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
     return float(10 * np.log10(data_range**2 / np.mean((reference.astype(np.float64) - test) ** 2)))
 
 
-def _steps(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
 
 def test_global_statistics_give_the_whole_image_forward(starter):
     """Tiles of 32 px with halos and global GroupNorm statistics, global attention: the plain
@@ -56,8 +49,8 @@ def test_global_statistics_give_the_whole_image_forward(starter):
     with torch.no_grad():
         z_whole = starter.encode(x)
         y_whole = starter.decode(z_whole)
-        z = _steps(tiled.encode_steps(starter, x, 32, window=None))
-        y = _steps(tiled.decode_steps(starter, z_whole, 24, window=None))
+        z = finish(tiled.encode_steps(starter, x, 32, window=None))
+        y = finish(tiled.decode_steps(starter, z_whole, 24, window=None))
     assert len(tiled.tile_grid((64, 48), 4, 32)) == 4 and len(tiled.tile_grid((64, 48), 4, 24)) == 6
     torch.testing.assert_close(z, z_whole, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(y, y_whole, atol=2e-5, rtol=1e-5)
