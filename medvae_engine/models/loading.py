@@ -8,7 +8,6 @@ ModelError that names the file and where to put it.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Generator
@@ -261,10 +260,10 @@ def load_model_steps(
 def check_shortcut(spec: ModelSpec, checkpoint, path: Path) -> None:
     """A weights file written with a different interpolation shortcut than the zoo's entry has the
     same keys but reconstructs something else: refuse it."""
-    config = json.loads(checkpoint.meta.get("config", "{}"))
-    if config.get("shortcut", False) != spec.shortcut:
+    trained_with = checkpoint_config(checkpoint, str(path)).get("shortcut", False)
+    if trained_with != spec.shortcut:
         raise ModelError(
-            f"{path}: weights trained {'with' if config.get('shortcut') else 'without'} the "
+            f"{path}: weights trained {'with' if trained_with else 'without'} the "
             f"interpolation shortcut, but the zoo's {spec.name} is "
             f"{'with' if spec.shortcut else 'without'} it")
 
