@@ -45,8 +45,9 @@ bench: $(STAMP)
 # rerun after an interruption and each run continues from its last checkpoint), then install them
 # in the package and write docs/model_cards/. Two runs at a time, one core each. Chains (each link
 # starts from the previous run's model.safetensors): starter_4_1_2d_radiograph -> starter_4_1_2d
-# (interpolation shortcut); starter_4_1_2d_v1 -> starter_4_1_3d_v1 (inflated) -> starter_4_1_3d
-# (shortcut); starter_4_3_2d alone; the SR model last, in starter_4_3_2d's latents.
+# and starter_4_3_2d_radiograph -> starter_4_3_2d (interpolation shortcut); starter_4_1_2d_v1 ->
+# starter_4_1_3d_v1 (inflated) -> starter_4_1_3d (shortcut); the SR model last, in
+# starter_4_3_2d's latents.
 MEDVAE := $(VENV)/bin/medvae
 train_or_resume = $(MEDVAE) $(2) medvae_engine/configs/$(1).yaml -o runs/$(1) \
 	$$(test -f runs/$(1)/checkpoint.pt && echo --resume)
@@ -55,8 +56,9 @@ two_runs = OMP_NUM_THREADS=1 $(call train_or_resume,$(1),train) & a=$$!; \
 	wait $$a && wait $$b
 starter-weights: $(STAMP)
 	$(call two_runs,starter_4_1_2d_radiograph,starter_4_1_2d_v1)
-	$(call two_runs,starter_4_3_2d,starter_4_1_3d_v1)
+	$(call two_runs,starter_4_3_2d_radiograph,starter_4_1_3d_v1)
 	$(call two_runs,starter_4_1_2d,starter_4_1_3d)
+	OMP_NUM_THREADS=1 $(call train_or_resume,starter_4_3_2d,train)
 	$(PY) scripts/install_starter.py runs/starter_4_1_2d starter_4_1_2d
 	$(PY) scripts/install_starter.py runs/starter_4_3_2d starter_4_3_2d
 	$(PY) scripts/install_starter.py runs/starter_4_1_3d starter_4_1_3d

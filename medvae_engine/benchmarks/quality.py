@@ -27,7 +27,7 @@ import numpy as np
 
 from ..analysis.metrics import Unavailable, ms_ssim, psnr, to_unit_range
 from ..codec.baselines import get_baseline
-from ..codec.pipeline import CodecOptions, reconstruct
+from ..codec.pipeline import TILED_ABOVE, CodecOptions, reconstruct
 from ..data.sources import region_slices, regions_disjoint, resolve_builtin
 from ..errors import ConfigError
 from ..imaging.atomic import atomic_write, atomic_write_text
@@ -63,13 +63,17 @@ def add_quality_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-side", type=int, default=MAX_SIDE,
                    help="2D images larger than this (pixels a side) are scored on their centred "
                         "crop at native size (0: whole images; large ones are slow on a CPU)")
+    p.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                   help="also score each model with its latents refined by STEPS gradient steps "
+                        "(codec/refine.py), as a row of its own; images a 2D model would tile are "
+                        "left out of that row")
     p.add_argument("--quality-out", default="docs/model_cards/quality",
                    help="output stem: writes STEM.json, STEM.md and STEM_<image>.png")
 
 
 def run_quality(args: argparse.Namespace) -> int:
     report = drive(quality_report_steps(args.models, args.images, args.axis, args.precision,
-                                        args.max_side), "bench quality", unit="image")
+                                        args.max_side, args.refine), "bench quality", unit="image")
     stem = Path(args.quality_out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stem.with_suffix(".json"), json.dumps(without_arrays(report), indent=2))
@@ -94,14 +98,23 @@ def write_model_card(name: str, report: dict, stem: Path) -> None:
     margins = margins_over_interpolation(model_name, model.spatial_dims, report)
     timing = inference_seconds(model)
     target = target_check(model_name, model.spatial_dims, report)
+    refined = refined_name(model_name, report.get("refine", 0))
+    refined_margins = margins_over_interpolation(refined, model.spatial_dims, report) if refined else {}
+    refined_target = target_check(model_name, model.spatial_dims, report, refined) if refined else None
     result = {"name": model_name, "training": card, "quality_mean": report["mean"],
               "margin_over_best_interpolation_db": margins, "target": target,
+              "refined": refined and {"name": refined, "margin_over_best_interpolation_db":
+                                      refined_margins, "target": refined_target},
               "inference_seconds": timing}
     summary = model_card_markdown(card) if "stage" in card else f"# {model_name}\n\n{json.dumps(card)}\n"
     lines = [summary, "## Quality on held-out real images", "", markdown(report),
              "Margin over the best interpolation at the same factor (dB): "
              + ", ".join(f"{k} {v:+.2f}" for k, v in margins.items()), "",
              *([target_line(target), ""] if target else []),
+             *([f"With latent refinement ({refined}, `--refine {report['refine']}`), margin (dB): "
+                + ", ".join(f"{k} {v:+.2f}" for k, v in refined_margins.items()), ""]
+               if refined else []),
+             *([target_line(refined_target), ""] if refined_target else []),
              "## Inference time on this CPU (reconstruct, seconds)", "",
              *[f"- {k}: {v:.3f}" for k, v in timing.items()], ""]
     out = stem.parent / model_name
@@ -118,23 +131,30 @@ def margins_over_interpolation(name: str, spatial_dims: int, report: dict) -> di
             for r in report["images"] if name in r["methods"]}
 
 
-def target_check(name: str, spatial_dims: int, report: dict) -> dict | None:
-    """The model's target margin and the measured one: mean PSNR minus bicubic's (2D), or the
-    mean over volumes of PSNR minus the best 3D interpolation's (3D)."""
+def refined_name(name: str, steps: int) -> str | None:
+    """The report's name for a model's row with refined latents (None without refinement)."""
+    return f"{name} refine {steps}" if steps else None
+
+
+def target_check(name: str, spatial_dims: int, report: dict, method: str | None = None) -> dict | None:
+    """The model's target margin and the measured one of its row ``method`` (default: the model's
+    own): mean PSNR minus bicubic's (2D), or the mean over volumes of PSNR minus the best 3D
+    interpolation's (3D)."""
     goal = MODELS[name].target_margin_db if name in MODELS else None
     if goal is None:
         return None
-    rows = [r for r in report["images"] if name in r["methods"] and name not in r.get("trained_on", ())]
+    method = method or name
+    rows = [r for r in report["images"] if method in r["methods"] and name not in r.get("trained_on", ())]
     if spatial_dims == 2:
         what = "mean PSNR at least bicubic"
-        measured = float(np.mean([r["methods"][name]["psnr_db"] - r["methods"]["bicubic"]["psnr_db"]
+        measured = float(np.mean([r["methods"][method]["psnr_db"] - r["methods"]["bicubic"]["psnr_db"]
                                   for r in rows]))
     else:
         what = "PSNR at least the best 3D interpolation (trilinear, cubic spline)"
-        measured = float(np.mean([r["methods"][name]["psnr_db"] - max(
+        measured = float(np.mean([r["methods"][method]["psnr_db"] - max(
             r["methods"][b]["psnr_db"] for b in BASELINES_3D) for r in rows]))
     return {"target": f"{what} + {goal:.1f} dB", "target_db": goal, "measured_db": measured,
-            "met": measured >= goal}
+            "met": measured >= goal, "method": method}
 
 
 def target_line(target: dict) -> str:
@@ -160,15 +180,15 @@ def inference_seconds(model) -> dict:
 
 
 def quality_report(models: list[str], images: list[str], axis: int | None, precision: str,
-                   max_side: int = MAX_SIDE) -> dict:
+                   max_side: int = MAX_SIDE, refine: int = 0) -> dict:
     """Every method's scores on every image, and their means (see `quality_report_steps`)."""
-    return run(quality_report_steps(models, images, axis, precision, max_side))
+    return run(quality_report_steps(models, images, axis, precision, max_side, refine))
 
 
 def quality_report_steps(models: list[str], images: list[str], axis: int | None, precision: str,
-                         max_side: int = MAX_SIDE) -> Generator[Progress, None, dict]:
-    """Reconstruct and score each image with every model and baseline, yielding Progress per
-    image; returns the report."""
+                         max_side: int = MAX_SIDE, refine: int = 0) -> Generator[Progress, None, dict]:
+    """Reconstruct and score each image with every model and baseline (and, with ``refine``, every
+    model again with refined latents), yielding Progress per image; returns the report."""
 
     loaded = [load_model(m) for m in models]
     sources = {m.name: training_sources(m) for m in loaded}
@@ -177,28 +197,32 @@ def quality_report_steps(models: list[str], images: list[str], axis: int | None,
         volume = read_reference(ref)
         native = list(volume.shape)
         volume = centred_crop(volume, max_side)
-        methods = [(m.name, m) for m in loaded]
+        methods = [(m.name, m, 0) for m in loaded]
+        methods += [(refined_name(m.name, refine), m, refine) for m in loaded if refine]
         dims = {m.spatial_dims for m in loaded}
         if 2 in dims:
-            methods += [(b, get_baseline(b, 2, 4)) for b in BASELINES_2D]
+            methods += [(b, get_baseline(b, 2, 4), 0) for b in BASELINES_2D]
         if 3 in dims and volume.ndim == 3:
-            methods += [(b, get_baseline(b, 3, 4)) for b in BASELINES_3D]
+            methods += [(b, get_baseline(b, 3, 4), 0) for b in BASELINES_3D]
         entry = {"image": ref, "label": reference_label(ref), "shape": list(volume.shape),
                  "native_shape": native, "modality": volume.modality, "methods": {},
                  "trained_on": [m for m in sources if trained_on(sources[m], ref)]}
-        for name, model in methods:
+        for name, model, steps in methods:
             if model.spatial_dims == 3 and volume.ndim != 3:
                 continue
+            options = CodecOptions(axis=axis, precision=precision, refine=steps)
+            if steps and model.spatial_dims == 2 and max(volume.shape[-2:]) ** 2 > TILED_ABOVE:
+                continue  # refinement runs on whole slices only
             t0 = time.perf_counter()
-            recon = reconstruct(volume, model, CodecOptions(axis=axis, precision=precision))
+            recon = reconstruct(volume, model, options)
             entry["methods"][name] = scores(volume.array, recon.array, scored_range(volume)) | {
                 "seconds": time.perf_counter() - t0, "_recon": recon.array,
                 "flat_offset_pct": flat_offset(volume.array, recon.array, scored_range(volume))}
         entry["_original"] = np.clip(volume.array, *scored_range(volume))  # what the scores compare
         rows.append(entry)
         yield Progress(len(rows), len(images), "quality", info={"image": entry["label"]})
-    return {"date": time.strftime("%Y-%m-%d"), "precision": precision, "images": rows,
-            "mean": _means(rows)}
+    return {"date": time.strftime("%Y-%m-%d"), "precision": precision, "refine": refine,
+            "images": rows, "mean": _means(rows)}
 
 
 def flat_offset(reference: np.ndarray, test: np.ndarray, value_range: tuple[float, float]) -> float | None:

@@ -366,6 +366,7 @@ def _options(args: argparse.Namespace):
             whole=args.tile == 0,
             sample=getattr(args, "sample", False),
             seed=getattr(args, "seed", 0),
+            refine=getattr(args, "refine", 0),
         )
     except ValueError as e:
         raise InputError(str(e)) from None

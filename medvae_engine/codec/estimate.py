@@ -22,7 +22,7 @@ from ..imaging.volume import Volume
 from ..models.autoencoder import AutoencoderKL
 from . import tiled
 from .memory import choose_roi
-from .pipeline import CodecOptions, slice_axis, tile_size, window_side
+from .pipeline import CodecOptions, check_refinable, slice_axis, tile_size, window_side
 from .windows import count_windows
 
 # Encode + decode of the KL autoencoder against the matmul probe's FLOP rate on this CPU
@@ -99,7 +99,23 @@ def _slices(model, volume: Volume, options: CodecOptions) -> tuple[int, int, int
 
 def plan_flops(model, volume: Volume, options: CodecOptions) -> float:
     """FLOPs of ``reconstruct``'s plan: every unit's encode + decode; for synchronised tiles each
-    tile's convolutions plus the local attention of the whole latent (not each tile's own)."""
+    tile's convolutions plus the local attention of the whole latent (not each tile's own); and
+    the decoder passes of latent refinement when the options ask for it."""
+    return _codec_flops(model, volume, options) + _refine_flops(model, volume, options)
+
+
+def _refine_flops(model, volume: Volume, options: CodecOptions) -> float:
+    """Each refinement step runs the decoder forward and back (about three forward passes), and
+    one last forward scores the final latent."""
+    if not options.refine:
+        return 0.0
+    slice_shape = _slices(model, volume, options)[1:] if model.spatial_dims == 2 else None
+    check_refinable(model, options, slice_shape)
+    units, shapes, _ = _plan(model, volume, options, "refine")
+    return units * model_flops(model, shapes[0], "decode") * (3 * options.refine + 1)
+
+
+def _codec_flops(model, volume: Volume, options: CodecOptions) -> float:
     if model.spatial_dims == 3:  # encode and decode windows are sized to the memory separately
         return sum(units * model_flops(model, shapes[0], stage)
                    for stage in ("encode", "decode")

@@ -33,6 +33,10 @@ PER_VOXEL = {
     ("decode", "fp32"): 34.0,
     ("encode", "bf16"): 12.0,
     ("decode", "bf16"): 20.0,
+    # encoding with latent refinement (codec/refine.py): the decoder's activations kept for the
+    # backward pass; the starter 3D model at 48^3-64^3 windows measured 211-255 (fp32), 104-106 (bf16)
+    ("refine", "fp32"): 230.0,
+    ("refine", "bf16"): 110.0,
 }
 FIXED_BYTES = 100 * 2**20  # oneDNN scratch, allocator slack: 40-90 MB measured
 # Bytes per parameter while a window runs (bf16 autocast's weight copies: 150-210 MB measured for
@@ -42,7 +46,7 @@ SAFETY = 1.25  # the predicted window peak times this must fit the budget
 AVAILABLE_FRACTION = 0.8  # the automatic choice uses this much of the memory available now
 MIN_ROI = 32  # the smallest window chosen automatically, even when the budget is smaller
 MAX_ROI = 160  # the largest: attention cost grows with the square of the window's voxels
-VOLUME_COPIES = {"encode": 3, "decode": 5}  # float32 volume-sized arrays the codec holds
+VOLUME_COPIES = {"encode": 3, "refine": 3, "decode": 5}  # float32 volume-sized arrays the codec holds
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 

@@ -22,13 +22,14 @@ from ..errors import InputError, ModelError
 from ..imaging.normalization import Normalization, fit_normalization
 from ..imaging.orientation import MODEL_ORIENTATION, axcodes, reorient
 from ..imaging.volume import Volume
-from ..models import MODELS, load_model, weights_sha256
+from ..models import MODELS, AutoencoderKL, load_model, weights_sha256
 from ..runtime.precision import PRECISIONS, autocast, model_device
 from ..runtime.progress import Progress, run
 from . import tiled
 from .baselines import BASELINES, get_baseline
 from .latents import Latent
 from .memory import choose_roi
+from .refine import refine_latent
 from .windows import blend, count_windows
 
 DEFAULT_OVERLAP = 0.25
@@ -53,6 +54,7 @@ class CodecOptions:
     attention_window: int | None = tiled.ATTENTION_WINDOW  # latent tokens a side, tiled 2D
     sample: bool = False  # draw z from the posterior instead of its mean
     seed: int = 0
+    refine: int = 0  # encoder-side latent refinement steps (codec/refine.py); 0: the encoder's z
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -65,6 +67,8 @@ class CodecOptions:
             raise ValueError(f"tile must be positive, got {self.tile}")
         if self.max_memory is not None and self.max_memory < 1:
             raise ValueError("max_memory must be positive")
+        if self.refine < 0:
+            raise ValueError(f"refine must be 0 or more steps, got {self.refine}")
 
 
 def encode(volume: Volume, model, options: CodecOptions | None = None, **kw) -> Latent:
@@ -102,6 +106,7 @@ def encode_steps(
 ) -> Generator[Progress, None, Latent]:
     """Normalise, pad, run the encoder slice-wise or windowed, and describe how to undo it."""
     opts = options or CodecOptions()
+    check_refinable(model, opts)
     if model.spatial_dims == 2:
         job = prepare_slices(volume, model, opts, normalization=normalization, modality=modality)
         (latent,) = yield from encode_slices_steps([job], model, opts)
@@ -120,7 +125,10 @@ def encode_steps(
         x = reorient(x, image_orientation, orientation)
     padded_x = pad_to_multiple(x, f, axes=(0, 1, 2))
     t = torch.from_numpy(padded_x)[None, None]
-    z = yield from _volume(t, _encoder(model, opts), opts, f, 1.0 / f, "encode", model)
+    if opts.refine:  # a second channel marks the voxels refinement fits (not the padding)
+        t = torch.cat([t, torch.from_numpy(valid_mask(x.shape, padded_x.shape))[None, None]], 1)
+    stage = "refine" if opts.refine else "encode"
+    z = yield from _volume(t, _encoder(model, opts), opts, f, 1.0 / f, stage, model)
     return _latent(volume, model, norm, modality, z[0], padded_x.shape, (f, f, f), None,
                    orientation, image_orientation)
 
@@ -169,6 +177,7 @@ def encode_slices_steps(
     batches of ``batch_size`` slices; each input's Latent is what it gets on its own (the model
     sees the same slices; only the batch they share changes)."""
     opts = options or CodecOptions()
+    check_refinable(model, opts, jobs[0].stack.shape[-2:])
     if len({j.stack.shape[1:] for j in jobs}) != 1:
         raise ValueError("inputs encoded together need one padded slice shape")
     f = int(model.factor)
@@ -184,17 +193,35 @@ def encode_slices_steps(
 
 def _encoder(model, opts: CodecOptions) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model's encoder on a (B, 1, ...) batch: channels repeated, options' precision and
-    device, the mean or (seeded) posterior samples."""
+    device, the mean or (seeded) posterior samples, refined when the options ask."""
     generator = torch.Generator().manual_seed(opts.seed)
 
     def enc(t: torch.Tensor) -> torch.Tensor:
-        t = t.repeat_interleave(model.in_channels, dim=1) if model.in_channels > 1 else t
+        t = t.to(model_device(model))
+        t, weight = (t[:, :1], t[:, 1:]) if t.shape[1] == 2 else (t, None)
+        x = t.repeat_interleave(model.in_channels, dim=1) if model.in_channels > 1 else t
         with torch.no_grad(), autocast(model, opts.precision):
-            return model.encode(
-                t.to(model_device(model)), sample=opts.sample, generator=generator
-            ).float()
+            z = model.encode(x, sample=opts.sample, generator=generator).float()
+        if not opts.refine:
+            return z
+        return refine_latent(model, t, z, opts.refine, opts.precision, weight=weight)
 
     return enc
+
+
+def check_refinable(model, opts: CodecOptions, slice_shape: tuple[int, int] | None = None) -> None:
+    """Refinement differentiates through the decoder: our autoencoders only, and 2D slices
+    (padded ``slice_shape``) that run whole."""
+    if not opts.refine:
+        return
+    if not isinstance(model, AutoencoderKL):
+        raise InputError(f"latent refinement needs one of our autoencoders; {model_name(model)} "
+                         "is not one (interpolation baselines and foreign VAEs encode in one pass)")
+    if slice_shape is not None and tile_size(slice_shape[0] * slice_shape[1], opts) is not None:
+        h, w = slice_shape
+        raise InputError(f"latent refinement runs on whole slices, and this {h}x{w} slice runs "
+                         "in tiles (above 512x512, or a tile side was given): run it whole "
+                         "(tile none) or without refinement")
 
 
 def _latent(volume, model, norm, modality, array, padded, factors, axis, orientation,
@@ -374,6 +401,13 @@ def _volume(t: torch.Tensor, fn, opts: CodecOptions, multiple: int, scale: float
 
 def _padded_shape(shape: tuple[int, ...], f: int, axis: int | None) -> tuple[int, ...]:
     return tuple(s if i == axis else -(-s // f) * f for i, s in enumerate(shape))
+
+
+def valid_mask(shape: tuple[int, ...], padded: tuple[int, ...]) -> np.ndarray:
+    """1 over the image's own voxels, 0 over the padding ``pad_to_multiple`` adds at the ends."""
+    mask = np.zeros(padded, np.float32)
+    mask[tuple(slice(0, s) for s in shape)] = 1.0
+    return mask
 
 
 def pad_to_multiple(x: np.ndarray, f: int, axes: tuple[int, ...]) -> np.ndarray:

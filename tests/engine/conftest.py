@@ -59,3 +59,35 @@ def ct_volume() -> Volume:
     vol = np.stack([np.roll(hu, k, axis=0) for k in range(7)], axis=-1)[:61, :53]
     affine = np.array([[0.66, 0, 0, -50.0], [0, 0.66, 0, 20.0], [0, 0, 2.5, 7.0], [0, 0, 0, 1]])
     return Volume(vol, affine, "ct")
+
+
+def mni_block(side: int = 32) -> np.ndarray:
+    """A cube of the real MNI152 T1 template (nilearn), scaled to [-1, 1]."""
+    from nilearn import datasets
+
+    v = np.asarray(datasets.load_mni152_template(resolution=1).get_fdata(), dtype=np.float64)
+    v = v[80 : 80 + side, 100 : 100 + side, 70 : 70 + side]
+    return (v - v.min()) / (v.max() - v.min()) * 2 - 1
+
+
+def keys_upsample_1d(a: np.ndarray, factor: int, axis: int) -> np.ndarray:
+    """Cubic convolution (Keys, a = -0.75) by ``factor`` along ``axis``, pixel centres aligned,
+    edge samples repeated: written from the kernel's definition, independently of torch."""
+
+    def kernel(t):
+        t = np.abs(t)
+        a = -0.75
+        return np.where(t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1,
+                        np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0))
+
+    n = a.shape[axis]
+    src = (np.arange(n * factor) + 0.5) / factor - 0.5
+    base = np.floor(src).astype(int)
+    out = 0.0
+    for k in range(-1, 3):
+        idx = np.clip(base + k, 0, n - 1)
+        w = kernel(src - (base + k))
+        shape = [1] * a.ndim
+        shape[axis] = -1
+        out = out + np.take(a, idx, axis=axis) * w.reshape(shape)
+    return out

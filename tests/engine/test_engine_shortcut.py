@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import finish, tiny_model
+from conftest import finish, keys_upsample_1d, mni_block, tiny_model
 from pydicom.data import get_testdata_file
 
 from medvae_engine.codec import tiled
@@ -30,38 +30,6 @@ def _real_ct(side: int = 128) -> torch.Tensor:
     return torch.from_numpy((a - a.min()) / (a.max() - a.min()) * 2 - 1)[None, None]
 
 
-def _mni_block(side: int = 32) -> np.ndarray:
-    """A cube of the real MNI152 T1 template (nilearn), scaled to [-1, 1]."""
-    from nilearn import datasets
-
-    v = np.asarray(datasets.load_mni152_template(resolution=1).get_fdata(), dtype=np.float64)
-    v = v[80 : 80 + side, 100 : 100 + side, 70 : 70 + side]
-    return (v - v.min()) / (v.max() - v.min()) * 2 - 1
-
-
-def _keys_upsample_1d(a: np.ndarray, factor: int, axis: int) -> np.ndarray:
-    """Cubic convolution (Keys, a = -0.75) by ``factor`` along ``axis``, pixel centres aligned,
-    edge samples repeated: written from the kernel's definition, independently of torch."""
-
-    def kernel(t):
-        t = np.abs(t)
-        a = -0.75
-        return np.where(t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1,
-                        np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0))
-
-    n = a.shape[axis]
-    src = (np.arange(n * factor) + 0.5) / factor - 0.5
-    base = np.floor(src).astype(int)
-    out = 0.0
-    for k in range(-1, 3):
-        idx = np.clip(base + k, 0, n - 1)
-        w = kernel(src - (base + k))
-        shape = [1] * a.ndim
-        shape[axis] = -1
-        out = out + np.take(a, idx, axis=axis) * w.reshape(shape)
-    return out
-
-
 def test_a_fresh_2d_shortcut_model_is_bicubic_on_a_real_ct():
     """Before any training the 2D model reconstructs as the bicubic baseline codec does."""
     x = _real_ct()
@@ -78,7 +46,7 @@ def test_a_fresh_2d_shortcut_model_is_bicubic_on_a_real_ct():
 def test_a_fresh_3d_shortcut_model_is_block_mean_then_tricubic_on_a_real_volume():
     """3D: the latent is the 4^3 block mean and the image its separable cubic-convolution
     upsampling, both computed here from their definitions in numpy on the MNI152 template."""
-    v = _mni_block()
+    v = mni_block()
     torch.manual_seed(0)
     model = AutoencoderKL(3, 1, 1, 32, (1, 2, 4), 1, 1, norm_groups=8, shortcut=True).eval()
     with torch.no_grad():
@@ -88,7 +56,7 @@ def test_a_fresh_3d_shortcut_model_is_block_mean_then_tricubic_on_a_real_volume(
     np.testing.assert_allclose(z[0, 0].double().numpy(), block_mean, atol=1e-5)
     expected = block_mean
     for axis in range(3):
-        expected = _keys_upsample_1d(expected, 4, axis)
+        expected = keys_upsample_1d(expected, 4, axis)
     np.testing.assert_allclose(y, expected, atol=1e-5)
 
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pydicom
 import pytest
+from conftest import tiny_model
 from pydicom.data import get_testdata_file
 
 from medvae_engine.benchmarks.quality import (
@@ -19,6 +20,7 @@ from medvae_engine.benchmarks.quality import (
     target_check,
 )
 from medvae_engine.cli import main
+from medvae_engine.models import save_model
 
 HALF = "builtin:pydicom/RG1_UNCR.dcm[:, 0.5:1]"
 
@@ -87,13 +89,35 @@ def test_bad_region_reference_is_a_one_line_error(tmp_path, tiny_2d_path, capsys
     assert "\n" not in err and not list(tmp_path.iterdir())
 
 
-def test_a_model_trained_on_the_radiograph_is_marked_and_left_out_of_its_target():
-    """starter_4_3_2d's card lists the whole RG1_UNCR for training: its radiograph row is marked
-    and its target margin is measured on the other images only."""
-    report = quality_report(["starter_4_3_2d"], ["builtin:pydicom/MR_small.dcm", HALF], None,
+@pytest.mark.parametrize("rg1, marked", [
+    ("builtin:pydicom/RG1_UNCR.dcm", True),
+    ({"path": "builtin:pydicom/RG1_UNCR.dcm", "region": [None, [0.0, 0.5]]}, False),
+])
+def test_a_model_trained_on_the_radiograph_is_marked_and_left_out_of_its_target(tmp_path, rg1,
+                                                                                 marked):
+    """A card listing the whole RG1_UNCR marks the held-out half's row as trained on and measures
+    the target margin on the other images only; a card listing the other half does neither."""
+    path = tmp_path / "starter_4_3_2d.safetensors"    # a zoo name, so the target applies
+    save_model(tiny_model(2), path, {"config": {"data": {"train": [rg1]}}})
+    report = quality_report([str(path)], ["builtin:pydicom/MR_small.dcm", HALF], None,
                             "fp32", max_side=128)
     mr, half = report["images"]
-    assert mr["trained_on"] == [] and half["trained_on"] == ["starter_4_3_2d"]
+    assert mr["trained_on"] == [] and half["trained_on"] == (["starter_4_3_2d"] if marked else [])
     t = target_check("starter_4_3_2d", 2, report)
-    only_mr = mr["methods"]["starter_4_3_2d"]["psnr_db"] - mr["methods"]["bicubic"]["psnr_db"]
-    assert t["measured_db"] == pytest.approx(only_mr)
+    margins = [r["methods"]["starter_4_3_2d"]["psnr_db"] - r["methods"]["bicubic"]["psnr_db"]
+               for r in (mr, half)]
+    assert t["measured_db"] == pytest.approx(margins[0] if marked else np.mean(margins))
+
+
+def test_bench_quality_scores_refined_latents_as_a_row_of_their_own(tmp_path):
+    """`--refine N` adds a row per model with refined latents, never below the one-pass row on a
+    real volume, and the refined target line measures that row."""
+    path = tmp_path / "starter_4_1_3d.safetensors"  # a zoo name, so the target applies
+    save_model(tiny_model(3), path, {})
+    report = quality_report([str(path)], ["builtin:nibabel/anatomical"], None, "fp32", refine=3)
+    methods = report["images"][0]["methods"]
+    one_pass, refined = methods["starter_4_1_3d"], methods["starter_4_1_3d refine 3"]
+    assert refined["psnr_db"] > one_pass["psnr_db"]
+    t = target_check("starter_4_1_3d", 3, report, "starter_4_1_3d refine 3")
+    best = max(methods["trilinear"]["psnr_db"], methods["spline"]["psnr_db"])
+    assert t["measured_db"] == pytest.approx(refined["psnr_db"] - best)
