@@ -128,7 +128,8 @@ def encode_steps(
     if opts.refine:  # a second channel marks the voxels refinement fits (not the padding)
         t = torch.cat([t, torch.from_numpy(valid_mask(x.shape, padded_x.shape))[None, None]], 1)
     stage = "refine" if opts.refine else "encode"
-    z = yield from _volume(t, _encoder(model, opts), opts, f, 1.0 / f, stage, model)
+    z = yield from _volume(t, _encoder(model, opts, masked=bool(opts.refine)), opts, f, 1.0 / f,
+                           stage, model)
     return _latent(volume, model, norm, modality, z[0], padded_x.shape, (f, f, f), None,
                    orientation, image_orientation)
 
@@ -191,14 +192,15 @@ def encode_slices_steps(
     return [j.finish(z[end - len(j.stack) : end]) for j, end in zip(jobs, ends)]
 
 
-def _encoder(model, opts: CodecOptions) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model's encoder on a (B, 1, ...) batch: channels repeated, options' precision and
-    device, the mean or (seeded) posterior samples, refined when the options ask."""
+def _encoder(model, opts: CodecOptions, masked: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's encoder on a (B, 1, ...) batch (``masked``: (B, 2, ...), the second channel the
+    voxels refinement fits): channels repeated, options' precision and device, the mean or
+    (seeded) posterior samples, refined when the options ask."""
     generator = torch.Generator().manual_seed(opts.seed)
 
     def enc(t: torch.Tensor) -> torch.Tensor:
         t = t.to(model_device(model))
-        t, weight = (t[:, :1], t[:, 1:]) if t.shape[1] == 2 else (t, None)
+        t, weight = (t[:, :1], t[:, 1:]) if masked else (t, None)
         x = t.repeat_interleave(model.in_channels, dim=1) if model.in_channels > 1 else t
         with torch.no_grad(), autocast(model, opts.precision):
             z = model.encode(x, sample=opts.sample, generator=generator).float()

@@ -121,3 +121,10 @@ def test_bench_quality_scores_refined_latents_as_a_row_of_their_own(tmp_path):
     t = target_check("starter_4_1_3d", 3, report, "starter_4_1_3d refine 3")
     best = max(methods["trilinear"]["psnr_db"], methods["spline"]["psnr_db"])
     assert t["measured_db"] == pytest.approx(refined["psnr_db"] - best)
+
+
+def test_a_2d_model_gets_no_refined_row_on_an_image_it_would_tile(tiny_2d_path):
+    report = quality_report([str(tiny_2d_path)], ["builtin:pydicom/MR_small.dcm", HALF], None,
+                            "fp32", max_side=768, refine=1)
+    small, large = (set(r["methods"]) for r in report["images"])
+    assert "tiny2d refine 1" in small and "tiny2d refine 1" not in large and "tiny2d" in large
