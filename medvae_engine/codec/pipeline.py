@@ -106,11 +106,11 @@ def encode_steps(
 ) -> Generator[Progress, None, Latent]:
     """Normalise, pad, run the encoder slice-wise or windowed, and describe how to undo it."""
     opts = options or CodecOptions()
-    check_refinable(model, opts)
-    if model.spatial_dims == 2:
+    if model.spatial_dims == 2:  # encode_slices_steps checks refinement with the slice shape
         job = prepare_slices(volume, model, opts, normalization=normalization, modality=modality)
         (latent,) = yield from encode_slices_steps([job], model, opts)
         return latent
+    check_refinable(model, opts)
     source = volume.metadata.get("source_path", "input")
     check_finite(volume.array, source)
     modality = modality or volume.modality

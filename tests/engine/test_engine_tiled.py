@@ -39,7 +39,6 @@ def _psnr(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
     return float(10 * np.log10(data_range**2 / np.mean((reference.astype(np.float64) - test) ** 2)))
 
 
-
 def test_global_statistics_give_the_whole_image_forward(starter):
     """Tiles of 32 px with halos and global GroupNorm statistics, global attention: the plain
     whole-image encode and decode, to float tolerance, on a real MR image of odd tile counts."""
