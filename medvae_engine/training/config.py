@@ -81,6 +81,7 @@ class AdversarialSection:
 @dataclasses.dataclass
 class LossSection:
     l1_weight: float = 1.0
+    l2_weight: float = 0.0  # squared error, the term PSNR scores (0 = off)
     kl_weight: float = 1e-6
     embedding_weight: float = 0.0  # stage 1: embedding-consistency weight (0 = off)
     latent_scale: float = 4.6  # stage 2: latent divided by this before the embedder

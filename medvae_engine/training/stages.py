@@ -180,9 +180,14 @@ def generator_loss(recipe: Recipe, config: TrainConfig, x: torch.Tensor, outputs
         return embed, {"embed": embed.item(), "loss": embed.item()}
     xr, mean, logvar = outputs
     loss_cfg = config.loss
-    l1 = (x.float() - xr.float()).abs().mean()
+    diff = x.float() - xr.float()
+    l1 = diff.abs().mean()
     rec = loss_cfg.l1_weight * l1
     logs = {"l1": l1.item()}
+    if loss_cfg.l2_weight > 0:
+        l2 = diff.pow(2).mean()
+        rec = rec + loss_cfg.l2_weight * l2
+        logs["l2"] = l2.item()
     if recipe.perceptual is not None and loss_cfg.perceptual.weight > 0:
         pairs = zip(all_slices(x), all_slices(xr), strict=True)
         perceptual = torch.stack([recipe.perceptual(a, b).float().mean() for a, b in pairs]).mean()

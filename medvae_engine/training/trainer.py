@@ -43,7 +43,7 @@ from .stages import (
     posterior_noise,
 )
 
-LOG_COLUMNS = ("step", "time_s", "loss", "l1", "perceptual", "kl", "g_adv", "d_weight", "disc",
+LOG_COLUMNS = ("step", "time_s", "loss", "l1", "l2", "perceptual", "kl", "g_adv", "d_weight", "disc",
                "embed", "val_psnr", "val_msssim", "val_embed")
 
 

@@ -147,3 +147,21 @@ def test_kl_weight_keeps_the_official_meaning_with_a_mean_reconstruction_loss(wr
     official = official_rec + 1e-3 * official_kl
     torch.testing.assert_close(total, official / 256)
     assert logs["kl"] == pytest.approx(official_kl.item(), rel=1e-6)
+
+
+def test_l2_weight_adds_the_mean_squared_error(write_config):
+    """loss.l2_weight adds torch's MSE (the term PSNR scores) to the L1 term; off by default."""
+    from medvae_engine.training.stages import Recipe, generator_loss
+
+    recipe = Recipe("stage1", None, [], None, None, None, "scratch")
+    g = torch.Generator().manual_seed(0)
+    x, xr = torch.rand(2, 1, 16, 16, generator=g), torch.rand(2, 1, 16, 16, generator=g)
+    mean, logvar = torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)  # KL 0
+    config = load_config(write_config({"loss": {"l1_weight": 0.5, "l2_weight": 2.0}}))
+    total, logs = generator_loss(recipe, config, x, (xr, mean, logvar), disc_on=False)
+    expected = 0.5 * torch.nn.functional.l1_loss(xr, x) + 2.0 * torch.nn.functional.mse_loss(xr, x)
+    torch.testing.assert_close(total, expected)
+    default, logs_default = generator_loss(recipe, load_config(write_config({})), x,
+                                           (xr, mean, logvar), disc_on=False)
+    torch.testing.assert_close(default, torch.nn.functional.l1_loss(xr, x))
+    assert "l2" in logs and "l2" not in logs_default
