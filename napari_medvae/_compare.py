@@ -79,13 +79,15 @@ def suggest_panels(layers, n: int) -> list[tuple[str, str]]:
 
 
 def panel_caption(name: str, meta: dict, overlay: str = "") -> str:
-    """What a compare panel is, on its canvas: Original / model and precision / map and reference."""
+    """What a compare panel is, on its canvas: Original / model, precision and refinement / map and
+    reference."""
     kind = meta.get("kind")
     if kind == "image":
         caption = f"Original: {name}"
     elif kind in ("reconstruction", "preview"):
         precision = f", {meta['precision']}" if meta.get("precision") else ""
-        caption = f"Reconstruction: {meta.get('model') or name}{precision}"
+        refine = f", refine {meta['refine']}" if meta.get("refine") else ""
+        caption = f"Reconstruction: {meta.get('model') or name}{precision}{refine}"
     elif kind == "super-resolution":
         caption = (f"SR x{meta.get('scale', '?')} {meta.get('sampler', '')}: "
                    f"{meta.get('model') or name}")

@@ -1,12 +1,13 @@
 """Encode / Reconstruct: a current-slice preview, and the whole image in the background.
 
 Results appear only when a job completes: a latent layer over the image (scale times f, shifted to
-the block centres) and a reconstruction in the image's geometry and units.
+the block centres) and a reconstruction in the image's geometry and units. ``refine`` fits the
+latent to the image through the decoder at encoding time (codec/refine.py), as ``--refine``.
 """
 
 from __future__ import annotations
 
-from magicgui.widgets import ComboBox, Container, Label, PushButton
+from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 from napari.utils.notifications import show_error
 
 from medvae_engine.codec.pipeline import CodecOptions, decode_steps, encode_steps
@@ -51,12 +52,17 @@ class EncodeWidget(Container):
         self.job_state = JobState()
         self.job: Job | None = None
         self.layer = ComboBox(label="image", choices=lambda _: image_layers(self.viewer))
+        self.refine = SpinBox(
+            label="refine steps", value=0, min=0, max=500, step=10,
+            tooltip="0: the encoder's latent in one pass. N: N gradient steps fit the latent to "
+                    "the image through the decoder (closer to the image; each step costs about "
+                    "three decoder passes)")
         self.preview_button = PushButton(text="Preview slice")
         self.encode_button = PushButton(text="Encode")
         self.reconstruct_button = PushButton(text="Reconstruct")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(label="", value="idle")
-        self.extend([self.layer, self.preview_button, self.encode_button,
+        self.extend([self.layer, self.refine, self.preview_button, self.encode_button,
                      self.reconstruct_button, self.cancel_button, self.status])
         self.preview_button.changed.connect(self.preview)
         self.encode_button.changed.connect(lambda: self.run(latent=True, recon=False))
@@ -87,7 +93,8 @@ class EncodeWidget(Container):
             show_error(str(e))
             return None
         options = CodecOptions(axis=slicing_axis(self.viewer, layer),
-                               precision=self.session.state.precision)
+                               precision=self.session.state.precision,
+                               refine=int(self.refine.value))
         return layer, volume, options
 
     def run(self, latent: bool = True, recon: bool = True) -> Job | None:
@@ -99,13 +106,16 @@ class EncodeWidget(Container):
         name = layer.name
         source = {k: v for k, v in layer.metadata.get(META_KEY, {}).items() if k == "source_path"}
 
+        refined = f", refine {options.refine}" if options.refine else ""
+
         def to_layers(result) -> list[tuple]:  # runs in the worker, off the GUI thread
             z, rec = result if recon else (result, None)
             layers = [latent_to_layer_data(z, f"{name} latent")]
             if rec is not None:
-                title = f"{name} reconstruction ({z.model}, {options.precision})"
+                title = f"{name} reconstruction ({z.model}, {options.precision}{refined})"
                 layers.append(volume_to_layer_data(rec, title, "reconstruction", **provenance(z),
-                                                   precision=options.precision, **source))
+                                                   precision=options.precision,
+                                                   refine=options.refine, **source))
             return layers
 
         steps = with_model(self.session, lambda model: (
@@ -129,7 +139,7 @@ class EncodeWidget(Container):
         def to_layer(result) -> tuple:
             z, rec = result
             return volume_to_layer_data(rec, name, "preview", **provenance(z),
-                                        precision=options.precision)
+                                        precision=options.precision, refine=options.refine)
 
         def add(data: tuple):
             if name in self.viewer.layers:

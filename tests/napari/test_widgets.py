@@ -72,6 +72,32 @@ def test_reconstruct_adds_aligned_latent_and_reconstruction(viewer, sync_jobs, m
     np.testing.assert_allclose(image.world_to_data(world), (factors - 1) / 2, atol=1e-6)
 
 
+def test_refine_steps_fit_the_reconstruction_closer_as_the_engine_does(viewer, sync_jobs, mri_crop,
+                                                                         tiny_model_path):
+    """The panel's refine steps give the engine's refined reconstruction (same options), closer to
+    the image than the one-pass one, and say so in the layer name, metadata and compare caption."""
+    from medvae_engine.codec.pipeline import CodecOptions
+    from medvae_engine.codec.pipeline import reconstruct as engine_reconstruct
+    from medvae_engine.models import load_model
+    from napari_medvae._compare import panel_caption
+
+    get_session(viewer).state.precision = "fp32"  # bf16 results depend on the memory layout
+    image, widget = reconstruct(viewer, mri_crop, tiny_model_path)
+    widget.refine.value = 5
+    widget.run(latent=True, recon=True)
+    one_pass, refined = [layer for layer in viewer.layers if layer_kind(layer) == "reconstruction"]
+    assert "refine" not in one_pass.name and refined.name.endswith(", refine 5)")
+    meta = refined.metadata["medvae"]
+    assert meta["refine"] == 5 and one_pass.metadata["medvae"]["refine"] == 0
+    assert panel_caption(refined.name, meta).endswith(", refine 5")
+    options = CodecOptions(axis=2, precision="fp32", refine=5)
+    expected = engine_reconstruct(mri_crop, load_model(str(tiny_model_path)), options).array
+    np.testing.assert_allclose(refined.data, expected, atol=1e-4 * np.ptp(expected))
+    original = image.data.astype(np.float64)
+    assert (np.mean((refined.data - original) ** 2)
+            < 0.95 * np.mean((one_pass.data - original) ** 2))
+
+
 def test_preview_reconstructs_the_slice_on_screen(viewer, sync_jobs, mri_crop, tiny_model_path):
     image = add_volume(viewer, mri_crop)
     use_model(viewer, tiny_model_path)
