@@ -185,7 +185,7 @@ def encode_slices_steps(
     stack = jobs[0].stack if len(jobs) == 1 else np.concatenate([j.stack for j in jobs])
     generator = torch.Generator().manual_seed(opts.seed)
     tiled_enc = _tiled(model, opts, lambda t, tile: tiled.encode_steps(
-        model, t.repeat_interleave(model.in_channels, dim=1), tile,
+        model, fast_layout(model, t.repeat_interleave(model.in_channels, dim=1), opts.precision), tile,
         opts.attention_window, sample=opts.sample, generator=generator))
     z = yield from _slices(stack, _encoder(model, opts), opts, f, 1.0 / f, "encode", tiled_enc)
     ends = np.cumsum([len(j.stack) for j in jobs])
@@ -202,6 +202,7 @@ def _encoder(model, opts: CodecOptions, masked: bool = False) -> Callable[[torch
         t = t.to(model_device(model))
         t, weight = (t[:, :1], t[:, 1:]) if masked else (t, None)
         x = t.repeat_interleave(model.in_channels, dim=1) if model.in_channels > 1 else t
+        x = fast_layout(model, x, opts.precision)
         with torch.no_grad(), autocast(model, opts.precision):
             z = model.encode(x, sample=opts.sample, generator=generator).float()
         if not opts.refine:
@@ -480,17 +481,22 @@ def model_name(model) -> str:
 
 
 def fast_layout(model, x: torch.Tensor, precision: str) -> torch.Tensor:
-    """Channels-last model and input for bf16/fp16 on CPU: oneDNN then skips layout reorders.
+    """The model and input in the memory layout of ``precision``, set on every call so that a result
+    never depends on what the model ran before: channels-last for bf16/fp16 on CPU (oneDNN then
+    skips layout reorders), the default layout for fp32.
 
-    Measured here (docs/benchmarks.md): bf16 about 30% faster. fp32 keeps the default layout,
-    which gives results bit-identical to the official code; channels-last would be 15% faster in
-    fp32 but differs from it by up to 2.5e-4 (summation order).
+    Measured here (docs/benchmarks.md): bf16 about 30% faster channels-last. fp32 keeps the default
+    layout, which gives results bit-identical to the official code; channels-last would be 15%
+    faster in fp32 but differs from it by up to 2.5e-4 (summation order).
     """
-    if precision == "fp32" or x.device.type != "cpu" or x.ndim not in (4, 5):
+    if x.device.type != "cpu" or x.ndim not in (4, 5):
         return x
     if not any(True for _ in model.parameters()):
         return x
-    fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+    if precision == "fp32":
+        fmt = torch.contiguous_format
+    else:
+        fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
     model.to(memory_format=fmt)
     return x.contiguous(memory_format=fmt)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..codec.pipeline import CodecOptions, check_finite, slice_axis
+from ..codec.pipeline import CodecOptions, check_finite, fast_layout, slice_axis
 from ..codec.pipeline import reconstruct_steps as codec_reconstruct_steps
 from ..data.degradation import resize
 from ..errors import InputError, ModelError
@@ -182,10 +182,11 @@ def super_resolve_steps(volume: Volume, autoencoder: nn.Module, sr_model: SRDeno
     outs = []
     for b, start in enumerate(batches):
         batch = torch.from_numpy(np.ascontiguousarray(stack[start : start + opts.batch_size]))
+        batch = fast_layout(autoencoder, batch[:, None], opts.precision)  # the codec's layout
         generators = [torch.Generator().manual_seed(opts.seed * 1_000_003 + start + k)
                       for k in range(batch.shape[0])]
         with autocast(sr_model, opts.precision):
-            work = super_resolve_images_steps(batch[:, None], autoencoder, sr_model, scale,
+            work = super_resolve_images_steps(batch, autoencoder, sr_model, scale,
                                               opts.sampler, steps, generators, opts.eta)
             y = yield from _progress(work, b * steps, total)
         outs.append(y[:, 0].float().cpu().numpy())

@@ -115,6 +115,22 @@ def test_deterministic_by_default_sampling_seeded(mr_slice):
     assert not np.array_equal(s1.array, s3.array)
 
 
+@pytest.mark.parametrize("refine", [0, 3])
+def test_a_result_does_not_depend_on_what_the_model_ran_before(mr_slice, refine):
+    """The same call on the same model gives the same array: first, again, and after a run in the
+    other precision (bf16 runs on a CPU use the channels-last layout, fp32 the default one)."""
+    from medvae_engine.models import load_model
+
+    model, fresh = load_model("starter_4_1_2d"), load_model("starter_4_1_2d")
+    assert model is not fresh
+    bf16, fp32 = (CodecOptions(precision=p, refine=refine) for p in ("bf16", "fp32"))
+    first = reconstruct(mr_slice, model, bf16).array
+    np.testing.assert_array_equal(reconstruct(mr_slice, model, bf16).array, first)
+    after_bf16 = reconstruct(mr_slice, model, fp32).array
+    np.testing.assert_array_equal(after_bf16, reconstruct(mr_slice, fresh, fp32).array)
+    np.testing.assert_array_equal(reconstruct(mr_slice, model, bf16).array, first)
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_degenerate_inputs_never_nan(dims):
     model = tiny_model(dims)

@@ -81,7 +81,6 @@ def test_refine_steps_fit_the_reconstruction_closer_as_the_engine_does(viewer, s
     from medvae_engine.models import load_model
     from napari_medvae._compare import panel_caption
 
-    get_session(viewer).state.precision = "fp32"  # bf16 results depend on the memory layout
     image, widget = reconstruct(viewer, mri_crop, tiny_model_path)
     widget.refine.value = 5
     widget.run(latent=True, recon=True)
@@ -90,9 +89,9 @@ def test_refine_steps_fit_the_reconstruction_closer_as_the_engine_does(viewer, s
     meta = refined.metadata["medvae"]
     assert meta["refine"] == 5 and one_pass.metadata["medvae"]["refine"] == 0
     assert panel_caption(refined.name, meta).endswith(", refine 5")
-    options = CodecOptions(axis=2, precision="fp32", refine=5)
+    options = CodecOptions(axis=2, precision=get_session(viewer).state.precision, refine=5)
     expected = engine_reconstruct(mri_crop, load_model(str(tiny_model_path)), options).array
-    np.testing.assert_allclose(refined.data, expected, atol=1e-4 * np.ptp(expected))
+    np.testing.assert_array_equal(refined.data, expected)
     original = image.data.astype(np.float64)
     assert (np.mean((refined.data - original) ** 2)
             < 0.95 * np.mean((one_pass.data - original) ** 2))

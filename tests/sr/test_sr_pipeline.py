@@ -152,3 +152,17 @@ def test_reference_reconstruction(mr_slice, tiny_ae_dir):
     np.testing.assert_allclose(rec.affine, mr_slice.affine)
     pixels = run(reconstruct_reference_steps(mr_slice, PixelCodec()))
     np.testing.assert_allclose(pixels.array, mr_slice.array, rtol=1e-5, atol=1e-3)
+
+
+def test_sr_does_not_depend_on_what_the_autoencoder_ran_before(mr_slice):
+    """bf16 SR gives the same image with a fresh autoencoder and with one that a bf16
+    reconstruction ran on first (bf16 runs on a CPU use the channels-last layout)."""
+    from medvae_engine.codec.pipeline import CodecOptions, reconstruct
+    from medvae_engine.models import load_model
+
+    autoencoder, fresh = load_model("starter_4_3_2d"), load_model("starter_4_3_2d")
+    sr, image = random_sr(3), small(mr_slice)
+    options = SROptions(sampler="ddim", steps=3, precision="bf16")
+    expected = super_resolve(image, fresh, sr, options).array
+    reconstruct(image, autoencoder, CodecOptions(precision="bf16"))
+    np.testing.assert_array_equal(super_resolve(image, autoencoder, sr, options).array, expected)
