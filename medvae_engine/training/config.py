@@ -34,6 +34,8 @@ class ModelSection:
     lora_rank: int = 0  # > 0: only LoRA of this rank on the resnet/attention convs trains
     shortcut: bool = False  # interpolation shortcut; added to an init model without one, the
     # model's latent-mean and image output layers restart from zero (it starts as interpolation)
+    trains: Literal["all", "encoder"] = "all"  # encoder: the decoder stays frozen (stage1,
+    # stage2_3d), so the encoder alone learns the latents the decoder reads best
 
 
 @dataclasses.dataclass
@@ -293,6 +295,11 @@ def check_semantics(config: TrainConfig, source: str) -> None:
             fail(f"run.{name}", "must be >= 1")
     if config.optim.accumulation < 1:
         fail("optim.accumulation", "must be >= 1")
+    if config.model.trains == "encoder" and (config.stage == "stage2_2d" or config.model.lora_rank > 0
+                                             or config.loss.adversarial.start_step < config.run.steps
+                                             and config.loss.adversarial.weight > 0):
+        fail("model.trains", "'encoder' needs stage1 or stage2_3d without LoRA and without the "
+             "adversarial loss (it freezes the decoder the other two adapt)")
     if config.optim.warmup_steps < 0:
         fail("optim.warmup_steps", "must be >= 0")
     if not 0.0 <= config.optim.min_lr_ratio <= 1.0:

@@ -34,6 +34,7 @@ from .losses import (
 )
 
 PROJECTION_PREFIXES = ("channel_ds.", "channel_proj.")
+DECODER_PREFIXES = ("post_quant_conv.", "decoder.")
 
 
 @dataclasses.dataclass
@@ -104,8 +105,8 @@ def build_recipe(config: TrainConfig, device: torch.device) -> Recipe:
     elif config.model.lora_rank > 0:
         trainable = inject_lora(model, config.model.lora_rank)
     else:
-        trainable = [p for n, p in model.named_parameters()
-                     if not n.startswith(PROJECTION_PREFIXES)]
+        frozen = PROJECTION_PREFIXES + (DECODER_PREFIXES if config.model.trains == "encoder" else ())
+        trainable = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
     for p in trainable:
         p.requires_grad_(True)
     perceptual = disc = None

@@ -269,9 +269,11 @@ def learning_rate(optim: OptimSection, step: int, total: int) -> float:
 
 
 def _recipe_lines(config: dict) -> list[str]:
-    """Learning-rate schedule and augmentation of the run, from the card's copy of its config."""
+    """What trained, the learning-rate schedule and the augmentation, from the card's config."""
     optim, data = config.get("optim"), config.get("data")
     lines = []
+    if (config.get("model") or {}).get("trains") == "encoder":
+        lines.append("- Trained: the encoder only (the decoder of the initial model, unchanged)")
     if optim:
         lines.append(f"- Learning rate: {optim['lr']:g}, {optim.get('schedule', 'constant')} schedule"
                      f" ({optim.get('warmup_steps', 0)} warm-up steps)")

@@ -12,7 +12,7 @@ from medvae_engine.cli import train as cli_train
 from medvae_engine.models.autoencoder import AutoencoderKL
 from medvae_engine.models.checkpoints import save_model
 from medvae_engine.models.loading import load_model
-from medvae_engine.training.config import load_config
+from medvae_engine.training.config import ConfigError, load_config
 from medvae_engine.training.data import PatchDataset, load_sources
 from medvae_engine.training.embedders import build_embedder
 from medvae_engine.training.losses import MsSsimLoss, all_slices
@@ -74,6 +74,35 @@ def test_stage1_lora_trains_only_lora_and_exports_plain_weights(write_config, tm
     changed = {k for k in base if not torch.equal(base[k], trained[k])}
     assert changed and all(".block." in k or ".block_" in k or ".attn_1." in k for k in changed)
     assert all(k.endswith(".weight") for k in changed)  # LoRA never touches biases or norms
+
+
+def test_trains_encoder_keeps_the_decoder_and_lowers_the_loss(write_config, tmp_path, tiny_2d):
+    """model.trains: encoder moves only the encoder (the latent the decoder reads best) and still
+    lowers the reconstruction loss; the decoder's tensors come out bit-identical."""
+    path = write_config({"model": {"init": str(tiny_2d), "trains": "encoder"},
+                         "data": {"crop": [16, 32]}, "run": {"steps": 30}, "optim": {"lr": 3e-3}})
+    config = load_config(path)
+    before = load_model(tiny_2d)
+    x = _fixed_batch(config, before.factor, 2)
+    _train(path)
+    after = load_model(tmp_path / "out" / "model.safetensors")
+    a, b = before.state_dict(), after.state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed and all(k.startswith(("encoder.", "quant_conv.")) for k in changed)
+    assert any(k.startswith("encoder.down.0.") for k in changed)
+    assert _rec_loss(after, x) < 0.95 * _rec_loss(before, x)
+    assert "- Trained: the encoder only" in (tmp_path / "out" / "model_card.md").read_text()
+
+
+@pytest.mark.parametrize("update", [
+    {"stage": "stage2_2d", "model": {"trains": "encoder"}},
+    {"model": {"trains": "encoder", "lora_rank": 2}},
+    {"model": {"trains": "encoder"}, "loss": {"adversarial": {"start_step": 1}}},
+])
+def test_trains_encoder_is_refused_where_the_decoder_must_adapt(write_config, update):
+    path = write_config(update)
+    with pytest.raises(ConfigError, match="model.trains"):
+        load_config(path)
 
 
 def test_stage2_2d_trains_the_projection_head_only(write_config, tmp_path, tiny_2d, embedder_file):
