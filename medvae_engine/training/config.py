@@ -298,8 +298,8 @@ def check_semantics(config: TrainConfig, source: str) -> None:
     if config.model.trains == "encoder" and (config.stage == "stage2_2d" or config.model.lora_rank > 0
                                              or config.loss.adversarial.start_step < config.run.steps
                                              and config.loss.adversarial.weight > 0):
-        fail("model.trains", "'encoder' needs stage1 or stage2_3d without LoRA and without the "
-             "adversarial loss (it freezes the decoder the other two adapt)")
+        fail("model.trains", "'encoder' needs stage1 or stage2_3d, without LoRA and without the "
+             "adversarial loss (both train the decoder it freezes)")
     if config.optim.warmup_steps < 0:
         fail("optim.warmup_steps", "must be >= 0")
     if not 0.0 <= config.optim.min_lr_ratio <= 1.0:

@@ -67,6 +67,9 @@ def initial_model(config: TrainConfig) -> tuple[AutoencoderKL, str]:
         path = resolve_path(config, m.init)
         (model, _), init = model_from_checkpoint(path), str(path)
     if m.shortcut and not model.shortcut:
+        if m.trains == "encoder":
+            raise ModelError(f"{m.init}: giving it the shortcut restarts the decoder's output layer "
+                             "from zero, so model.trains must be 'all'")
         model = add_shortcut(model)
     return model, init
 

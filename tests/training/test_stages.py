@@ -105,6 +105,15 @@ def test_trains_encoder_is_refused_where_the_decoder_must_adapt(write_config, up
         load_config(path)
 
 
+def test_trains_encoder_is_refused_with_a_shortcut_the_decoder_must_learn(write_config, tiny_2d,
+                                                                           capsys):
+    """Giving a model the shortcut zeroes its image output layer; a frozen decoder would keep it."""
+    path = write_config({"model": {"init": str(tiny_2d), "trains": "encoder", "shortcut": True}})
+    assert cli_train.main([str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(tiny_2d) in err and "model.trains" in err
+
+
 def test_stage2_2d_trains_the_projection_head_only(write_config, tmp_path, tiny_2d, embedder_file):
     path = write_config({
         "stage": "stage2_2d", "model": {"init": str(tiny_2d)},
