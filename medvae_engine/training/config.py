@@ -254,6 +254,12 @@ def _show(value) -> str:
     return f"{type(value).__name__} {text[:40]}"
 
 
+def adversarial_runs(config: TrainConfig) -> bool:
+    """Whether the run reaches the adversarial loss (weighted, and starting before the last step)."""
+    adv = config.loss.adversarial
+    return adv.weight > 0 and adv.start_step < config.run.steps
+
+
 def check_semantics(config: TrainConfig, source: str) -> None:
     """Value checks the types alone cannot express."""
     def fail(key: str, why: str):
@@ -295,9 +301,8 @@ def check_semantics(config: TrainConfig, source: str) -> None:
             fail(f"run.{name}", "must be >= 1")
     if config.optim.accumulation < 1:
         fail("optim.accumulation", "must be >= 1")
-    if config.model.trains == "encoder" and (config.stage == "stage2_2d" or config.model.lora_rank > 0
-                                             or config.loss.adversarial.start_step < config.run.steps
-                                             and config.loss.adversarial.weight > 0):
+    trains_decoder = config.model.lora_rank > 0 or adversarial_runs(config)
+    if config.model.trains == "encoder" and (config.stage == "stage2_2d" or trains_decoder):
         fail("model.trains", "'encoder' needs stage1 or stage2_3d, without LoRA and without the "
              "adversarial loss (both train the decoder it freezes)")
     if config.optim.warmup_steps < 0:
@@ -318,7 +323,7 @@ def check_semantics(config: TrainConfig, source: str) -> None:
         fail("embedder.kind", "must name an image encoder when loss.embedding_weight > 0")
     adv = config.loss.adversarial
     smallest = config.data.patch if config.stage == "stage2_3d" else config.data.crop[0]
-    if adv.weight > 0 and adv.start_step < config.run.steps and smallest < 3 * 2**adv.layers:
+    if adversarial_runs(config) and smallest < 3 * 2**adv.layers:
         fail("loss.adversarial.layers",
              f"{adv.layers} needs crops of at least {3 * 2**adv.layers}, the smallest is {smallest}")
     if config.stage != "stage1" and config.model.init == "scratch":

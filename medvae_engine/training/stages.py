@@ -22,7 +22,7 @@ from ..models.checkpoints import inflate_state_dict, load_strict, model_from_che
 from ..models.loading import load_model
 from ..models.lora import LoRAConv, inject_lora
 from ..models.zoo import MODELS
-from .config import TrainConfig, resolve_path
+from .config import TrainConfig, adversarial_runs, resolve_path
 from .embedders import ImageEmbedder, build_embedder
 from .losses import (
     PatchDiscriminator,
@@ -119,7 +119,7 @@ def build_recipe(config: TrainConfig, device: torch.device) -> Recipe:
             pc.kind, resolve_path(config, pc.weights) if pc.weights else None,
             resolve_path(config, pc.heads) if pc.heads else None)
         adv = config.loss.adversarial
-        if adv.weight > 0 and adv.start_step < config.run.steps:
+        if adversarial_runs(config):
             torch.manual_seed(config.seed + 1)
             disc = PatchDiscriminator(model.out_channels, adv.channels, adv.layers)
     emb = config.embedder
