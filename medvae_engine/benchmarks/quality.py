@@ -28,6 +28,7 @@ import numpy as np
 from ..analysis.metrics import Unavailable, ms_ssim, psnr, to_unit_range
 from ..codec.baselines import get_baseline
 from ..codec.pipeline import CodecOptions, reconstruct
+from ..codec.refine import learned_refiner_steps
 from ..data.sources import region_slices, regions_disjoint, resolve_builtin
 from ..errors import ConfigError, InputError
 from ..imaging.atomic import atomic_write, atomic_write_text
@@ -166,16 +167,21 @@ def target_line(target: dict) -> str:
 
 
 def inference_seconds(model) -> dict:
-    """Reconstruction time of a 256^2 slice (2D models) or a 128^3 volume (3D), fp32 and bf16."""
+    """Reconstruction time of a 256^2 slice (2D models) or a 64^3 volume (3D: one window, so the
+    time does not depend on the free memory), fp32 and bf16; for a model with a learned latent
+    refiner also without it (``--no-refiner``), which shows what the refiner costs."""
 
-    shape = (256, 256) if model.spatial_dims == 2 else (128, 128, 128)
+    shape = (256, 256) if model.spatial_dims == 2 else (64, 64, 64)
     vol = Volume(np.random.default_rng(0).random(shape).astype(np.float32), np.eye(4), "mri")
+    size = "x".join(map(str, shape))
     out = {}
-    for precision in ("fp32", "bf16"):
-        reconstruct(vol, model, CodecOptions(precision=precision))  # warm-up (kernel selection)
-        t0 = time.perf_counter()
-        reconstruct(vol, model, CodecOptions(precision=precision))
-        out[f"{'x'.join(map(str, shape))} {precision}"] = time.perf_counter() - t0
+    for refiner in (True, False) if learned_refiner_steps(model) else (True,):
+        for precision in ("fp32", "bf16"):
+            options = CodecOptions(precision=precision, refiner=refiner)
+            reconstruct(vol, model, options)  # warm-up (kernel selection)
+            t0 = time.perf_counter()
+            reconstruct(vol, model, options)
+            out[f"{size} {precision}{'' if refiner else ' --no-refiner'}"] = time.perf_counter() - t0
     return out
 
 

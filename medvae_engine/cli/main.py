@@ -367,6 +367,7 @@ def _options(args: argparse.Namespace):
             sample=getattr(args, "sample", False),
             seed=getattr(args, "seed", 0),
             refine=getattr(args, "refine", 0),
+            refiner=getattr(args, "refiner", True),
         )
     except ValueError as e:
         raise InputError(str(e)) from None

@@ -23,6 +23,7 @@ from ..models.autoencoder import AutoencoderKL
 from . import tiled
 from .memory import choose_roi
 from .pipeline import CodecOptions, check_refinable, slice_axis, tile_size, window_side
+from .refine import learned_refiner_steps
 from .windows import count_windows
 
 # Encode + decode of the KL autoencoder against the matmul probe's FLOP rate on this CPU
@@ -105,14 +106,16 @@ def plan_flops(model, volume: Volume, options: CodecOptions) -> float:
 
 
 def _refine_flops(model, volume: Volume, options: CodecOptions) -> float:
-    """Each refinement step runs the decoder forward and back (about three forward passes), and
-    one last forward scores the final latent."""
-    if not options.refine:
+    """Each refinement step, gradient or learned (its small network not counted), runs the
+    decoder forward and back (about three forward passes); gradient refinement runs one last
+    forward to score the final latent."""
+    steps = options.refine + (learned_refiner_steps(model) if options.refiner else 0)
+    if not steps:
         return 0.0
     slice_shape = _slices(model, volume, options)[1:] if model.spatial_dims == 2 else None
     check_refinable(model, options, slice_shape)
     units, shapes, _ = _plan(model, volume, options, "refine")
-    return units * model_flops(model, shapes[0], "decode") * (3 * options.refine + 1)
+    return units * model_flops(model, shapes[0], "decode") * (3 * steps + bool(options.refine))
 
 
 def _codec_flops(model, volume: Volume, options: CodecOptions) -> float:
@@ -140,9 +143,9 @@ def _attention_flops(queries: int, keys: int, width: int) -> float:
 
 def model_flops(model, shape: tuple[int, ...], stage: str | None = None) -> float:
     """FLOPs of encode + decode (or ``stage`` alone) of one (1, C, *shape) input, counted on a
-    meta-device copy."""
+    meta-device copy; a learned refiner's decoder passes are counted by ``_refine_flops``."""
     with torch.device("meta"):
-        twin = AutoencoderKL(**model.config)
+        twin = AutoencoderKL(**dict(model.config, refiner_steps=0))
     x = torch.empty(1, model.in_channels, *shape, device="meta")
     with FlopCounterMode(display=False) as encoding, torch.no_grad():
         z = twin.encode(x)

@@ -29,7 +29,7 @@ from . import tiled
 from .baselines import BASELINES, get_baseline
 from .latents import Latent
 from .memory import choose_roi
-from .refine import refine_latent
+from .refine import learned_refiner_steps, refine_latent
 from .windows import blend, count_windows
 
 DEFAULT_OVERLAP = 0.25
@@ -55,6 +55,7 @@ class CodecOptions:
     sample: bool = False  # draw z from the posterior instead of its mean
     seed: int = 0
     refine: int = 0  # encoder-side latent refinement steps (codec/refine.py); 0: the encoder's z
+    refiner: bool = True  # run the model's learned latent refiner, if it has one (models/refiner.py)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -125,10 +126,11 @@ def encode_steps(
         x = reorient(x, image_orientation, orientation)
     padded_x = pad_to_multiple(x, f, axes=(0, 1, 2))
     t = torch.from_numpy(padded_x)[None, None]
-    if opts.refine:  # a second channel marks the voxels refinement fits (not the padding)
+    refining = bool(opts.refine or (opts.refiner and learned_refiner_steps(model)))
+    if refining:  # a second channel marks the voxels refinement fits (not the padding)
         t = torch.cat([t, torch.from_numpy(valid_mask(x.shape, padded_x.shape))[None, None]], 1)
-    stage = "refine" if opts.refine else "encode"
-    z = yield from _volume(t, _encoder(model, opts, masked=bool(opts.refine)), opts, f, 1.0 / f,
+    stage = "refine" if refining else "encode"
+    z = yield from _volume(t, _encoder(model, opts, masked=refining), opts, f, 1.0 / f,
                            stage, model)
     return _latent(volume, model, norm, modality, z[0], padded_x.shape, (f, f, f), None,
                    orientation, image_orientation)
@@ -204,7 +206,11 @@ def _encoder(model, opts: CodecOptions, masked: bool = False) -> Callable[[torch
         x = t.repeat_interleave(model.in_channels, dim=1) if model.in_channels > 1 else t
         x = fast_layout(model, x, opts.precision)
         with torch.no_grad(), autocast(model, opts.precision):
-            z = model.encode(x, sample=opts.sample, generator=generator).float()
+            if opts.refiner or not learned_refiner_steps(model):
+                kw = {} if weight is None else {"weight": weight}  # the learned refiner's fit
+                z = model.encode(x, sample=opts.sample, generator=generator, **kw).float()
+            else:  # the encoder's own latent, the learned refiner left out
+                z = model.posterior(*model.moments(x), opts.sample, generator).float()
         if not opts.refine:
             return z
         return refine_latent(model, t, z, opts.refine, opts.precision, weight=weight)

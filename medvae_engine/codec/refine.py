@@ -8,7 +8,8 @@ its size, so the compression ratio and the file format do not change and any dec
 model reads it; the cost is time at encoding (each step is one decoder pass forward and back).
 Neural image codecs do the same at encoding time (Campos et al. 2019, "Content adaptive
 optimization for neural image compression"; Yang et al. 2020, "Improving inference for neural
-image compression"). docs/training.md has what it gives the starters.
+image compression"). docs/training.md has what it gives the starters. A model may also carry a
+learned refiner (models/refiner.py) that its encoder always runs; these steps come after it.
 """
 
 from __future__ import annotations
@@ -46,3 +47,10 @@ def refine_latent(model, x: torch.Tensor, z: torch.Tensor, steps: int, precision
         current.grad = grad
         optimiser.step()
     return best
+
+
+def learned_refiner_steps(model) -> int:
+    """How many learned refiner steps (models/refiner.py) the model's encoder runs; 0 for models
+    without one (the official ones, foreign VAEs, interpolation baselines)."""
+    config = getattr(model, "config", None)
+    return int(config.get("refiner_steps", 0)) if isinstance(config, dict) else 0

@@ -57,9 +57,11 @@ class Map:
 
 
 def supports(model) -> bool:
-    """True for the 2D autoencoders this module can run (ours, official or starter, LoRA or not)."""
+    """True for the 2D autoencoders this module can run (ours, official or starter, LoRA or not;
+    not one with a learned latent refiner, which needs whole decoder passes while encoding)."""
 
-    return isinstance(model, AutoencoderKL) and model.spatial_dims == 2
+    return (isinstance(model, AutoencoderKL) and model.spatial_dims == 2
+            and not hasattr(model, "refiner"))
 
 
 def encode_steps(

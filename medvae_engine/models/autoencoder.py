@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .refiner import LatentRefiner
+
 LOGVAR_RANGE = (-30.0, 20.0)
 PROJECTION_WIDTH = 64
 
@@ -268,6 +270,7 @@ class AutoencoderKL(nn.Module):
         projection: bool = True,
         norm_groups: int = OFFICIAL_NORM_GROUPS,
         shortcut: bool = False,
+        refiner_steps: int = 0,
     ):
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -284,6 +287,7 @@ class AutoencoderKL(nn.Module):
             "projection": projection,
             "norm_groups": norm_groups,
             "shortcut": shortcut,
+            "refiner_steps": refiner_steps,
         }
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -307,6 +311,8 @@ class AutoencoderKL(nn.Module):
             self.channel_proj = conv_nd(spatial_dims, z_channels, z_channels, 1)
         if shortcut:
             self.start_at_interpolation()
+        if refiner_steps:
+            self.refiner = LatentRefiner(spatial_dims, z_channels, self.factor, refiner_steps)
 
     def start_at_interpolation(self) -> None:
         """Zero the layers that write the latent mean and the image, so that a shortcut model
@@ -340,10 +346,21 @@ class AutoencoderKL(nn.Module):
         return with_shortcut(mean, self.latent_shortcut(x)), logvar.clamp(*LOGVAR_RANGE)
 
     def encode(
-        self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+        self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
+        weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Stage-1 latent z: the posterior mean, or a sample drawn with ``generator`` if asked."""
-        return self.posterior(*self.moments(x), sample, generator)
+        """Stage-1 latent z: the posterior mean (refined, if the model has a learned refiner, to
+        fit the voxels where ``weight`` is 1), or a sample around it drawn with ``generator``."""
+        mean, logvar = self.moments(x)
+        return self.posterior(self.refine(x, mean, weight), logvar, sample, generator)
+
+    def refine(self, x: torch.Tensor, mean: torch.Tensor,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The posterior mean after the learned refiner's steps (models/refiner.py); unchanged
+        for models without one."""
+        if not hasattr(self, "refiner"):
+            return mean
+        return self.refiner(self.decode, x, mean, weight)
 
     @staticmethod
     def posterior(

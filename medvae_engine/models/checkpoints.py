@@ -31,7 +31,8 @@ ANCHOR_KEY = "encoder.conv_in.weight"
 LORA_ANCHOR_KEY = "encoder.conv_in.conv.weight"  # a LoRA-wrapped first convolution
 # Top-level modules of the autoencoder: everything else in a state dict (loss.*, model_ema.*, ...)
 # belongs to the training framework and is ignored, as the official loader's strict=False does.
-AUTOENCODER_ROOTS = ("encoder", "decoder", "quant_conv", "post_quant_conv", "channel_ds", "channel_proj")
+AUTOENCODER_ROOTS = ("encoder", "decoder", "quant_conv", "post_quant_conv", "channel_ds", "channel_proj",
+                     "refiner")
 TRUST_HINT = "--trust-checkpoint"
 
 logger = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ def infer_config(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> dic
             "projection": "channel_proj.weight" in sd,
             "norm_groups": OFFICIAL_NORM_GROUPS,  # shapes cannot tell; the official layout's value
             "shortcut": False,  # parameter-free, so shapes cannot tell; official models have none
+            "refiner_steps": 0,  # ours only, and our files say so in their header
         }
     except (KeyError, IndexError) as e:
         raise ModelError(f"{source}: not a MedVAE autoencoder checkpoint (missing {e})") from None

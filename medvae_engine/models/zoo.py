@@ -37,6 +37,7 @@ class ModelSpec:
     num_res_blocks: int = 2
     norm_groups: int = OFFICIAL_NORM_GROUPS
     shortcut: bool = False  # interpolation shortcut (AutoencoderKL): starters only
+    refiner_steps: int = 0  # learned latent refiner steps (models/refiner.py): starters only
     description: str = ""
     # `medvae bench quality`'s goal: mean PSNR margin over interpolation (2D: bicubic; 3D: the
     # better of trilinear and cubic spline), in dB, on held-out real images; None: no goal
@@ -55,6 +56,7 @@ class ModelSpec:
             "projection": True,
             "norm_groups": self.norm_groups,
             "shortcut": self.shortcut,
+            "refiner_steps": self.refiner_steps,
         }
 
     def build(self) -> AutoencoderKL:
@@ -106,11 +108,11 @@ _STARTER_SHA256 = _starter_checksums()
 STARTER_NORM_GROUPS = 8  # width 32 with 4 channels a group (the official 32 groups would be 1)
 
 
-def _starter(name, dims, c, description, target_margin_db, shortcut=False):
+def _starter(name, dims, c, description, target_margin_db, shortcut=False, refiner_steps=0):
     return ModelSpec(
         name, dims, 4, c, 1, 32, (1, 2, 4), "starter", f"{name}.safetensors",
         sha256=_STARTER_SHA256.get(name), norm_groups=STARTER_NORM_GROUPS, shortcut=shortcut,
-        description=description, target_margin_db=target_margin_db,
+        refiner_steps=refiner_steps, description=description, target_margin_db=target_margin_db,
     )
 
 
@@ -140,8 +142,8 @@ MODELS: dict[str, ModelSpec] = {
                  "starter 2D, 3 latent channels, 1-channel images, bicubic shortcut", 4.0,
                  shortcut=True),
         _starter("starter_4_1_3d", 3, 1,
-                 "starter 3D, 64x, tricubic shortcut, inflated from starter_4_1_2d_v1", 1.0,
-                 shortcut=True),
+                 "starter 3D, 64x, tricubic shortcut, learned latent refiner (3 steps)", 1.0,
+                 shortcut=True, refiner_steps=3),
     )
 }
 

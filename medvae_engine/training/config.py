@@ -34,8 +34,11 @@ class ModelSection:
     lora_rank: int = 0  # > 0: only LoRA of this rank on the resnet/attention convs trains
     shortcut: bool = False  # interpolation shortcut; added to an init model without one, the
     # model's latent-mean and image output layers restart from zero (it starts as interpolation)
-    trains: Literal["all", "encoder"] = "all"  # encoder: the decoder stays frozen (stage1,
-    # stage2_3d), so the encoder alone learns the latents the decoder reads best
+    trains: Literal["all", "encoder", "refiner"] = "all"  # encoder: the decoder stays frozen
+    # (stage1, stage2_3d), so the encoder alone learns the latents the decoder reads best;
+    # refiner: only the learned latent refiner trains, on the posterior mean
+    refiner_steps: int = 0  # learned latent refiner steps (models/refiner.py); added to an init
+    # model without one, it starts as the identity
 
 
 @dataclasses.dataclass
@@ -301,10 +304,17 @@ def check_semantics(config: TrainConfig, source: str) -> None:
             fail(f"run.{name}", "must be >= 1")
     if config.optim.accumulation < 1:
         fail("optim.accumulation", "must be >= 1")
-    trains_decoder = config.model.lora_rank > 0 or adversarial_runs(config)
-    if config.model.trains == "encoder" and (config.stage == "stage2_2d" or trains_decoder):
+    m = config.model
+    trains_decoder = m.lora_rank > 0 or adversarial_runs(config)
+    if m.trains == "encoder" and (config.stage == "stage2_2d" or trains_decoder):
         fail("model.trains", "'encoder' needs stage1 or stage2_3d, without LoRA and without the "
              "adversarial loss (both train the decoder it freezes)")
+    if m.refiner_steps < 0:
+        fail("model.refiner_steps", "must be >= 0")
+    if m.trains == "refiner" and (m.refiner_steps < 1 or config.stage == "stage2_2d"
+                                  or trains_decoder):
+        fail("model.trains", "'refiner' needs model.refiner_steps >= 1, stage1 or stage2_3d, "
+             "without LoRA and without the adversarial loss (both train the frozen autoencoder)")
     if config.optim.warmup_steps < 0:
         fail("optim.warmup_steps", "must be >= 0")
     if not 0.0 <= config.optim.min_lr_ratio <= 1.0:
@@ -313,7 +323,6 @@ def check_semantics(config: TrainConfig, source: str) -> None:
         fail("optim.betas", "must be two numbers")
     if config.model.lora_rank < 0:
         fail("model.lora_rank", "must be >= 0")
-    m = config.model
     if m.init == "scratch" and (m.norm_groups < 1 or m.ch % m.norm_groups):
         fail("model.norm_groups", f"must be >= 1 and divide model.ch ({m.ch}), got {m.norm_groups}")
     if config.stage == "stage2_2d" and config.embedder.kind == "none":

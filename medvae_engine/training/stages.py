@@ -71,6 +71,13 @@ def initial_model(config: TrainConfig) -> tuple[AutoencoderKL, str]:
             raise ModelError(f"{m.init}: giving it the shortcut restarts the decoder's output layer "
                              "from zero, so model.trains must be 'all'")
         model = add_shortcut(model)
+    if m.refiner_steps != model.config.get("refiner_steps", 0):
+        if model.config.get("refiner_steps", 0):
+            raise ModelError(f"{m.init}: has a learned refiner of "
+                             f"{model.config['refiner_steps']} steps; model.refiner_steps asks "
+                             f"for {m.refiner_steps}")
+        torch.manual_seed(config.seed)
+        model = add_refiner(model, m.refiner_steps)
     return model, init
 
 
@@ -80,6 +87,15 @@ def add_shortcut(model: AutoencoderKL) -> AutoencoderKL:
     out = AutoencoderKL(**dict(model.config, shortcut=True))
     load_strict(out, model.state_dict(), "model given a shortcut")
     out.start_at_interpolation()
+    return out
+
+
+def add_refiner(model: AutoencoderKL, steps: int) -> AutoencoderKL:
+    """The same autoencoder with a new learned latent refiner of ``steps`` steps, which starts as
+    the identity (its output layers are zero)."""
+    out = AutoencoderKL(**dict(model.config, refiner_steps=steps))
+    fresh = {f"refiner.{k}": v for k, v in out.refiner.state_dict().items()}
+    load_strict(out, {**model.state_dict(), **fresh}, "model given a refiner")
     return out
 
 
@@ -105,6 +121,8 @@ def build_recipe(config: TrainConfig, device: torch.device) -> Recipe:
         if not hasattr(model, "channel_proj"):
             raise ModelError(f"{init}: the model has no projection head to train")
         trainable = [p for n, p in model.named_parameters() if n.startswith(PROJECTION_PREFIXES)]
+    elif config.model.trains == "refiner":
+        trainable = list(model.refiner.parameters())
     elif config.model.lora_rank > 0:
         trainable = inject_lora(model, config.model.lora_rank)
     else:
@@ -135,7 +153,8 @@ def build_recipe(config: TrainConfig, device: torch.device) -> Recipe:
 class TrainingNet(nn.Module):
     """The differentiable forward of a stage (what DDP wraps).
 
-    stage1 / stage2_3d: (reconstruction from a posterior sample, mean, logvar);
+    stage1 / stage2_3d: (reconstruction from a posterior sample, mean, logvar), the mean refined
+    by the model's learned refiner if it has one;
     stage2_2d: (projected latent, ) from the frozen encoder's posterior mean.
     """
 
@@ -150,6 +169,7 @@ class TrainingNet(nn.Module):
                 z = self.model.encode(x)
             return (self.model.project(z),)
         mean, logvar = self.model.moments(x)
+        mean = self.model.refine(x, mean)
         z = mean if noise is None else mean + torch.exp(0.5 * logvar) * noise.to(mean.dtype)
         return self.model.decode(z), mean, logvar
 

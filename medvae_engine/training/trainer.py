@@ -127,7 +127,8 @@ def _train(config: TrainConfig, env: Distributed, resume: bool, stop_at: int | N
             x = next(batches).to(env.device)
             first = step * global_batch + (m * env.world + env.rank) * batch
             noise = None
-            if config.stage != "stage2_2d":
+            if config.stage != "stage2_2d" and config.model.trains != "refiner":  # the refiner
+                # trains on the posterior mean, the latent the codec encodes
                 latent_shape = (x.shape[0], model.latent_channels,
                                 *(s // model.factor for s in x.shape[2:]))
                 noise = posterior_noise(latent_shape, config.seed, first, env.device)
@@ -274,6 +275,9 @@ def _recipe_lines(config: dict) -> list[str]:
     lines = []
     if (config.get("model") or {}).get("trains") == "encoder":
         lines.append("- Trained: the encoder only (the decoder of the initial model, unchanged)")
+    if (config.get("model") or {}).get("trains") == "refiner":
+        lines.append(f"- Trained: the learned latent refiner only ({config['model']['refiner_steps']}"
+                     " steps; the autoencoder of the initial model, unchanged)")
     if optim:
         lines.append(f"- Learning rate: {optim['lr']:g}, {optim.get('schedule', 'constant')} schedule"
                      f" ({optim.get('warmup_steps', 0)} warm-up steps)")

@@ -23,6 +23,16 @@ def finish(gen):
             return stop.value
 
 
+def without_refiner(model: AutoencoderKL) -> AutoencoderKL:
+    """The autoencoder of a model with a learned latent refiner, without the refiner: what
+    gradient refinement (codec/refine.py) is tested on, on its own."""
+    plain = AutoencoderKL(**dict(model.config, refiner_steps=0))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if not k.startswith("refiner.")})
+    plain.name = f"{model.name}_without_refiner"
+    return plain.eval()
+
+
 def tiny_model(spatial_dims: int = 2, z_channels: int = 1, seed: int = 0, in_channels: int = 1):
     torch.manual_seed(seed)
     return AutoencoderKL(
