@@ -38,7 +38,7 @@ class ModelSection:
     # (stage1, stage2_3d), so the encoder alone learns the latents the decoder reads best;
     # refiner: only the learned latent refiner trains, on the posterior mean
     refiner_steps: int = 0  # learned latent refiner steps (models/refiner.py); added to an init
-    # model without one, it starts as the identity
+    # model without one, it starts as plain sign-gradient steps (models/refiner.py)
 
 
 @dataclasses.dataclass

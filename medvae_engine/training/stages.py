@@ -92,7 +92,7 @@ def add_shortcut(model: AutoencoderKL) -> AutoencoderKL:
 
 def add_refiner(model: AutoencoderKL, steps: int) -> AutoencoderKL:
     """The same autoencoder with a new learned latent refiner of ``steps`` steps, which starts as
-    the identity (its output layers are zero)."""
+    plain sign-gradient steps (its networks' output layers are zero)."""
     out = AutoencoderKL(**dict(model.config, refiner_steps=steps))
     fresh = {f"refiner.{k}": v for k, v in out.refiner.state_dict().items()}
     load_strict(out, {**model.state_dict(), **fresh}, "model given a refiner")
