@@ -44,7 +44,7 @@ class RefinerBlock(nn.Module):
 
 
 class RefinerStep(nn.Module):
-    """(z, gradient, its sign, block-mean residual) -> correction of z: a step of fixed size
+    """(z, gradient, its sign, block-mean residual) -> correction of z: a step of learned size
     against the gradient's sign (what Adam's first step on the latent is) plus what the network
     adds to it."""
 
@@ -96,7 +96,7 @@ class LatentRefiner(nn.Module):
                           .pow(2).flatten(1).sum(1))
         iterates.append(z)
         best = torch.stack(errors).argmin(0)  # (B,) index of each item's best iterate
-        return torch.stack(iterates)[best, torch.arange(len(best))]
+        return torch.stack(iterates)[best, torch.arange(len(best), device=best.device)]
 
     def error_signals(self, decode, target: torch.Tensor, z: torch.Tensor, weight: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
