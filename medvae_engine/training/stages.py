@@ -57,7 +57,8 @@ def initial_model(config: TrainConfig) -> tuple[AutoencoderKL, str]:
         torch.manual_seed(config.seed)
         model = AutoencoderKL(m.spatial_dims, m.in_channels, m.in_channels, m.ch, tuple(m.ch_mult),
                               m.num_res_blocks, m.z_channels, projection=True,
-                              norm_groups=m.norm_groups, shortcut=m.shortcut)
+                              norm_groups=m.norm_groups, shortcut=m.shortcut,
+                              refiner_steps=m.refiner_steps)
         return model, "scratch"
     if m.init in MODELS:
         model, init = load_model(m.init), m.init
@@ -71,11 +72,11 @@ def initial_model(config: TrainConfig) -> tuple[AutoencoderKL, str]:
             raise ModelError(f"{m.init}: giving it the shortcut restarts the decoder's output layer "
                              "from zero, so model.trains must be 'all'")
         model = add_shortcut(model)
-    if m.refiner_steps != model.config.get("refiner_steps", 0):
-        if model.config.get("refiner_steps", 0):
-            raise ModelError(f"{m.init}: has a learned refiner of "
-                             f"{model.config['refiner_steps']} steps; model.refiner_steps asks "
-                             f"for {m.refiner_steps}")
+    has = model.config.get("refiner_steps", 0)  # headers written before refiners lack the key
+    if m.refiner_steps != has:
+        if has:
+            raise ModelError(f"{m.init}: has a learned refiner of {has} steps; "
+                             f"model.refiner_steps asks for {m.refiner_steps}")
         torch.manual_seed(config.seed)
         model = add_refiner(model, m.refiner_steps)
     return model, init

@@ -273,11 +273,12 @@ def _recipe_lines(config: dict) -> list[str]:
     """What trained, the learning-rate schedule and the augmentation, from the card's config."""
     optim, data = config.get("optim"), config.get("data")
     lines = []
-    if (config.get("model") or {}).get("trains") == "encoder":
+    model = config.get("model") or {}
+    if model.get("trains") == "encoder":
         lines.append("- Trained: the encoder only (the decoder of the initial model, unchanged)")
-    if (config.get("model") or {}).get("trains") == "refiner":
-        lines.append(f"- Trained: the learned latent refiner only ({config['model']['refiner_steps']}"
-                     " steps; the autoencoder of the initial model, unchanged)")
+    if model.get("trains") == "refiner":
+        lines.append(f"- Trained: the learned latent refiner only ({model['refiner_steps']} steps; "
+                     "the autoencoder of the initial model, unchanged)")
     if optim:
         lines.append(f"- Learning rate: {optim['lr']:g}, {optim.get('schedule', 'constant')} schedule"
                      f" ({optim.get('warmup_steps', 0)} warm-up steps)")

@@ -244,3 +244,10 @@ def test_trains_refiner_is_refused_without_a_refiner_or_where_the_autoencoder_tr
         write_config, update):
     with pytest.raises(ConfigError, match="model.trains"):
         load_config(write_config(update))
+
+
+def test_a_scratch_model_gets_the_refiner_its_config_asks_for(write_config):
+    """model.refiner_steps applies to a fresh model as to a loaded one (it was once ignored for
+    init: scratch, and model.trains: refiner then failed on the missing module)."""
+    model, _ = initial_model(load_config(write_config({"model": {"refiner_steps": 2}})))
+    assert model.config["refiner_steps"] == 2 and len(model.refiner.step) == 2
