@@ -86,7 +86,8 @@ def panel_caption(name: str, meta: dict, overlay: str = "") -> str:
         caption = f"Original: {name}"
     elif kind in ("reconstruction", "preview"):
         precision = f", {meta['precision']}" if meta.get("precision") else ""
-        refine = f", refine {meta['refine']}" if meta.get("refine") else ""
+        refine = (", no refiner" if meta.get("refiner") is False else "") + (
+            f", refine {meta['refine']}" if meta.get("refine") else "")
         caption = f"Reconstruction: {meta.get('model') or name}{precision}{refine}"
     elif kind == "super-resolution":
         caption = (f"SR x{meta.get('scale', '?')} {meta.get('sampler', '')}: "

@@ -55,6 +55,8 @@ class Latent:
     source: dict[str, Any] | None = None  # the input's identity (see codec.dataset.source_record)
     orientation: str | None = None
     image_orientation: str | None = None
+    encoding: dict[str, Any] | None = None  # how it was made (pipeline.encoding_record); None in
+    # sidecars written before 2026-12
 
     @property
     def grid_shape(self) -> tuple[int, ...]:
@@ -122,6 +124,7 @@ class Latent:
             "padding": [p - s for p, s in zip(self.padded_shape, self.grid_shape)],
             "metadata": self.metadata,
             "source": self.source,
+            "encoding": self.encoding,
         }
 
 
@@ -197,6 +200,7 @@ def load_latent(path: str | Path) -> Latent:
         source=meta.get("source"),
         orientation=meta.get("orientation"),
         image_orientation=meta.get("image_orientation"),
+        encoding=meta.get("encoding"),
     )
 
 

@@ -133,7 +133,7 @@ def encode_steps(
     z = yield from _volume(t, _encoder(model, opts, masked=refining), opts, f, 1.0 / f,
                            stage, model)
     return _latent(volume, model, norm, modality, z[0], padded_x.shape, (f, f, f), None,
-                   orientation, image_orientation)
+                   orientation, image_orientation, encoding_record(model, opts))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +142,7 @@ class SliceJob:
     to turn their latents (S, C, h, w) into the image's Latent."""
 
     stack: np.ndarray
-    finish: Callable[[np.ndarray], Latent]
+    finish: Callable[[np.ndarray, dict], Latent]  # (latents, encoding_record) -> Latent
 
 
 def prepare_slices(
@@ -163,12 +163,13 @@ def prepare_slices(
     axis = slice_axis(volume, opts.axis) if volume.ndim == 3 else None
     stack = x[None] if axis is None else np.moveaxis(x, axis, 0)
 
-    def finish(z: np.ndarray) -> Latent:
+    def finish(z: np.ndarray, encoding: dict) -> Latent:
         array = z.transpose(1, 0, 2, 3)  # (C, S, h, w)
         array = array[:, 0] if axis is None else np.moveaxis(array, 1, axis + 1)
         factors = tuple(1 if i == axis else f for i in range(volume.ndim))
         padded = _padded_shape(volume.shape, f, axis)
-        return _latent(volume, model, norm, modality, array, padded, factors, axis, None, None)
+        return _latent(volume, model, norm, modality, array, padded, factors, axis, None, None,
+                       encoding)
 
     return SliceJob(pad_to_multiple(stack, f, axes=(1, 2)), finish)
 
@@ -191,7 +192,8 @@ def encode_slices_steps(
         opts.attention_window, sample=opts.sample, generator=generator))
     z = yield from _slices(stack, _encoder(model, opts), opts, f, 1.0 / f, "encode", tiled_enc)
     ends = np.cumsum([len(j.stack) for j in jobs])
-    return [j.finish(z[end - len(j.stack) : end]) for j, end in zip(jobs, ends)]
+    record = encoding_record(model, opts)
+    return [j.finish(z[end - len(j.stack) : end], record) for j, end in zip(jobs, ends)]
 
 
 def _encoder(model, opts: CodecOptions, masked: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -233,8 +235,17 @@ def check_refinable(model, opts: CodecOptions, slice_shape: tuple[int, int] | No
                          "(tile none) or without refinement")
 
 
+def encoding_record(model, opts: CodecOptions) -> dict:
+    """How a latent was made, for its sidecar: the options that change its values (not only its
+    speed), so a latent on disk says whether the learned refiner and gradient refinement ran."""
+    return {"precision": opts.precision,
+            "posterior": f"sample (seed {opts.seed})" if opts.sample else "mean",
+            "learned_refiner_steps": learned_refiner_steps(model) if opts.refiner else 0,
+            "refine_steps": opts.refine}
+
+
 def _latent(volume, model, norm, modality, array, padded, factors, axis, orientation,
-            image_orientation) -> Latent:
+            image_orientation, encoding: dict) -> Latent:
     return Latent(
         array=np.ascontiguousarray(array, dtype=np.float32),
         image_shape=volume.shape,
@@ -251,6 +262,7 @@ def _latent(volume, model, norm, modality, array, padded, factors, axis, orienta
         metadata={k: v for k, v in volume.metadata.items() if k != "source_path"},
         orientation=orientation,
         image_orientation=image_orientation,
+        encoding=encoding,
     )
 
 

@@ -2,12 +2,13 @@
 
 Results appear only when a job completes: a latent layer over the image (scale times f, shifted to
 the block centres) and a reconstruction in the image's geometry and units. ``refine`` fits the
-latent to the image through the decoder at encoding time (codec/refine.py), as ``--refine``.
+latent to the image through the decoder at encoding time (codec/refine.py), as ``--refine``;
+unticking ``learned refiner`` leaves out a model's learned latent refiner, as ``--no-refiner``.
 """
 
 from __future__ import annotations
 
-from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
 from napari.utils.notifications import show_error
 
 from medvae_engine.codec.pipeline import CodecOptions, decode_steps, encode_steps
@@ -57,12 +58,17 @@ class EncodeWidget(Container):
             tooltip="0: the encoder's latent in one pass. N: N gradient steps fit the latent to "
                     "the image through the decoder (closer to the image; each step costs about "
                     "three decoder passes)")
+        self.refiner = CheckBox(
+            text="learned refiner", value=True,
+            tooltip="Run the model's learned latent refiner if it has one (the 3D starter: closer "
+                    "to the image, about 7x the encoding time). Untick for the encoder's latent "
+                    "alone; models without a refiner ignore this")
         self.preview_button = PushButton(text="Preview slice")
         self.encode_button = PushButton(text="Encode")
         self.reconstruct_button = PushButton(text="Reconstruct")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(label="", value="idle")
-        self.extend([self.layer, self.refine, self.preview_button, self.encode_button,
+        self.extend([self.layer, self.refine, self.refiner, self.preview_button, self.encode_button,
                      self.reconstruct_button, self.cancel_button, self.status])
         self.preview_button.changed.connect(self.preview)
         self.encode_button.changed.connect(lambda: self.run(latent=True, recon=False))
@@ -94,7 +100,7 @@ class EncodeWidget(Container):
             return None
         options = CodecOptions(axis=slicing_axis(self.viewer, layer),
                                precision=self.session.state.precision,
-                               refine=int(self.refine.value))
+                               refine=int(self.refine.value), refiner=bool(self.refiner.value))
         return layer, volume, options
 
     def run(self, latent: bool = True, recon: bool = True) -> Job | None:
@@ -106,7 +112,8 @@ class EncodeWidget(Container):
         name = layer.name
         source = {k: v for k, v in layer.metadata.get(META_KEY, {}).items() if k == "source_path"}
 
-        refined = f", refine {options.refine}" if options.refine else ""
+        refined = (", no refiner" if not options.refiner else "") + (
+            f", refine {options.refine}" if options.refine else "")
 
         def to_layers(result) -> list[tuple]:  # runs in the worker, off the GUI thread
             z, rec = result if recon else (result, None)
@@ -115,7 +122,8 @@ class EncodeWidget(Container):
                 title = f"{name} reconstruction ({z.model}, {options.precision}{refined})"
                 layers.append(volume_to_layer_data(rec, title, "reconstruction", **provenance(z),
                                                    precision=options.precision,
-                                                   refine=options.refine, **source))
+                                                   refine=options.refine,
+                                                   refiner=options.refiner, **source))
             return layers
 
         steps = with_model(self.session, lambda model: (
@@ -139,7 +147,8 @@ class EncodeWidget(Container):
         def to_layer(result) -> tuple:
             z, rec = result
             return volume_to_layer_data(rec, name, "preview", **provenance(z),
-                                        precision=options.precision, refine=options.refine)
+                                        precision=options.precision, refine=options.refine,
+                                        refiner=options.refiner)
 
         def add(data: tuple):
             if name in self.viewer.layers:

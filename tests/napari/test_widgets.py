@@ -97,6 +97,42 @@ def test_refine_steps_fit_the_reconstruction_closer_as_the_engine_does(viewer, s
             < 0.95 * np.mean((one_pass.data - original) ** 2))
 
 
+def test_unticking_the_learned_refiner_encodes_as_no_refiner_does(viewer, sync_jobs, mri_crop,
+                                                                  tmp_path):
+    """With a 3D model that has a learned refiner, the ticked box gives the engine's default
+    reconstruction and the unticked one the engine's `refiner=False` one; the layer name, its
+    metadata and the compare caption say which."""
+    import torch
+
+    from medvae_engine.codec.pipeline import CodecOptions
+    from medvae_engine.codec.pipeline import reconstruct as engine_reconstruct
+    from medvae_engine.models import load_model
+    from medvae_engine.models.autoencoder import AutoencoderKL
+    from medvae_engine.models.checkpoints import save_model
+    from napari_medvae._compare import panel_caption
+
+    torch.manual_seed(1)
+    model = AutoencoderKL(3, 1, 1, 8, (1, 2, 4), 1, 1, norm_groups=4, shortcut=True,
+                          refiner_steps=2)
+    with torch.no_grad():  # the shortcut zeroes the image output layer: give it a nonlinear part
+        model.decoder.conv_out.weight.normal_(0, 0.05)  # (a new refiner's sign steps then help)
+    path = save_model(model, tmp_path / "tiny3d.safetensors")
+    image, widget = reconstruct(viewer, mri_crop, path)
+    widget.refiner.value = False
+    widget.run(latent=True, recon=True)
+    ticked, unticked = [layer for layer in viewer.layers if layer_kind(layer) == "reconstruction"]
+    assert "no refiner" not in ticked.name and unticked.name.endswith(", no refiner)")
+    assert ticked.metadata["medvae"]["refiner"] is True
+    assert panel_caption(unticked.name, unticked.metadata["medvae"]).endswith(", no refiner")
+    precision = get_session(viewer).state.precision
+    for layer, refiner in [(ticked, True), (unticked, False)]:
+        options = CodecOptions(precision=precision, refiner=refiner)
+        expected = engine_reconstruct(mri_crop, load_model(str(path)), options).array
+        np.testing.assert_array_equal(layer.data, expected)
+    original = image.data.astype(np.float64)
+    assert np.mean((ticked.data - original) ** 2) < np.mean((unticked.data - original) ** 2)
+
+
 def test_preview_reconstructs_the_slice_on_screen(viewer, sync_jobs, mri_crop, tiny_model_path):
     image = add_volume(viewer, mri_crop)
     use_model(viewer, tiny_model_path)
