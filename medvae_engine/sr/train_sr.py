@@ -11,7 +11,6 @@ and to the autoencoder ceiling (the HR latent decoded).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -25,7 +24,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..analysis.metrics import psnr
@@ -37,6 +35,7 @@ from ..errors import ConfigError, MedVAEError
 from ..imaging.atomic import atomic_write, atomic_write_text
 from ..models import MODELS, weights_sha256
 from ..runtime.distributed import Distributed
+from ..runtime.ema import EMA
 from ..runtime.loop import load_checkpoint, prepare_run, step_loop, warmup_cosine
 from ..runtime.metrics_log import METRICS, MetricsLog
 from ..runtime.precision import autocast as autocast_context
@@ -493,39 +492,10 @@ def _unit(x: torch.Tensor) -> np.ndarray:
     return ((x[0].float().numpy() + 1) / 2).clip(0, 1)
 
 
-class EMA:
-    """Exponential moving average of the weights, used for validation and export."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = float(decay)
-        self.updates = 0
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                if v.is_floating_point():
-                    self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
-                else:
-                    self.shadow[k].copy_(v)
-
-    @contextlib.contextmanager
-    def applied(self, model: nn.Module):
-        """The EMA weights inside the block, the training weights restored after it."""
-        live = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(self.shadow)
-        try:
-            yield model
-        finally:
-            model.load_state_dict(live)
-
-
 def _save_checkpoint(path: Path, step: int, model: SRDenoiser, opt, scaler, ema: EMA) -> None:
     state = {"kind": "sr", "step": step, "model": model.state_dict(), "opt": opt.state_dict(),
              "scaler": scaler.state_dict(), "rng": rng_states(),
-             "ema": ema.shadow, "ema_updates": ema.updates,
+             **ema.state(),
              "latent_norm": json.dumps(model.latent_norm)}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
@@ -541,9 +511,7 @@ def _restore(path: Path, model: SRDenoiser, opt, scaler, ema: EMA) -> int:
                           f"({str(e).splitlines()[0][:160]})") from None
     opt.load_state_dict(state["opt"])
     scaler.load_state_dict(state["scaler"])
-    if "ema" in state:
-        ema.shadow = state["ema"]
-        ema.updates = int(state["ema_updates"])
+    ema.restore(state)
     if "latent_norm" in state:
         model.latent_norm = json.loads(state["latent_norm"])
     set_rng_states(state["rng"])

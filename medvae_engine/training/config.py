@@ -112,6 +112,8 @@ class OptimSection:
     schedule: Literal["constant", "cosine"] = "constant"  # generator learning rate over the run
     warmup_steps: int = 0  # linear warm-up from lr/warmup_steps to lr
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio at the last step
+    ema_decay: float = 0.0  # > 0: validate and export an exponential moving average of the
+    # weights (runtime/ema.py) instead of the last ones
 
 
 @dataclasses.dataclass
@@ -319,6 +321,8 @@ def check_semantics(config: TrainConfig, source: str) -> None:
         fail("optim.warmup_steps", "must be >= 0")
     if not 0.0 <= config.optim.min_lr_ratio <= 1.0:
         fail("optim.min_lr_ratio", "must be in [0, 1]")
+    if not 0.0 <= config.optim.ema_decay < 1.0:
+        fail("optim.ema_decay", "must be in [0, 1) (0: no average)")
     if len(config.optim.betas) != 2:
         fail("optim.betas", "must be two numbers")
     if config.model.lora_rank < 0:

@@ -26,6 +26,7 @@ from ..imaging.atomic import atomic_write, atomic_write_text
 from ..models.checkpoints import save_model
 from ..models.lora import merge_lora
 from ..runtime.distributed import Distributed
+from ..runtime.ema import EMA
 from ..runtime.loop import load_checkpoint, prepare_run, step_loop, warmup_cosine
 from ..runtime.metrics_log import METRICS, MetricsLog
 from ..runtime.precision import autocast as autocast_context
@@ -85,9 +86,10 @@ def _train(config: TrainConfig, env: Distributed, resume: bool, stop_at: int | N
         opt_d = torch.optim.Adam(disc.parameters(), lr=disc_lr, betas=betas, eps=config.optim.eps)
     precision = config.run.precision
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
-    start = 0
-    if resume:
-        start = _restore(ckpt_path, recipe, opt_g, opt_d, scaler)
+    start, state = (_restore(ckpt_path, recipe, opt_g, opt_d, scaler) if resume else (0, {}))
+    ema = EMA(model, config.optim.ema_decay) if config.optim.ema_decay else None
+    if ema is not None:
+        ema.restore(state)
     net = TrainingNet(model, config.stage).to(env.device)
     disc_net = disc
     if env.world > 1:
@@ -108,8 +110,13 @@ def _train(config: TrainConfig, env: Distributed, resume: bool, stop_at: int | N
     val_inputs = validation_crops(val_set, spatial_dims, val_side, model.factor, model.in_channels)
     log = MetricsLog(out / METRICS, start, LOG_COLUMNS) if env.main else None
 
+    def averaged():  # the EMA weights, where the run keeps an average
+        return ema.applied(model) if ema is not None else contextlib.nullcontext()
+
     def export_now(steps: int) -> Path:
-        return export(recipe, config, out, train_set, val_set, log, steps, global_batch, env.world)
+        with averaged():
+            return export(recipe, config, out, train_set, val_set, log, steps, global_batch,
+                          env.world)
 
     if export_only:
         if env.main:
@@ -158,13 +165,18 @@ def _train(config: TrainConfig, env: Distributed, resume: bool, stop_at: int | N
                 record({"disc": d_loss.item()})
             scaler.step(opt_d)
         scaler.update()
+        if ema is not None:
+            ema.update(model)
         return {}
 
     def save(done: int) -> None:
-        _save_checkpoint(ckpt_path, done, recipe, opt_g, opt_d, scaler, global_batch, config)
+        _save_checkpoint(ckpt_path, done, recipe, opt_g, opt_d, scaler, global_batch, config, ema)
 
-    yield from step_loop(config.run, env, start, log, one_step,
-                         lambda: validate(recipe, config, val_inputs, autocast), save,
+    def validate_now() -> dict[str, float]:
+        with averaged():
+            return validate(recipe, config, val_inputs, autocast)
+
+    yield from step_loop(config.run, env, start, log, one_step, validate_now, save,
                          lambda: export_now(config.run.steps), stop_at)
 
 
@@ -204,7 +216,7 @@ def validate(recipe: Recipe, config: TrainConfig, inputs: list, autocast) -> dic
 
 
 def _save_checkpoint(path: Path, step: int, recipe: Recipe, opt_g, opt_d, scaler, global_batch: int,
-                     config: TrainConfig) -> None:
+                     config: TrainConfig, ema: EMA | None) -> None:
     state = {
         "step": step,
         "data_position": step * global_batch,
@@ -216,11 +228,14 @@ def _save_checkpoint(path: Path, step: int, recipe: Recipe, opt_g, opt_d, scaler
         "opt_d": opt_d.state_dict() if opt_d else {},
         "scaler": scaler.state_dict(),
         "rng": rng_states(),
+        **(ema.state() if ema is not None else {}),
     }
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def _restore(path: Path, recipe: Recipe, opt_g, opt_d, scaler) -> int:
+def _restore(path: Path, recipe: Recipe, opt_g, opt_d, scaler) -> tuple[int, dict]:
+    """Put the checkpoint's weights, optimiser, scaler and RNG states back; (its step, the whole
+    state, for the weight average)."""
     state = load_checkpoint(path)
     if state.get("stage") != recipe.stage:
         raise MedVAEError(
@@ -232,7 +247,7 @@ def _restore(path: Path, recipe: Recipe, opt_g, opt_d, scaler) -> int:
     opt_g.load_state_dict(state["opt_g"])
     scaler.load_state_dict(state["scaler"])
     set_rng_states(state["rng"])
-    return int(state["step"])
+    return int(state["step"]), state
 
 
 def export(recipe: Recipe, config: TrainConfig, out: Path, train_set, val_set, log: MetricsLog,
@@ -282,6 +297,8 @@ def _recipe_lines(config: dict) -> list[str]:
     if optim:
         lines.append(f"- Learning rate: {optim['lr']:g}, {optim.get('schedule', 'constant')} schedule"
                      f" ({optim.get('warmup_steps', 0)} warm-up steps)")
+        if optim.get("ema_decay"):
+            lines.append(f"- Weights: exponential moving average, decay {optim['ema_decay']:g}")
     aug = (data or {}).get("augment")
     if aug:
         coarse = (f"; coarser voxels p={aug['coarsen']:g} (1-{aug.get('max_coarsen', 3)}x per axis)"
