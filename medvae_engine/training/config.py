@@ -87,6 +87,8 @@ class AdversarialSection:
 class LossSection:
     l1_weight: float = 1.0
     l2_weight: float = 0.0  # squared error, the term PSNR scores (0 = off)
+    unrefined_weight: float = 0.0  # a learned refiner training with the autoencoder (trains: all):
+    # weight of the squared error from the encoder's own latent, so that --no-refiner stays good
     kl_weight: float = 1e-6
     embedding_weight: float = 0.0  # stage 1: embedding-consistency weight (0 = off)
     latent_scale: float = 4.6  # stage 2: latent divided by this before the embedder
@@ -317,6 +319,12 @@ def check_semantics(config: TrainConfig, source: str) -> None:
                                   or trains_decoder):
         fail("model.trains", "'refiner' needs model.refiner_steps >= 1, stage1 or stage2_3d, "
              "without LoRA and without the adversarial loss (both train the frozen autoencoder)")
+    if config.loss.unrefined_weight < 0:
+        fail("loss.unrefined_weight", "must be >= 0")
+    if config.loss.unrefined_weight > 0 and (m.refiner_steps < 1 or m.trains != "all"
+                                             or config.stage == "stage2_2d"):
+        fail("loss.unrefined_weight", "needs model.refiner_steps >= 1 and model.trains: all "
+             "(the encoder's own latent and the refined one decoded by a decoder that trains)")
     if config.optim.warmup_steps < 0:
         fail("optim.warmup_steps", "must be >= 0")
     if not 0.0 <= config.optim.min_lr_ratio <= 1.0:

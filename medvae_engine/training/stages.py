@@ -155,24 +155,30 @@ class TrainingNet(nn.Module):
     """The differentiable forward of a stage (what DDP wraps).
 
     stage1 / stage2_3d: (reconstruction from a posterior sample, mean, logvar), the mean refined
-    by the model's learned refiner if it has one;
+    by the model's learned refiner if it has one; with ``unrefined``, also the reconstruction from
+    the sample around the encoder's own mean (what `--no-refiner` decodes);
     stage2_2d: (projected latent, ) from the frozen encoder's posterior mean.
     """
 
-    def __init__(self, model: AutoencoderKL, stage: str):
+    def __init__(self, model: AutoencoderKL, stage: str, unrefined: bool = False):
         super().__init__()
         self.model = model
         self.stage = stage
+        self.unrefined = unrefined
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None):
         if self.stage == "stage2_2d":
             with torch.no_grad():
                 z = self.model.encode(x)
             return (self.model.project(z),)
-        mean, logvar = self.model.moments(x)
-        mean = self.model.refine(x, mean)
-        z = mean if noise is None else mean + torch.exp(0.5 * logvar) * noise.to(mean.dtype)
-        return self.model.decode(z), mean, logvar
+        own, logvar = self.model.moments(x)
+        mean = self.model.refine(x, own)
+
+        def sample(m: torch.Tensor) -> torch.Tensor:
+            return m if noise is None else m + torch.exp(0.5 * logvar) * noise.to(m.dtype)
+
+        outputs = (self.model.decode(sample(mean)), mean, logvar)
+        return outputs + (self.model.decode(sample(own)),) if self.unrefined else outputs
 
 
 def posterior_noise(shape: tuple[int, ...], seed: int, first_index: int,
@@ -203,7 +209,7 @@ def generator_loss(recipe: Recipe, config: TrainConfig, x: torch.Tensor, outputs
             target = recipe.embedder(x)
         embed = (recipe.embedder(latent) - target).pow(2).mean()
         return embed, {"embed": embed.item(), "loss": embed.item()}
-    xr, mean, logvar = outputs
+    xr, mean, logvar, *unrefined = outputs
     loss_cfg = config.loss
     diff = x.float() - xr.float()
     l1 = diff.abs().mean()
@@ -213,6 +219,10 @@ def generator_loss(recipe: Recipe, config: TrainConfig, x: torch.Tensor, outputs
         l2 = diff.pow(2).mean()
         rec = rec + loss_cfg.l2_weight * l2
         logs["l2"] = l2.item()
+    if unrefined:
+        l2_own = (x.float() - unrefined[0].float()).pow(2).mean()
+        rec = rec + loss_cfg.unrefined_weight * l2_own
+        logs["l2_unrefined"] = l2_own.item()
     if recipe.perceptual is not None and loss_cfg.perceptual.weight > 0:
         pairs = zip(all_slices(x), all_slices(xr), strict=True)
         perceptual = torch.stack([recipe.perceptual(a, b).float().mean() for a, b in pairs]).mean()

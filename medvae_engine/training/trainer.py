@@ -45,7 +45,7 @@ from .stages import (
 )
 
 LOG_COLUMNS = ("step", "time_s", "loss", "l1", "l2", "perceptual", "kl", "g_adv", "d_weight", "disc",
-               "embed", "val_psnr", "val_msssim", "val_embed")
+               "embed", "l2_unrefined", "val_psnr", "val_msssim", "val_embed")
 
 
 def run_training(config_path: str | Path, resume: bool = False, overrides: dict | None = None,
@@ -90,7 +90,7 @@ def _train(config: TrainConfig, env: Distributed, resume: bool, stop_at: int | N
     ema = EMA(model, config.optim.ema_decay) if config.optim.ema_decay else None
     if ema is not None:
         ema.restore(state)
-    net = TrainingNet(model, config.stage).to(env.device)
+    net = TrainingNet(model, config.stage, config.loss.unrefined_weight > 0).to(env.device)
     disc_net = disc
     if env.world > 1:
         ids = [env.device.index] if env.device.type == "cuda" else None

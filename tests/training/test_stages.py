@@ -251,3 +251,47 @@ def test_a_scratch_model_gets_the_refiner_its_config_asks_for(write_config):
     init: scratch, and model.trains: refiner then failed on the missing module)."""
     model, _ = initial_model(load_config(write_config({"model": {"refiner_steps": 2}})))
     assert model.config["refiner_steps"] == 2 and len(model.refiner.step) == 2
+
+
+def test_unrefined_weight_also_scores_the_encoders_own_latent(write_config):
+    """loss.unrefined_weight adds, to the loss of the refined reconstruction, that weight times
+    the squared error of the reconstruction decoded from the encoder's own posterior sample
+    (computed here without TrainingNet); off, the forward decodes only the refined latent."""
+    from medvae_engine.training.stages import Recipe, TrainingNet, generator_loss
+
+    torch.manual_seed(0)
+    model = AutoencoderKL(2, 1, 1, 8, (1, 2), 1, 1, norm_groups=4, refiner_steps=1)
+    with torch.no_grad():  # a refiner that moves the latent
+        model.refiner.step[0].conv_out.weight.normal_(0, 0.05)
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    config = load_config(write_config({"model": {"refiner_steps": 1},
+                                       "loss": {"l1_weight": 0.0, "l2_weight": 1.0,
+                                                "unrefined_weight": 0.5, "kl_weight": 0.0}}))
+    recipe = Recipe("stage1", model, [], None, None, None, "scratch")
+    model.train()
+    both = TrainingNet(model, "stage1", unrefined=True)(x, noise)
+    refined_only = TrainingNet(model, "stage1")(x, noise)
+    assert len(both) == 4 and len(refined_only) == 3
+    with torch.no_grad():
+        mean, logvar = model.moments(x)
+        own = model.decode(mean + torch.exp(0.5 * logvar) * noise)
+        refined = model.decode(model.refine(x, mean) + torch.exp(0.5 * logvar) * noise)
+    torch.testing.assert_close(both[3].detach(), own)
+    torch.testing.assert_close(both[0].detach(), refined)
+    assert not torch.allclose(own, refined)
+    total, logs = generator_loss(recipe, config, x, both, disc_on=False)
+    expected = (refined - x).pow(2).mean() + 0.5 * (own - x).pow(2).mean()
+    torch.testing.assert_close(total.detach(), expected)
+    assert logs["l2_unrefined"] == pytest.approx((own - x).pow(2).mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("update", [
+    {"loss": {"unrefined_weight": 1.0}},
+    {"model": {"refiner_steps": 1, "trains": "refiner"}, "loss": {"unrefined_weight": 1.0}},
+    {"model": {"refiner_steps": 1}, "loss": {"unrefined_weight": -1.0}},
+])
+def test_unrefined_weight_is_refused_without_a_refiner_that_trains_with_the_autoencoder(
+        write_config, update):
+    with pytest.raises(ConfigError, match="loss.unrefined_weight"):
+        load_config(write_config(update))
