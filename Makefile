@@ -47,7 +47,8 @@ bench: $(STAMP)
 # starts from the previous run's model.safetensors): starter_4_1_2d_radiograph -> starter_4_1_2d
 # and starter_4_3_2d_radiograph -> starter_4_3_2d (interpolation shortcut); starter_4_1_2d_v1 ->
 # starter_4_1_3d_v1 (inflated) -> starter_4_1_3d_shortcut -> starter_4_1_3d_l2 (squared error) ->
-# starter_4_1_3d (learned latent refiner); the SR model last, in starter_4_3_2d's latents.
+# starter_4_1_3d_refiner (learned latent refiner) -> starter_4_1_3d (all three fine-tuned
+# together); the SR model last, in starter_4_3_2d's latents.
 MEDVAE := $(VENV)/bin/medvae
 train_or_resume = $(MEDVAE) $(2) medvae_engine/configs/$(1).yaml -o runs/$(1) \
 	$$(test -f runs/$(1)/checkpoint.pt && echo --resume)
@@ -59,6 +60,7 @@ starter-weights: $(STAMP)
 	$(call two_runs,starter_4_3_2d_radiograph,starter_4_1_3d_v1)
 	$(call two_runs,starter_4_1_2d,starter_4_1_3d_shortcut)
 	$(call two_runs,starter_4_3_2d,starter_4_1_3d_l2)
+	OMP_NUM_THREADS=1 $(call train_or_resume,starter_4_1_3d_refiner,train)
 	OMP_NUM_THREADS=1 $(call train_or_resume,starter_4_1_3d,train)
 	$(PY) scripts/install_starter.py runs/starter_4_1_2d starter_4_1_2d
 	$(PY) scripts/install_starter.py runs/starter_4_3_2d starter_4_3_2d

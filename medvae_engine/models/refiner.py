@@ -23,7 +23,7 @@ from torch import nn
 REFINER_WIDTH = 48
 REFINER_BLOCKS = 3
 INPUT_GAIN = 20.0  # gradients and residuals are ~1e-2 on images in [-1, 1]: lifted to unit scale
-SIGN_STEP = 0.015  # the starting step size: three such steps take the 3D starter's margin over
+SIGN_STEP = 0.015  # the starting step size: three such steps take starter_4_1_3d_l2's margin over
 # interpolation from +0.57 to +0.86 dB (fp32, its two held-out volumes)
 
 

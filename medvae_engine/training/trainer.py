@@ -294,6 +294,11 @@ def _recipe_lines(config: dict) -> list[str]:
     if model.get("trains") == "refiner":
         lines.append(f"- Trained: the learned latent refiner only ({model['refiner_steps']} steps; "
                      "the autoencoder of the initial model, unchanged)")
+    unrefined = (config.get("loss") or {}).get("unrefined_weight")
+    if unrefined:
+        lines.append(f"- Trained: encoder, decoder and learned latent refiner together; the loss "
+                     f"also scores the encoder's own latent (weight {unrefined:g}), as "
+                     "`--no-refiner` decodes it")
     if optim:
         lines.append(f"- Learning rate: {optim['lr']:g}, {optim.get('schedule', 'constant')} schedule"
                      f" ({optim.get('warmup_steps', 0)} warm-up steps)")

@@ -177,7 +177,7 @@ def test_no_refiner_leaves_it_out_and_scores_as_the_autoencoder_alone(tmp_path):
                      "--metrics", str(metrics), *flags]) == 0
         psnr[name] = json.loads(metrics.read_text())["psnr_db"]
     assert psnr["without"] == pytest.approx(psnr["plain"], abs=1e-6)
-    assert psnr["with"] > psnr["without"] + 0.2  # measured: +0.31 dB
+    assert psnr["with"] > psnr["without"] + 0.2  # measured: +0.52 dB (joint link)
 
 
 def test_the_latent_sidecar_records_whether_the_refiner_ran(tmp_path):

@@ -22,7 +22,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "medvae_engine" / "configs"
     ("starter_4_3_2d", "stage1"), ("starter_4_3_2d_radiograph", "stage1"),
     ("starter_4_3_2d_v1", "stage1"), ("starter_4_1_3d_v1", "stage2_3d"),
     ("starter_4_1_3d_shortcut", "stage2_3d"), ("starter_4_1_3d_l2", "stage2_3d"),
-    ("starter_4_1_3d", "stage2_3d"),
+    ("starter_4_1_3d_refiner", "stage2_3d"), ("starter_4_1_3d", "stage2_3d"),
 ])
 def test_shipped_example_configs_validate(name, stage):
     config = load_config(CONFIGS / f"{name}.yaml")
@@ -48,7 +48,8 @@ def test_starter_chains_start_from_the_run_the_makefile_writes_before_them():
                            ("starter_4_1_3d_v1", "starter_4_1_2d_v1"),
                            ("starter_4_1_3d_shortcut", "starter_4_1_3d_v1"),
                            ("starter_4_1_3d_l2", "starter_4_1_3d_shortcut"),
-                           ("starter_4_1_3d", "starter_4_1_3d_l2")]:
+                           ("starter_4_1_3d_refiner", "starter_4_1_3d_l2"),
+                           ("starter_4_1_3d", "starter_4_1_3d_refiner")]:
         config = load_config(CONFIGS / f"{name}.yaml")
         init = (CONFIGS / config.model.init).resolve()
         assert init == (root / "runs" / previous / "model.safetensors").resolve(), name

@@ -257,7 +257,9 @@ def test_unrefined_weight_also_scores_the_encoders_own_latent(write_config):
     """loss.unrefined_weight adds, to the loss of the refined reconstruction, that weight times
     the squared error of the reconstruction decoded from the encoder's own posterior sample
     (computed here without TrainingNet); off, the forward decodes only the refined latent."""
+    from medvae_engine.training.config import config_as_dict
     from medvae_engine.training.stages import Recipe, TrainingNet, generator_loss
+    from medvae_engine.training.trainer import model_card_markdown
 
     torch.manual_seed(0)
     model = AutoencoderKL(2, 1, 1, 8, (1, 2), 1, 1, norm_groups=4, refiner_steps=1)
@@ -284,6 +286,12 @@ def test_unrefined_weight_also_scores_the_encoders_own_latent(write_config):
     expected = (refined - x).pow(2).mean() + 0.5 * (own - x).pow(2).mean()
     torch.testing.assert_close(total.detach(), expected)
     assert logs["l2_unrefined"] == pytest.approx((own - x).pow(2).mean().item(), rel=1e-6)
+    card = {"name": "m", "stage": "stage1", "created": "now", "init": "scratch",
+            "architecture": {}, "steps": 1, "global_batch": 1, "processes": 1,
+            "precision": "fp32", "perceptual": "none", "embedder": "none",
+            "data": {"train": [], "val": []}, "final_losses": {}, "validation": {},
+            "config": config_as_dict(config)}
+    assert "also scores the encoder's own latent (weight 0.5)" in model_card_markdown(card)
 
 
 @pytest.mark.parametrize("update", [
