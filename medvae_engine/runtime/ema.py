@@ -34,8 +34,8 @@ class EMA:
 
     def restore(self, state: dict) -> None:
         """Resume from ``state()`` (a checkpoint written without an EMA leaves it as it is)."""
-        if "ema" in state:
-            self.shadow = state["ema"]
+        if "ema" in state:  # on the model's device (checkpoints may be read onto the CPU)
+            self.shadow = {k: v.to(self.shadow[k].device) for k, v in state["ema"].items()}
             self.updates = int(state["ema_updates"])
 
     @contextlib.contextmanager
