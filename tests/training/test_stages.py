@@ -80,7 +80,7 @@ def test_trains_encoder_keeps_the_decoder_and_lowers_the_loss(write_config, tmp_
     """model.trains: encoder moves only the encoder (the latent the decoder reads best) and still
     lowers the reconstruction loss; the decoder's tensors come out bit-identical."""
     path = write_config({"model": {"init": str(tiny_2d), "trains": "encoder"},
-                         "data": {"crop": [16, 32]}, "run": {"steps": 30}, "optim": {"lr": 3e-3}})
+                         "data": {"crop": [16, 32]}, "run": {"steps": 60}, "optim": {"lr": 1e-3}})
     config = load_config(path)
     before = load_model(tiny_2d)
     x = _fixed_batch(config, before.factor, 2)
@@ -217,7 +217,7 @@ def test_trains_refiner_trains_only_the_refiner_and_lowers_the_error(
     below that of the refiner it started from (fixed steps against the gradient's sign)."""
     path = write_config({"model": {"init": str(tiny_2d), "trains": "refiner", "refiner_steps": 2},
                          "loss": {"l1_weight": 0.0, "l2_weight": 1.0},
-                         "data": {"crop": [16, 32]}, "run": {"steps": 30}, "optim": {"lr": 3e-3}})
+                         "data": {"crop": [16, 32]}, "run": {"steps": 60}, "optim": {"lr": 1e-3}})
     config = load_config(path)
     before = load_model(tiny_2d)
     x = _fixed_batch(config, before.factor, 2)
@@ -229,7 +229,8 @@ def test_trains_refiner_trains_only_the_refiner_and_lowers_the_error(
     assert after.config["refiner_steps"] == 2 and any(k.startswith("refiner.step.1.") for k in b)
     errors = [_squared_error(m, x) for m in (before, added, after)]
     assert errors[1] < 0.95 * errors[0]  # the sign steps alone (measured: 0.89x)
-    assert errors[2] < 0.995 * errors[1]  # trained (measured: 0.987x in 30 steps)
+    assert errors[2] < 0.98 * errors[1]  # trained (measured: 0.939x; lr 3e-3 for 30 steps gave
+    # 0.987x on one machine and 1.008x on another)
     assert "- Trained: the learned latent refiner only (2 steps" in (
         tmp_path / "out" / "model_card.md").read_text()
 
