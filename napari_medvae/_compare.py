@@ -78,6 +78,12 @@ def suggest_panels(layers, n: int) -> list[tuple[str, str]]:
     return panels[:n]
 
 
+def encoding_suffix(refine: int, refiner: bool) -> str:
+    """', no refiner' and ', refine N' where a reconstruction's encoding left the defaults: one
+    wording for its layer name and its compare caption."""
+    return (", no refiner" if not refiner else "") + (f", refine {refine}" if refine else "")
+
+
 def panel_caption(name: str, meta: dict, overlay: str = "") -> str:
     """What a compare panel is, on its canvas: Original / model, precision and refinement / map and
     reference."""
@@ -86,8 +92,7 @@ def panel_caption(name: str, meta: dict, overlay: str = "") -> str:
         caption = f"Original: {name}"
     elif kind in ("reconstruction", "preview"):
         precision = f", {meta['precision']}" if meta.get("precision") else ""
-        refine = (", no refiner" if meta.get("refiner") is False else "") + (
-            f", refine {meta['refine']}" if meta.get("refine") else "")
+        refine = encoding_suffix(meta.get("refine") or 0, meta.get("refiner") is not False)
         caption = f"Reconstruction: {meta.get('model') or name}{precision}{refine}"
     elif kind == "super-resolution":
         caption = (f"SR x{meta.get('scale', '?')} {meta.get('sampler', '')}: "

@@ -14,6 +14,7 @@ from napari.utils.notifications import show_error
 from medvae_engine.codec.pipeline import CodecOptions, decode_steps, encode_steps
 from medvae_engine.errors import MedVAEError
 
+from .._compare import encoding_suffix
 from .._layers import (
     META_KEY,
     add_layers,
@@ -112,8 +113,7 @@ class EncodeWidget(Container):
         name = layer.name
         source = {k: v for k, v in layer.metadata.get(META_KEY, {}).items() if k == "source_path"}
 
-        refined = (", no refiner" if not options.refiner else "") + (
-            f", refine {options.refine}" if options.refine else "")
+        refined = encoding_suffix(options.refine, options.refiner)
 
         def to_layers(result) -> list[tuple]:  # runs in the worker, off the GUI thread
             z, rec = result if recon else (result, None)

@@ -185,6 +185,7 @@ def test_the_latent_sidecar_records_whether_the_refiner_ran(tmp_path):
     gradient refinement, precision and posterior; the recorded latents are the ones that ran (the
     refined one reconstructs the held-out MRI better)."""
     src = str(data_path / "anatomical.nii")
+    original = np.asarray(nib.load(src).dataobj, dtype=np.float32)
     records, errors = {}, {}
     for name, flags in [("with", []), ("without", ["--no-refiner"]),
                         ("adam", ["--no-refiner", "--refine", "2", "--sample", "--seed", "3"])]:
@@ -192,7 +193,6 @@ def test_the_latent_sidecar_records_whether_the_refiner_ran(tmp_path):
         assert main(["encode", src, "-o", str(out), "--model", "starter_4_1_3d", *flags]) == 0
         records[name] = load_latent(out).encoding
         back = decode(load_latent(out))
-        original = np.asarray(nib.load(src).dataobj, dtype=np.float32)
         errors[name] = float(np.mean((back.array - original) ** 2))
     assert records["with"] == {"precision": "fp32", "posterior": "mean",
                                "learned_refiner_steps": 3, "refine_steps": 0}
